@@ -1,0 +1,79 @@
+//! `kgate serve`: run the gateway.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::ConfigArgs;
+use crate::demo::{self, DemoOptions};
+use crate::gateway::Gateway;
+use crate::kafka::producer::Producer;
+
+/// Options of `kgate serve`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Also produce demo ticker and telemetry data (to the `prices` and `telemetry` topics).
+    #[arg(long)]
+    demo: bool,
+    /// Exit when standard input closes (used by test harnesses that own the process).
+    #[arg(long, hide = true)]
+    exit_on_stdin_eof: bool,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let config = args.config.load()?;
+    crate::logging::init(&config.log);
+    let listen = config.server.listen;
+    let shutdown_timeout = Duration::from_secs(config.server.shutdown_timeout_secs);
+    // Bind first: a port already in use is the most common startup error.
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
+    let running = tokio::select! {
+        r = Gateway::start(config) => r?,
+        _ = super::termination() => return Ok(()),
+    };
+    let gateway = running.gateway.clone();
+    let addr = listener.local_addr().unwrap_or(listen);
+    tracing::info!("kgate listening on http://{addr} (WebSocket: ws://{addr}/v1/ws)");
+    if args.demo {
+        let producer = Producer::new(&gateway.config).context("cannot create the demo producer")?;
+        tokio::spawn(async move {
+            if let Err(e) = demo::run(producer, DemoOptions::default()).await {
+                tracing::error!(error = %e, "demo producer stopped");
+            }
+        });
+        tracing::info!(
+            "producing demo data to topics prices and telemetry; try: kgate tail prices:AAPL"
+        );
+    }
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::transport::http::serve(
+        listener,
+        gateway.clone(),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let exit_on_eof = args.exit_on_stdin_eof;
+    tokio::select! {
+        _ = super::termination() => {}
+        _ = super::stdin_closed(), if exit_on_eof => {}
+    }
+    tracing::info!(
+        connections = gateway.connection_count(),
+        "shutting down: closing connections with 1001"
+    );
+    gateway.begin_shutdown();
+    let _ = stop_tx.send(());
+    let deadline = tokio::time::Instant::now() + shutdown_timeout;
+    while gateway.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.abort();
+    drop(running);
+    tracing::info!("stopped");
+    Ok(())
+}

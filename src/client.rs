@@ -1,0 +1,163 @@
+//! A client of kgate's own WebSocket protocol, used by `kgate tail`, the tests
+//! and the load tool.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::transport::protocol::SUBPROTOCOL;
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {url}: {source}")]
+    Connect { url: String, source: WsError },
+    #[error("WebSocket error: {0}")]
+    Socket(#[from] WsError),
+    #[error("the server sent a frame that is not JSON: {0}")]
+    NotJson(String),
+    #[error("the server's first frame was not `welcome`: {0}")]
+    NoWelcome(String),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// What the server sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// A JSON frame (`event`, `subscribed`, `error`, ...).
+    Frame(Value),
+    /// The connection closed, with the server's close code and reason if it sent one.
+    Closed(Option<(u16, String)>),
+}
+
+/// One WebSocket connection speaking protocol v1.
+pub struct Client {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+    /// The connection id from the `welcome` frame.
+    pub connection_id: u64,
+}
+
+impl Client {
+    /// Connects to `url` (e.g. `ws://127.0.0.1:8080/v1/ws`), offering the v1 subprotocol.
+    pub async fn connect(url: &str) -> Result<Client, ClientError> {
+        let connect_err = |source| ClientError::Connect {
+            url: url.to_string(),
+            source,
+        };
+        let mut request = url.into_client_request().map_err(connect_err)?;
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+        let (socket, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .map_err(connect_err)?;
+        let mut client = Client {
+            socket,
+            next_id: 1,
+            connection_id: 0,
+        };
+        match client.next().await? {
+            Incoming::Frame(f) if f["type"] == "welcome" => {
+                client.connection_id = f["connection_id"].as_u64().unwrap_or(0);
+                Ok(client)
+            }
+            other => Err(ClientError::NoWelcome(format!("{other:?}"))),
+        }
+    }
+
+    /// Sends a raw text frame (for tests of bad input).
+    pub async fn send_text(&mut self, text: impl Into<String>) -> Result<(), ClientError> {
+        self.socket.send(Message::Text(text.into().into())).await?;
+        Ok(())
+    }
+
+    /// Sends a `subscribe`; `from` is `"latest"`, `"earliest"`, `{"offsets":{..}}` or `{"timestamp":ms}`.
+    /// Returns the request id used.
+    pub async fn subscribe(&mut self, channel: &str, from: Value) -> Result<String, ClientError> {
+        let id = self.fresh_id();
+        let cmd = json!({"type": "subscribe", "id": id, "channel": channel, "from": from});
+        self.send_text(cmd.to_string()).await?;
+        Ok(id)
+    }
+
+    /// Sends an `unsubscribe`; returns the request id used.
+    pub async fn unsubscribe(&mut self, channel: &str) -> Result<String, ClientError> {
+        let id = self.fresh_id();
+        self.send_text(json!({"type": "unsubscribe", "id": id, "channel": channel}).to_string())
+            .await?;
+        Ok(id)
+    }
+
+    fn fresh_id(&mut self) -> String {
+        let id = format!("r{}", self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    /// The next frame from the server.
+    pub async fn next(&mut self) -> Result<Incoming, ClientError> {
+        loop {
+            match self.socket.next().await {
+                None => return Ok(Incoming::Closed(None)),
+                Some(Ok(Message::Text(text))) => {
+                    return serde_json::from_str(&text)
+                        .map(Incoming::Frame)
+                        .map_err(|_| ClientError::NotJson(text.to_string()));
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Ok(Incoming::Closed(
+                        frame.map(|f| (u16::from(f.code), f.reason.to_string())),
+                    ));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
+                    return Ok(Incoming::Closed(None));
+                }
+                Some(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// [`Client::next`] with a time limit.
+    pub async fn next_within(&mut self, limit: Duration) -> Result<Incoming, ClientError> {
+        tokio::time::timeout(limit, self.next())
+            .await
+            .map_err(|_| ClientError::Timeout(limit))?
+    }
+
+    /// Reads frames until one of `kind` arrives (other frames are returned alongside).
+    pub async fn until(
+        &mut self,
+        kind: &str,
+        limit: Duration,
+    ) -> Result<(Value, Vec<Value>), ClientError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut skipped = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await? {
+                Incoming::Frame(f) if f["type"] == kind => return Ok((f, skipped)),
+                Incoming::Frame(f) => skipped.push(f),
+                Incoming::Closed(c) => {
+                    return Err(ClientError::NotJson(format!(
+                        "closed while waiting for {kind}: {c:?}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Closes the connection normally.
+    pub async fn close(mut self) {
+        let _ = self.socket.close(None).await;
+    }
+}

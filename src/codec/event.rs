@@ -1,0 +1,196 @@
+//! The `event` frame: one Kafka record as the JSON text sent to clients.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde_json::value::RawValue;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::config::PayloadFormat;
+
+/// An encoded frame: UTF-8 text checked once, cloned by reference count.
+pub type Frame = Utf8Bytes;
+
+/// Where a record came from, carried by every delivery so clients can drop duplicates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMeta {
+    pub topic: std::sync::Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A record encoded once at ingest and shared by every recipient.
+#[derive(Debug)]
+pub struct EncodedRecord {
+    pub meta: RecordMeta,
+    /// The record key, kept raw for key-filter routing.
+    pub key: Option<Bytes>,
+    /// The complete `event` frame (JSON text), shared by every recipient.
+    pub frame: Frame,
+}
+
+#[derive(Serialize)]
+struct EventFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_b64: Option<String>,
+    #[serde(skip_serializing_if = "Headers::is_empty")]
+    headers: Headers<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_b64: Option<String>,
+}
+
+struct Headers<'a>(&'a [(&'a str, Option<&'a [u8]>)]);
+
+impl Headers<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Headers<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct B64 {
+            b64: String,
+        }
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, value) in self.0 {
+            match value.map(std::str::from_utf8) {
+                None => map.serialize_entry(name, &())?,
+                Some(Ok(text)) => map.serialize_entry(name, text)?,
+                Some(Err(_)) => map.serialize_entry(
+                    name,
+                    &B64 {
+                        b64: BASE64.encode(value.unwrap_or_default()),
+                    },
+                )?,
+            }
+        }
+        map.end()
+    }
+}
+
+/// Encodes one record into its `event` frame.
+///
+/// JSON topics pass a valid JSON payload through verbatim as `data`; a payload that
+/// is not JSON (or a raw topic's payload) goes out base64-encoded as `data_b64`, so a
+/// frame is always valid JSON. A null payload (tombstone) has neither field.
+pub fn encode_event(
+    meta: &RecordMeta,
+    timestamp: Option<i64>,
+    key: Option<&[u8]>,
+    headers: &[(&str, Option<&[u8]>)],
+    payload: Option<&[u8]>,
+    format: PayloadFormat,
+) -> Frame {
+    let (key_text, key_b64) = match key.map(std::str::from_utf8) {
+        None => (None, None),
+        Some(Ok(text)) => (Some(text), None),
+        Some(Err(_)) => (None, key.map(|k| BASE64.encode(k))),
+    };
+    let json: Option<&RawValue> = match (format, payload) {
+        (PayloadFormat::Json, Some(bytes)) => serde_json::from_slice(bytes).ok(),
+        _ => None,
+    };
+    let data_b64 = match (json, payload) {
+        (None, Some(bytes)) => Some(BASE64.encode(bytes)),
+        _ => None,
+    };
+    let frame = EventFrame {
+        kind: "event",
+        topic: &meta.topic,
+        partition: meta.partition,
+        offset: meta.offset,
+        timestamp,
+        key: key_text,
+        key_b64,
+        headers: Headers(headers),
+        data: json,
+        data_b64,
+    };
+    // Serializing borrowed strings and numbers cannot fail.
+    Frame::from(serde_json::to_string(&frame).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn meta() -> RecordMeta {
+        RecordMeta {
+            topic: "prices".into(),
+            partition: 2,
+            offset: 41,
+        }
+    }
+
+    fn decode(frame: &Frame) -> Value {
+        serde_json::from_str(frame).expect("frame is JSON")
+    }
+
+    #[test]
+    fn json_payload_passes_through() {
+        let frame = encode_event(
+            &meta(),
+            Some(1_700_000_000_000),
+            Some(b"AAPL"),
+            &[("source", Some(b"demo"))],
+            Some(br#"{"price": 101.5}"#),
+            PayloadFormat::Json,
+        );
+        assert_eq!(
+            decode(&frame),
+            json!({"type":"event","topic":"prices","partition":2,"offset":41,
+                   "timestamp":1_700_000_000_000_i64,"key":"AAPL",
+                   "headers":{"source":"demo"},"data":{"price":101.5}})
+        );
+        // Verbatim: the payload's own spacing survives.
+        assert!(frame.contains(r#"{"price": 101.5}"#));
+    }
+
+    #[test]
+    fn invalid_json_and_raw_go_base64() {
+        let frame = encode_event(
+            &meta(),
+            None,
+            None,
+            &[],
+            Some(b"not json"),
+            PayloadFormat::Json,
+        );
+        assert_eq!(decode(&frame)["data_b64"], "bm90IGpzb24=");
+        assert!(decode(&frame).get("data").is_none());
+        let frame = encode_event(&meta(), None, None, &[], Some(b"{}"), PayloadFormat::Raw);
+        assert_eq!(decode(&frame)["data_b64"], "e30=");
+    }
+
+    #[test]
+    fn binary_key_and_header_and_tombstone() {
+        let frame = encode_event(
+            &meta(),
+            None,
+            Some(&[0xff, 0x00]),
+            &[("bin", Some(&[0xfe])), ("none", None)],
+            None,
+            PayloadFormat::Json,
+        );
+        let v = decode(&frame);
+        assert_eq!(v["key_b64"], "/wA=");
+        assert_eq!(v["headers"], json!({"bin":{"b64":"/g=="},"none":null}));
+        assert!(v.get("data").is_none() && v.get("data_b64").is_none());
+    }
+}

@@ -1,0 +1,8 @@
+//! Record decoding (JSON pass-through, raw bytes) and outgoing frame encoding.
+//!
+//! A record is decoded and encoded into its event frame once, at ingest; every
+//! recipient then shares the same [`Frame`] buffer.
+
+mod event;
+
+pub use event::{EncodedRecord, Frame, RecordMeta, encode_event};

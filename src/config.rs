@@ -1,0 +1,534 @@
+//! Typed configuration: defaults, `config/kgate.toml`, then `KGATE_*` environment
+//! overrides, validated at load so a bad value fails fast and names its key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Environment variable prefix; `KGATE_KAFKA__BOOTSTRAP_SERVERS` sets `kafka.bootstrap_servers`.
+pub const ENV_PREFIX: &str = "KGATE_";
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named with `--config` does not exist.
+    #[error("config file {path} does not exist")]
+    Missing { path: PathBuf },
+    /// A value failed to parse: the message names the key, the value, its source and what was expected.
+    #[error("{0}")]
+    Parse(String),
+    /// A value parsed but is out of its allowed range.
+    #[error("invalid value for `{key}`: {value} ({expected})")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+/// The whole gateway configuration. Every field has a documented default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub kafka: KafkaConfig,
+    pub embedded_broker: EmbeddedBrokerConfig,
+    pub topics: Vec<TopicConfig>,
+    pub websocket: WebSocketConfig,
+    pub replay: ReplayConfig,
+    pub log: LogConfig,
+}
+
+/// HTTP/WebSocket listener and local storage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the HTTP and WebSocket listener binds.
+    pub listen: SocketAddr,
+    /// Directory for RocksDB and the embedded broker's sqlite file.
+    pub data_dir: PathBuf,
+    /// Seconds to wait for connections to close on shutdown.
+    pub shutdown_timeout_secs: u64,
+}
+
+/// How kgate reaches Kafka.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list. Empty: start the embedded development broker.
+    pub bootstrap_servers: String,
+    /// Kafka client id sent to the brokers.
+    pub client_id: String,
+    /// Longest time the broker may hold a fetch when no data is there (fetch.wait.max.ms).
+    pub fetch_wait_max_ms: u32,
+    /// Create configured topics that do not exist (always on with the embedded broker).
+    pub create_missing_topics: bool,
+    /// First delay before retrying an unreachable cluster; doubles up to `retry_max_ms`.
+    pub retry_initial_ms: u64,
+    /// Longest delay between retries.
+    pub retry_max_ms: u64,
+    /// Timeout for metadata, watermark and offsets-for-times requests.
+    pub request_timeout_ms: u64,
+}
+
+/// The in-process development broker (tansu with sqlite storage).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedBrokerConfig {
+    /// Loopback address the embedded broker listens on.
+    pub listen: SocketAddr,
+}
+
+/// How the payloads of a topic are decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    /// JSON passed through as the event's `data`; invalid JSON falls back to `data_b64`.
+    Json,
+    /// Opaque bytes, delivered base64-encoded in `data_b64`.
+    Raw,
+}
+
+/// A Kafka topic the gateway serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// Kafka topic name; also the channel name.
+    pub name: String,
+    /// Payload format.
+    #[serde(default = "TopicConfig::default_format")]
+    pub format: PayloadFormat,
+    /// Partition count used when kgate creates the topic.
+    #[serde(default = "TopicConfig::default_partitions")]
+    pub partitions: i32,
+}
+
+impl TopicConfig {
+    fn default_format() -> PayloadFormat {
+        PayloadFormat::Json
+    }
+    fn default_partitions() -> i32 {
+        3
+    }
+    /// A JSON topic with the default partition count.
+    pub fn json(name: &str) -> Self {
+        TopicConfig {
+            name: name.to_string(),
+            format: PayloadFormat::Json,
+            partitions: Self::default_partitions(),
+        }
+    }
+}
+
+/// WebSocket transport limits and buffer sizes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Largest inbound WebSocket message; larger ones close the connection with 1009.
+    pub max_message_bytes: usize,
+    /// Largest inbound WebSocket frame.
+    pub max_frame_bytes: usize,
+    /// Largest command the protocol parses; larger ones get a `message_too_large` error.
+    pub max_command_bytes: usize,
+    /// Read buffer per connection (tungstenite's default is 128 KiB; small keeps idle memory low).
+    pub read_buffer_bytes: usize,
+    /// Bytes of outgoing frames gathered before a socket write.
+    pub write_buffer_bytes: usize,
+    /// Records queued for one connection before the slow-consumer policy applies.
+    pub outbox_max_messages: usize,
+    /// Bytes queued for one connection before the slow-consumer policy applies.
+    pub outbox_max_bytes: usize,
+    /// Seconds a socket write may take before the connection is closed (4009).
+    pub write_timeout_secs: u64,
+    /// Subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// Longest channel name accepted.
+    pub max_channel_bytes: usize,
+}
+
+/// Catch-up reads for subscriptions that start behind the live position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplayConfig {
+    /// Kafka readers that may run at once across all clients.
+    pub max_kafka_readers: usize,
+    /// Live records held per partition while a replay catches up; older ones are re-read.
+    pub handoff_buffer_records: usize,
+}
+
+/// Log output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `kgate=debug,rdkafka=warn`.
+    pub level: String,
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            kafka: KafkaConfig::default(),
+            embedded_broker: EmbeddedBrokerConfig::default(),
+            topics: vec![TopicConfig::json("prices"), TopicConfig::json("telemetry")],
+            websocket: WebSocketConfig::default(),
+            replay: ReplayConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("data"),
+            shutdown_timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: String::new(),
+            client_id: "kgate".into(),
+            fetch_wait_max_ms: 100,
+            create_missing_topics: false,
+            retry_initial_ms: 500,
+            retry_max_ms: 30_000,
+            request_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for EmbeddedBrokerConfig {
+    fn default() -> Self {
+        EmbeddedBrokerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 19092)),
+        }
+    }
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            max_message_bytes: 64 * 1024,
+            max_frame_bytes: 64 * 1024,
+            max_command_bytes: 4 * 1024,
+            read_buffer_bytes: 4 * 1024,
+            write_buffer_bytes: 16 * 1024,
+            outbox_max_messages: 10_000,
+            outbox_max_bytes: 8 * 1024 * 1024,
+            write_timeout_secs: 30,
+            max_subscriptions: 256,
+            max_channel_bytes: 512,
+        }
+    }
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        ReplayConfig {
+            max_kafka_readers: 16,
+            handoff_buffer_records: 10_000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (required when given explicitly), then `KGATE_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Missing {
+                    path: path.to_path_buf(),
+                });
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        Self::extract(figment.merge(Env::prefixed(ENV_PREFIX).split("__")))
+    }
+
+    /// Parses a TOML document on top of the defaults (no environment), for tests and tools.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::extract(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
+        )
+    }
+
+    fn extract(figment: Figment) -> Result<Config, ConfigError> {
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(describe(&figment, e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// True when no cluster is configured and the embedded development broker must run.
+    pub fn uses_embedded_broker(&self) -> bool {
+        self.kafka.bootstrap_servers.trim().is_empty()
+    }
+
+    /// The bootstrap list clients use: the configured cluster or the embedded broker.
+    pub fn bootstrap_servers(&self) -> String {
+        if self.uses_embedded_broker() {
+            self.embedded_broker.listen.to_string()
+        } else {
+            self.kafka.bootstrap_servers.trim().to_string()
+        }
+    }
+
+    /// The configuration of topic `name`, if the gateway serves it.
+    pub fn topic(&self, name: &str) -> Option<&TopicConfig> {
+        self.topics.iter().find(|t| t.name == name)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, value: impl ToString, expected: &'static str) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                value: value.to_string(),
+                expected,
+            }
+        }
+        if self.topics.is_empty() {
+            return Err(invalid("topics", "[]", "at least one topic"));
+        }
+        for (i, topic) in self.topics.iter().enumerate() {
+            if !is_valid_topic_name(&topic.name) {
+                return Err(invalid(
+                    "topics.name",
+                    format!("{:?} (topic #{})", topic.name, i + 1),
+                    "1-249 characters of [a-zA-Z0-9._-]",
+                ));
+            }
+            if self.topics[..i].iter().any(|t| t.name == topic.name) {
+                return Err(invalid(
+                    "topics.name",
+                    format!("{:?}", topic.name),
+                    "each topic listed once",
+                ));
+            }
+            if !(1..=10_000).contains(&topic.partitions) {
+                return Err(invalid(
+                    "topics.partitions",
+                    topic.partitions,
+                    "an integer from 1 to 10000",
+                ));
+            }
+        }
+        for server in self.kafka.bootstrap_servers.split(',').map(str::trim) {
+            if !server.is_empty() && !server.contains(':') {
+                return Err(invalid(
+                    "kafka.bootstrap_servers",
+                    format!("{server:?}"),
+                    "a comma-separated list of host:port",
+                ));
+            }
+        }
+        if self.kafka.fetch_wait_max_ms == 0 || self.kafka.fetch_wait_max_ms > 300_000 {
+            return Err(invalid(
+                "kafka.fetch_wait_max_ms",
+                self.kafka.fetch_wait_max_ms,
+                "1 to 300000 milliseconds",
+            ));
+        }
+        if self.kafka.retry_initial_ms == 0 || self.kafka.retry_initial_ms > self.kafka.retry_max_ms
+        {
+            return Err(invalid(
+                "kafka.retry_initial_ms",
+                self.kafka.retry_initial_ms,
+                "at least 1 and at most kafka.retry_max_ms",
+            ));
+        }
+        if self.kafka.request_timeout_ms < 100 {
+            return Err(invalid(
+                "kafka.request_timeout_ms",
+                self.kafka.request_timeout_ms,
+                "at least 100 milliseconds",
+            ));
+        }
+        if !self.embedded_broker.listen.ip().is_loopback() {
+            return Err(invalid(
+                "embedded_broker.listen",
+                self.embedded_broker.listen,
+                "a loopback address: the embedded broker is for development only",
+            ));
+        }
+        let ws = &self.websocket;
+        let positive = [
+            ("websocket.max_message_bytes", ws.max_message_bytes),
+            ("websocket.max_frame_bytes", ws.max_frame_bytes),
+            ("websocket.max_command_bytes", ws.max_command_bytes),
+            ("websocket.read_buffer_bytes", ws.read_buffer_bytes),
+            ("websocket.outbox_max_messages", ws.outbox_max_messages),
+            ("websocket.outbox_max_bytes", ws.outbox_max_bytes),
+            ("websocket.max_subscriptions", ws.max_subscriptions),
+            (
+                "websocket.write_timeout_secs",
+                ws.write_timeout_secs as usize,
+            ),
+            ("websocket.max_channel_bytes", ws.max_channel_bytes),
+            ("replay.max_kafka_readers", self.replay.max_kafka_readers),
+            (
+                "replay.handoff_buffer_records",
+                self.replay.handoff_buffer_records,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key, 0, "a positive integer"));
+            }
+        }
+        if ws.max_frame_bytes > ws.max_message_bytes {
+            return Err(invalid(
+                "websocket.max_frame_bytes",
+                ws.max_frame_bytes,
+                "at most websocket.max_message_bytes",
+            ));
+        }
+        if ws.max_command_bytes > ws.max_message_bytes {
+            return Err(invalid(
+                "websocket.max_command_bytes",
+                ws.max_command_bytes,
+                "at most websocket.max_message_bytes",
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!("{:?}", self.log.level),
+                "a tracing filter such as \"info\" or \"kgate=debug,warn\"",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One line per problem: the key, the value given, where it came from, and what was expected.
+fn describe(figment: &Figment, error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e.metadata.as_ref().map(|m| match &m.source {
+                Some(figment::Source::File(path)) => path.display().to_string(),
+                _ if m.name.contains("environment") => {
+                    format!("{ENV_PREFIX}{}", e.path.join("__").to_uppercase())
+                }
+                _ => m.name.to_string(),
+            });
+            let value = figment
+                .find_value(&key)
+                .ok()
+                .map(|v| match v.into_string() {
+                    Some(text) => format!(" = {text:?}"),
+                    None => String::new(),
+                })
+                .unwrap_or_default();
+            let from = source.map(|s| format!(" (from {s})")).unwrap_or_default();
+            if key.is_empty() {
+                format!("{}{from}", e.kind)
+            } else {
+                format!("invalid value for `{key}`{value}{from}: {}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Kafka's legal topic names: 1-249 characters of `[a-zA-Z0-9._-]`.
+pub fn is_valid_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_file_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/kgate.toml");
+        let text = std::fs::read_to_string(&path).expect("config/kgate.toml is readable");
+        let parsed: Config = toml_only(&text);
+        assert_eq!(
+            parsed,
+            Config::default(),
+            "config/kgate.toml drifted from the defaults"
+        );
+    }
+
+    fn toml_only(text: &str) -> Config {
+        // Parse the file alone (no defaults underneath) so a missing key is noticed.
+        Figment::from(Toml::string(text))
+            .extract()
+            .expect("config/kgate.toml parses on its own")
+    }
+
+    #[test]
+    fn bad_type_names_key_value_and_expectation() {
+        let err = Config::from_toml("[kafka]\nfetch_wait_max_ms = \"soon\"").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("fetch_wait_max_ms"), "{text}");
+        assert!(text.contains("soon"), "{text}");
+        assert!(text.contains("u32"), "{text}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let err = Config::from_toml("[server]\nlisten_adress = \"1.2.3.4:5\"").unwrap_err();
+        assert!(err.to_string().contains("listen_adress"), "{err}");
+    }
+
+    #[test]
+    fn range_errors_name_the_key() {
+        let err = Config::from_toml("[websocket]\noutbox_max_messages = 0").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value for `websocket.outbox_max_messages`: 0 (a positive integer)"
+        );
+        let err = Config::from_toml("[[topics]]\nname = \"bad topic\"").unwrap_err();
+        assert!(err.to_string().contains("topics.name"), "{err}");
+        let err = Config::from_toml("[kafka]\nbootstrap_servers = \"nohost\"").unwrap_err();
+        assert!(err.to_string().contains("kafka.bootstrap_servers"), "{err}");
+    }
+
+    #[test]
+    fn embedded_broker_only_without_bootstrap() {
+        let config = Config::default();
+        assert!(config.uses_embedded_broker());
+        assert_eq!(config.bootstrap_servers(), "127.0.0.1:19092");
+        let config =
+            Config::from_toml("[kafka]\nbootstrap_servers = \"k1:9092, k2:9092\"").unwrap();
+        assert!(!config.uses_embedded_broker());
+        assert_eq!(config.bootstrap_servers(), "k1:9092, k2:9092");
+    }
+}

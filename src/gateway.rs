@@ -1,0 +1,185 @@
+//! Startup and the state every connection shares: config, router, cluster
+//! client, replay pool, and the shutdown signal.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::kafka::cluster::{Cluster, ClusterError};
+use crate::kafka::embedded::{EmbeddedBroker, EmbeddedBrokerError};
+use crate::kafka::ingest::{Ingest, IngestError};
+use crate::kafka::replay::ReplayPool;
+use crate::router::{Router, TopicSpec};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Broker(#[from] EmbeddedBrokerError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+}
+
+/// State shared by every connection.
+pub struct Gateway {
+    pub config: Arc<Config>,
+    pub router: Arc<Router>,
+    pub cluster: Cluster,
+    pub replay: Arc<ReplayPool>,
+    connections: AtomicUsize,
+    next_connection_id: AtomicU64,
+    shutdown: watch::Sender<bool>,
+}
+
+/// A started gateway: the shared state plus what must live as long as it.
+pub struct Running {
+    pub gateway: Arc<Gateway>,
+    _ingest: Ingest,
+    _broker: Option<EmbeddedBroker>,
+}
+
+impl Gateway {
+    /// Starts the embedded broker if configured, waits for Kafka, prepares topics and starts ingest.
+    pub async fn start(mut config: Config) -> Result<Running, StartError> {
+        let data_dir = config.server.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let broker = if config.uses_embedded_broker() {
+            let broker = EmbeddedBroker::start(config.embedded_broker.listen, &data_dir).await?;
+            tracing::warn!(
+                address = %broker.addr(),
+                storage = %broker.db_path().display(),
+                "embedded development broker started (tansu, sqlite). For development only: \
+                 set kafka.bootstrap_servers to use a real Kafka cluster"
+            );
+            // tansu holds every fetch for the full wait, even when data is there.
+            config.kafka.fetch_wait_max_ms = config.kafka.fetch_wait_max_ms.min(5);
+            Some(broker)
+        } else {
+            None
+        };
+        let config = Arc::new(config);
+        let cluster = Cluster::new(&config)?;
+        let mut existing = cluster.wait_reachable(&config).await;
+        tracing::info!(
+            servers = cluster.servers(),
+            topics = existing.len(),
+            "connected to Kafka"
+        );
+        if config.uses_embedded_broker() || config.kafka.create_missing_topics {
+            let created = cluster.create_topics(&config, &existing).await?;
+            if !created.is_empty() {
+                tracing::info!(topics = ?created, "created topics");
+                existing = wait_for_topics(&cluster, &config).await?;
+            }
+        }
+        let missing: Vec<&str> = config
+            .topics
+            .iter()
+            .filter(|t| !existing.contains_key(&t.name))
+            .map(|t| t.name.as_str())
+            .collect();
+        if !missing.is_empty() {
+            return Err(ClusterError::MissingTopics {
+                servers: cluster.servers().to_string(),
+                topics: missing.join(", "),
+            }
+            .into());
+        }
+        let mut specs = Vec::new();
+        for topic in &config.topics {
+            let partitions = existing.get(&topic.name).copied().unwrap_or(0);
+            let mut start_offsets = Vec::with_capacity(partitions as usize);
+            for p in 0..partitions {
+                start_offsets.push(cluster.watermarks(&topic.name, p).await?.1);
+            }
+            tracing::info!(topic = %topic.name, partitions, format = ?topic.format, "serving topic from its live end");
+            specs.push(TopicSpec {
+                name: topic.name.clone(),
+                format: topic.format,
+                start_offsets,
+            });
+        }
+        let router = Arc::new(Router::new(specs));
+        let ingest = Ingest::start(&config, router.clone())?;
+        let replay = ReplayPool::new(config.clone(), cluster.clone());
+        let (shutdown, _) = watch::channel(false);
+        let gateway = Arc::new(Gateway {
+            config,
+            router,
+            cluster,
+            replay,
+            connections: AtomicUsize::new(0),
+            next_connection_id: AtomicU64::new(1),
+            shutdown,
+        });
+        Ok(Running {
+            gateway,
+            _ingest: ingest,
+            _broker: broker,
+        })
+    }
+
+    /// Registers a new connection; the guard unregisters it when dropped.
+    pub fn connection_opened(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard {
+            gateway: self.clone(),
+            id: self.next_connection_id.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Open connections.
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// A receiver that turns true when the gateway starts shutting down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Tells every connection to close with "going away".
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+}
+
+/// Counts a connection while it lives.
+pub struct ConnectionGuard {
+    gateway: Arc<Gateway>,
+    /// A process-unique connection id, used in logs and the welcome frame.
+    pub id: u64,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.gateway.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Topic creation is asynchronous on some brokers: wait until metadata shows every topic.
+async fn wait_for_topics(
+    cluster: &Cluster,
+    config: &Config,
+) -> Result<crate::kafka::cluster::TopicPartitions, ClusterError> {
+    for _ in 0..50 {
+        let topics = cluster.topics().await?;
+        if config.topics.iter().all(|t| topics.contains_key(&t.name)) {
+            return Ok(topics);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    cluster.topics().await
+}

@@ -1,0 +1,96 @@
+//! Live ingest: one consumer with every partition of every served topic assigned
+//! (no group balancing), decoding each record once and handing it to the router.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::Config;
+use crate::router::Router;
+
+/// Why ingest could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("cannot create or assign the ingest consumer: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("cannot spawn the ingest thread: {0}")]
+    Spawn(#[from] std::io::Error),
+}
+
+/// The running ingest thread; stopped and joined on drop.
+pub struct Ingest {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ingest {
+    /// Assigns every partition of the router's topics at its live position and starts consuming.
+    pub fn start(config: &Config, router: Arc<Router>) -> Result<Ingest, IngestError> {
+        let consumer: BaseConsumer = super::consumer_config(config, "ingest")
+            // Large fetches keep up with fan-out; the queue is bounded by librdkafka.
+            .set("queued.max.messages.kbytes", "65536")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for route in router.topics() {
+            for p in 0..route.partitions() {
+                let offset = route.live_offset(p).unwrap_or(0);
+                tpl.add_partition_offset(route.name(), p, Offset::Offset(offset))?;
+            }
+        }
+        consumer.assign(&tpl)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("kgate-ingest".into())
+            .spawn({
+                let stop = stop.clone();
+                move || run(consumer, router, stop)
+            })?;
+        Ok(Ingest {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(consumer: BaseConsumer, router: Arc<Router>, stop: Arc<AtomicBool>) {
+    router.set_ready(true);
+    let mut last_error_log: Option<Instant> = None;
+    while !stop.load(Ordering::Acquire) {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(message)) => {
+                let Some(route) = router.topic(rdkafka::Message::topic(&message)) else {
+                    continue;
+                };
+                let record = Arc::new(super::encode_message(
+                    route.name(),
+                    &message,
+                    route.format(),
+                ));
+                router.dispatch(route, record);
+            }
+            Some(Err(e)) => {
+                // librdkafka reconnects by itself; log at most every 5 s so an outage is visible, not noisy.
+                if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                    tracing::warn!(error = %e, "ingest: Kafka error (librdkafka retries)");
+                    last_error_log = Some(Instant::now());
+                }
+            }
+        }
+    }
+    router.set_ready(false);
+}

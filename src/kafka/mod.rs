@@ -1,0 +1,75 @@
+//! Everything that talks to Kafka: the embedded development broker, cluster
+//! metadata, live ingest, catch-up replay readers and the producer.
+
+pub mod cluster;
+pub mod embedded;
+pub mod ingest;
+pub mod producer;
+pub mod replay;
+
+use rdkafka::ClientConfig;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+
+use crate::codec::{EncodedRecord, RecordMeta, encode_event};
+use crate::config::{Config, PayloadFormat};
+
+/// Client settings shared by every rdkafka client kgate creates.
+pub fn client_config(config: &Config, role: &str) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", config.bootstrap_servers())
+        .set("client.id", format!("{}-{role}", config.kafka.client_id))
+        // Quiet librdkafka's own retries; kgate logs the failures it acts on.
+        .set("log_level", "3")
+        .set(
+            "socket.connection.setup.timeout.ms",
+            config.kafka.request_timeout_ms.max(1000).to_string(),
+        );
+    cc
+}
+
+/// Consumer settings for manually assigned partitions (no group, no commits).
+pub fn consumer_config(config: &Config, role: &str) -> ClientConfig {
+    let mut cc = client_config(config, role);
+    cc.set("group.id", format!("{}-{role}", config.kafka.client_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set(
+            "fetch.wait.max.ms",
+            config.kafka.fetch_wait_max_ms.to_string(),
+        )
+        .set("fetch.min.bytes", "1")
+        .set("auto.offset.reset", "earliest");
+    cc
+}
+
+/// Decodes and encodes one consumed message into the frame every recipient shares.
+pub fn encode_message(
+    topic: &std::sync::Arc<str>,
+    message: &BorrowedMessage<'_>,
+    format: PayloadFormat,
+) -> EncodedRecord {
+    let meta = RecordMeta {
+        topic: topic.clone(),
+        partition: message.partition(),
+        offset: message.offset(),
+    };
+    let mut headers = Vec::new();
+    if let Some(hs) = message.headers() {
+        for h in hs.iter() {
+            headers.push((h.key, h.value));
+        }
+    }
+    let frame = encode_event(
+        &meta,
+        message.timestamp().to_millis(),
+        message.key(),
+        &headers,
+        message.payload(),
+        format,
+    );
+    EncodedRecord {
+        meta,
+        key: message.key().map(bytes::Bytes::copy_from_slice),
+        frame,
+    }
+}

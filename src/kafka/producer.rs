@@ -1,0 +1,85 @@
+//! A thin producer for the demo generator and tools.
+
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::config::Config;
+
+/// Produces records and waits for their acknowledgement.
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+}
+
+/// Where a produced record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl Producer {
+    /// A producer for the configured (or embedded) cluster.
+    pub fn new(config: &Config) -> Result<Producer, KafkaError> {
+        let inner = super::client_config(config, "producer")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "30000")
+            .create()?;
+        Ok(Producer { inner })
+    }
+
+    /// Produces one record; the partition follows the key (or is chosen by librdkafka).
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+    ) -> Result<Delivered, KafkaError> {
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
+        self.inner
+            .send(record, Duration::from_secs(30))
+            .await
+            .map(|d| Delivered {
+                partition: d.partition,
+                offset: d.offset,
+            })
+            .map_err(|(e, _)| e)
+    }
+
+    /// Produces to an explicit partition.
+    pub async fn send_to(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Result<Delivered, KafkaError> {
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+            .partition(partition)
+            .payload(payload);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        self.inner
+            .send(record, Duration::from_secs(30))
+            .await
+            .map(|d| Delivered {
+                partition: d.partition,
+                offset: d.offset,
+            })
+            .map_err(|(e, _)| e)
+    }
+}

@@ -1,0 +1,16 @@
+//! kgate: a durable event-streaming gateway from Kafka to WebSocket clients.
+//!
+//! The path of a record: [`kafka::ingest`] → [`codec`] → [`router`] →
+//! [`session`] → [`transport`].
+
+pub mod cli;
+pub mod client;
+pub mod codec;
+pub mod config;
+pub mod demo;
+pub mod gateway;
+pub mod kafka;
+pub mod logging;
+pub mod router;
+pub mod session;
+pub mod transport;

@@ -1,0 +1,255 @@
+//! The router: which subscriptions get a record, and the live position of every
+//! partition.
+//!
+//! Registration and dispatch share one lock per topic, so the live position a
+//! new subscription is given is exact: every record at or after it is pushed to
+//! the subscription, every record before it is the replay's job.
+
+mod channel;
+
+pub use channel::{Channel, ChannelError};
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+
+use crate::codec::EncodedRecord;
+use crate::config::PayloadFormat;
+use crate::session::outbox::{Delivery, Outbox, Push, SubscriptionId};
+
+/// Routes ingested records to the outboxes of subscribed connections.
+pub struct Router {
+    topics: HashMap<Arc<str>, TopicRoute>,
+    next_id: AtomicU64,
+    ready: AtomicBool,
+}
+
+/// One served topic: its partitions' live positions and its subscribers.
+pub struct TopicRoute {
+    name: Arc<str>,
+    format: PayloadFormat,
+    /// Next offset ingest will dispatch, per partition.
+    live: Vec<AtomicI64>,
+    subscribers: RwLock<Subscribers>,
+}
+
+#[derive(Default)]
+struct Subscribers {
+    all: HashMap<SubscriptionId, Arc<Outbox>>,
+    by_key: HashMap<Bytes, HashMap<SubscriptionId, Arc<Outbox>>>,
+}
+
+/// A topic to serve, with its partition count and the offsets ingest starts from.
+pub struct TopicSpec {
+    pub name: String,
+    pub format: PayloadFormat,
+    pub start_offsets: Vec<i64>,
+}
+
+impl Router {
+    /// A router for a fixed set of topics.
+    pub fn new(topics: Vec<TopicSpec>) -> Router {
+        let topics = topics
+            .into_iter()
+            .map(|spec| {
+                let name: Arc<str> = spec.name.into();
+                let route = TopicRoute {
+                    name: name.clone(),
+                    format: spec.format,
+                    live: spec.start_offsets.into_iter().map(AtomicI64::new).collect(),
+                    subscribers: RwLock::new(Subscribers::default()),
+                };
+                (name, route)
+            })
+            .collect();
+        Router {
+            topics,
+            next_id: AtomicU64::new(1),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// The route of a served topic.
+    pub fn topic(&self, name: &str) -> Option<&TopicRoute> {
+        self.topics.get(name)
+    }
+
+    /// Every served topic.
+    pub fn topics(&self) -> impl Iterator<Item = &TopicRoute> {
+        self.topics.values()
+    }
+
+    /// Marks ingest as running (readiness).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// True once ingest runs.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Registers a subscription; returns its id and the live position of every partition.
+    pub fn subscribe(
+        &self,
+        route: &TopicRoute,
+        channel: &Channel,
+        outbox: Arc<Outbox>,
+    ) -> (SubscriptionId, Vec<i64>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut subs = route.subscribers.write();
+        match &channel.key {
+            None => {
+                subs.all.insert(id, outbox);
+            }
+            Some(key) => {
+                subs.by_key
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(id, outbox);
+            }
+        }
+        let live = route
+            .live
+            .iter()
+            .map(|p| p.load(Ordering::Acquire))
+            .collect();
+        (id, live)
+    }
+
+    /// Removes a subscription; deliveries already queued for it are ignored by the session.
+    pub fn unsubscribe(&self, route: &TopicRoute, channel: &Channel, id: SubscriptionId) {
+        let mut subs = route.subscribers.write();
+        match &channel.key {
+            None => {
+                subs.all.remove(&id);
+            }
+            Some(key) => {
+                if let Some(set) = subs.by_key.get_mut(key) {
+                    set.remove(&id);
+                    if set.is_empty() {
+                        subs.by_key.remove(key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pushes one ingested record to every matching subscription; returns how many outboxes overflowed.
+    pub fn dispatch(&self, route: &TopicRoute, record: Arc<EncodedRecord>) -> usize {
+        let subs = route.subscribers.read();
+        if let Some(p) = route.live.get(record.meta.partition as usize) {
+            p.store(record.meta.offset + 1, Ordering::Release);
+        }
+        let mut overflowed = 0;
+        let mut send = |(id, outbox): (&SubscriptionId, &Arc<Outbox>)| {
+            let delivery = Delivery {
+                subscription: *id,
+                record: record.clone(),
+            };
+            if outbox.push(delivery) == Push::Overflow {
+                overflowed += 1;
+            }
+        };
+        subs.all.iter().for_each(&mut send);
+        if let Some(key) = &record.key {
+            if let Some(set) = subs.by_key.get(key) {
+                set.iter().for_each(&mut send);
+            }
+        }
+        overflowed
+    }
+}
+
+impl TopicRoute {
+    /// The topic name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// How payloads of this topic are decoded.
+    pub fn format(&self) -> PayloadFormat {
+        self.format
+    }
+
+    /// Partition count.
+    pub fn partitions(&self) -> i32 {
+        self.live.len() as i32
+    }
+
+    /// Next offset ingest will dispatch on `partition`.
+    pub fn live_offset(&self, partition: i32) -> Option<i64> {
+        self.live
+            .get(partition as usize)
+            .map(|p| p.load(Ordering::Acquire))
+    }
+
+    /// Subscriptions currently registered (whole-topic and keyed).
+    pub fn subscription_count(&self) -> usize {
+        let subs = self.subscribers.read();
+        subs.all.len() + subs.by_key.values().map(HashMap::len).sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::RecordMeta;
+    use std::collections::VecDeque;
+
+    fn record(partition: i32, offset: i64, key: &str) -> Arc<EncodedRecord> {
+        Arc::new(EncodedRecord {
+            meta: RecordMeta {
+                topic: "prices".into(),
+                partition,
+                offset,
+            },
+            key: Some(Bytes::copy_from_slice(key.as_bytes())),
+            frame: "{}".into(),
+        })
+    }
+
+    #[test]
+    fn routes_by_topic_and_key_and_tracks_live_positions() {
+        let router = Router::new(vec![TopicSpec {
+            name: "prices".into(),
+            format: PayloadFormat::Json,
+            start_offsets: vec![10, 20],
+        }]);
+        let route = router.topic("prices").unwrap();
+        let all = Arc::new(Outbox::new(100, 1 << 20));
+        let aapl = Arc::new(Outbox::new(100, 1 << 20));
+        let (all_id, live) =
+            router.subscribe(route, &Channel::parse("prices", 64).unwrap(), all.clone());
+        assert_eq!(live, vec![10, 20]);
+        let aapl_channel = Channel::parse("prices:AAPL", 64).unwrap();
+        let (aapl_id, _) = router.subscribe(route, &aapl_channel, aapl.clone());
+
+        router.dispatch(route, record(0, 10, "AAPL"));
+        router.dispatch(route, record(1, 20, "MSFT"));
+        assert_eq!(route.live_offset(0), Some(11));
+        assert_eq!(route.live_offset(1), Some(21));
+
+        let mut got = VecDeque::new();
+        all.drain_into(&mut got);
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|d| d.subscription == all_id));
+        got.clear();
+        aapl.drain_into(&mut got);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].subscription, got[0].record.meta.offset),
+            (aapl_id, 10)
+        );
+
+        router.unsubscribe(route, &aapl_channel, aapl_id);
+        assert_eq!(route.subscription_count(), 1);
+        router.dispatch(route, record(0, 11, "AAPL"));
+        got.clear();
+        aapl.drain_into(&mut got);
+        assert!(got.is_empty());
+    }
+}

@@ -1,0 +1,5 @@
+//! Per-client state: subscriptions with a position per partition, and the
+//! bounded outbox the router fills.
+
+pub mod outbox;
+pub mod subscription;

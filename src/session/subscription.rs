@@ -1,0 +1,351 @@
+//! One subscription's position per partition and the replay-to-live hand-off.
+//!
+//! A partition starts either live (its start is at or past the router's live
+//! position) or catching up. While catching up, live records are buffered
+//! (bounded: the oldest are dropped and re-read from Kafka instead); the replay
+//! delivers up to the first buffered offset, then the buffer is flushed and the
+//! partition is live. Offsets below a partition's position are never sent twice.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::codec::EncodedRecord;
+use crate::router::Channel;
+use crate::session::outbox::SubscriptionId;
+
+/// Where a partition of a new subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The live end: only records produced from now on.
+    Latest,
+    /// The oldest offset Kafka still holds (no gap is reported).
+    Earliest,
+    /// An exact offset; a gap is reported if Kafka no longer holds it.
+    Offset(i64),
+}
+
+/// A partition's delivery state.
+#[derive(Debug)]
+enum Cursor {
+    Live {
+        next: i64,
+    },
+    CatchingUp {
+        next: Option<i64>,
+        live_from: i64,
+        buffer: VecDeque<Arc<EncodedRecord>>,
+    },
+}
+
+/// What a replay reports for one partition.
+#[derive(Debug)]
+pub enum ReplayEvent {
+    /// A record read from Kafka.
+    Record(Arc<EncodedRecord>),
+    /// The replay starts here (resolves `Earliest`).
+    Started { offset: i64 },
+    /// The requested offset is gone (retention); the replay continues from `earliest`.
+    Gap { requested: i64, earliest: i64 },
+    /// The reader reached the end of the partition; `position` is the next offset Kafka will write.
+    End { position: i64 },
+    /// The reader failed; the message says why.
+    Failed(String),
+}
+
+/// One subscription of one connection.
+#[derive(Debug)]
+pub struct Subscription {
+    pub id: SubscriptionId,
+    pub channel: Channel,
+    /// The id of the subscribe request, echoed in the `live` marker.
+    pub request_id: Option<serde_json::Value>,
+    cursors: Vec<Cursor>,
+    buffer_cap: usize,
+    announced_live: bool,
+}
+
+impl Subscription {
+    /// Builds the cursors from the requested starts and the router's live positions.
+    /// Returns the subscription and the partitions that need a replay, with their start.
+    pub fn new(
+        id: SubscriptionId,
+        channel: Channel,
+        request_id: Option<serde_json::Value>,
+        starts: &[Start],
+        live: &[i64],
+        buffer_cap: usize,
+    ) -> (Subscription, Vec<(i32, Start)>) {
+        let mut replays = Vec::new();
+        let cursors = live
+            .iter()
+            .enumerate()
+            .map(|(p, &live_from)| {
+                let start = starts.get(p).copied().unwrap_or(Start::Latest);
+                match start {
+                    Start::Latest => Cursor::Live { next: live_from },
+                    Start::Offset(o) if o >= live_from => Cursor::Live { next: o },
+                    Start::Offset(o) => {
+                        replays.push((p as i32, start));
+                        Cursor::CatchingUp {
+                            next: Some(o),
+                            live_from,
+                            buffer: VecDeque::new(),
+                        }
+                    }
+                    Start::Earliest => {
+                        replays.push((p as i32, start));
+                        Cursor::CatchingUp {
+                            next: None,
+                            live_from,
+                            buffer: VecDeque::new(),
+                        }
+                    }
+                }
+            })
+            .collect();
+        let sub = Subscription {
+            id,
+            channel,
+            request_id,
+            cursors,
+            buffer_cap,
+            announced_live: false,
+        };
+        (sub, replays)
+    }
+
+    /// Handles a live record from the router; pushes what must be sent to `out`.
+    pub fn on_live(&mut self, record: Arc<EncodedRecord>, out: &mut Vec<Arc<EncodedRecord>>) {
+        let cap = self.buffer_cap;
+        let Some(cursor) = self.cursors.get_mut(record.meta.partition as usize) else {
+            return;
+        };
+        match cursor {
+            Cursor::Live { next } => {
+                if record.meta.offset >= *next {
+                    *next = record.meta.offset + 1;
+                    out.push(record);
+                }
+            }
+            Cursor::CatchingUp { buffer, .. } => {
+                buffer.push_back(record);
+                if buffer.len() > cap {
+                    // The replay reads further instead; memory stays bounded.
+                    buffer.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Handles a replay event for `partition`; returns true when the partition went
+    /// live (its replay can stop).
+    pub fn on_replay(
+        &mut self,
+        partition: i32,
+        event: ReplayEvent,
+        out: &mut Vec<Arc<EncodedRecord>>,
+    ) -> bool {
+        let Some(cursor) = self.cursors.get_mut(partition as usize) else {
+            return true;
+        };
+        let Cursor::CatchingUp { next, .. } = cursor else {
+            return true;
+        };
+        match event {
+            ReplayEvent::Started { offset }
+            | ReplayEvent::Gap {
+                earliest: offset, ..
+            } => {
+                *next = Some(next.map_or(offset, |n| n.max(offset)));
+            }
+            ReplayEvent::Record(record) => {
+                if next.is_none_or(|n| record.meta.offset >= n) {
+                    *next = Some(record.meta.offset + 1);
+                    if self.channel.matches(record.key.as_deref()) {
+                        out.push(record);
+                    }
+                }
+            }
+            ReplayEvent::End { position } => {
+                // Offsets up to the end may be holes (compaction, transaction markers).
+                *next = Some(next.map_or(position, |n| n.max(position)));
+                return Self::hand_off(cursor, out, true);
+            }
+            ReplayEvent::Failed(_) => return false,
+        }
+        Self::hand_off(cursor, out, false)
+    }
+
+    /// Goes live if the replay reached the first buffered offset (or the live position).
+    fn hand_off(cursor: &mut Cursor, out: &mut Vec<Arc<EncodedRecord>>, at_end: bool) -> bool {
+        let Cursor::CatchingUp {
+            next: Some(next),
+            live_from,
+            buffer,
+        } = cursor
+        else {
+            return false;
+        };
+        let target = buffer.front().map_or(*live_from, |r| r.meta.offset);
+        if *next < target && !at_end {
+            return false;
+        }
+        let mut next = *next;
+        for record in buffer.drain(..) {
+            if record.meta.offset >= next {
+                next = record.meta.offset + 1;
+                out.push(record);
+            }
+        }
+        *cursor = Cursor::Live {
+            next: next.max(*live_from),
+        };
+        true
+    }
+
+    /// True when every partition is live.
+    pub fn is_live(&self) -> bool {
+        self.cursors
+            .iter()
+            .all(|c| matches!(c, Cursor::Live { .. }))
+    }
+
+    /// True the first time the subscription is found live (the `live` marker is due).
+    pub fn take_live_marker(&mut self) -> bool {
+        if !self.announced_live && self.is_live() {
+            self.announced_live = true;
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::RecordMeta;
+    use bytes::Bytes;
+
+    fn rec(partition: i32, offset: i64, key: &str) -> Arc<EncodedRecord> {
+        Arc::new(EncodedRecord {
+            meta: RecordMeta {
+                topic: "t".into(),
+                partition,
+                offset,
+            },
+            key: Some(Bytes::copy_from_slice(key.as_bytes())),
+            frame: "".into(),
+        })
+    }
+
+    fn offsets(out: &[Arc<EncodedRecord>]) -> Vec<i64> {
+        out.iter().map(|r| r.meta.offset).collect()
+    }
+
+    fn sub(
+        starts: &[Start],
+        live: &[i64],
+        cap: usize,
+        channel: &str,
+    ) -> (Subscription, Vec<(i32, Start)>) {
+        Subscription::new(
+            1,
+            Channel::parse(channel, 100).unwrap(),
+            None,
+            starts,
+            live,
+            cap,
+        )
+    }
+
+    #[test]
+    fn latest_is_live_at_once_and_drops_older_offsets() {
+        let (mut s, replays) = sub(&[Start::Latest], &[5], 10, "t");
+        assert!(replays.is_empty() && s.is_live() && s.take_live_marker());
+        let mut out = Vec::new();
+        s.on_live(rec(0, 4, "k"), &mut out);
+        s.on_live(rec(0, 5, "k"), &mut out);
+        s.on_live(rec(0, 5, "k"), &mut out);
+        assert_eq!(offsets(&out), vec![5]);
+    }
+
+    #[test]
+    fn replay_hands_off_to_buffer_without_gap_or_duplicate() {
+        let (mut s, replays) = sub(&[Start::Offset(2)], &[6], 10, "t");
+        assert_eq!(replays, vec![(0, Start::Offset(2))]);
+        let mut out = Vec::new();
+        // Live records arrive while the replay runs.
+        for o in 6..9 {
+            s.on_live(rec(0, o, "k"), &mut out);
+        }
+        assert!(out.is_empty());
+        for o in 2..6 {
+            let done = s.on_replay(0, ReplayEvent::Record(rec(0, o, "k")), &mut out);
+            assert_eq!(done, o == 5);
+        }
+        assert!(s.is_live());
+        s.on_live(rec(0, 9, "k"), &mut out);
+        assert_eq!(offsets(&out), (2..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn full_buffer_drops_oldest_and_replay_reads_further() {
+        let (mut s, _) = sub(&[Start::Offset(0)], &[3], 2, "t");
+        let mut out = Vec::new();
+        for o in 3..8 {
+            s.on_live(rec(0, o, "k"), &mut out);
+        }
+        // Buffer keeps 6 and 7; the replay must deliver 0..=5 itself.
+        for o in 0..5 {
+            assert!(!s.on_replay(0, ReplayEvent::Record(rec(0, o, "k")), &mut out));
+        }
+        assert!(s.on_replay(0, ReplayEvent::Record(rec(0, 5, "k")), &mut out));
+        assert_eq!(offsets(&out), (0..8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn earliest_with_key_filter_and_end_of_partition() {
+        let (mut s, replays) = sub(&[Start::Earliest], &[4], 10, "t:a");
+        assert_eq!(replays, vec![(0, Start::Earliest)]);
+        let mut out = Vec::new();
+        assert!(!s.on_replay(0, ReplayEvent::Started { offset: 1 }, &mut out));
+        for (o, k) in [(1, "a"), (2, "b")] {
+            s.on_replay(0, ReplayEvent::Record(rec(0, o, k)), &mut out);
+        }
+        // Offset 3 is a transaction marker: the reader ends at position 4.
+        assert!(s.on_replay(0, ReplayEvent::End { position: 4 }, &mut out));
+        assert_eq!(offsets(&out), vec![1]);
+        s.on_live(rec(0, 4, "a"), &mut out);
+        assert_eq!(offsets(&out), vec![1, 4]);
+    }
+
+    #[test]
+    fn gap_moves_the_start_forward() {
+        let (mut s, _) = sub(&[Start::Offset(0)], &[20], 10, "t");
+        let mut out = Vec::new();
+        s.on_replay(
+            0,
+            ReplayEvent::Gap {
+                requested: 0,
+                earliest: 15,
+            },
+            &mut out,
+        );
+        for o in 15..20 {
+            s.on_replay(0, ReplayEvent::Record(rec(0, o, "k")), &mut out);
+        }
+        assert!(s.is_live());
+        assert_eq!(offsets(&out), (15..20).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn future_offset_starts_live_and_waits_for_it() {
+        let (mut s, replays) = sub(&[Start::Offset(10), Start::Latest], &[5, 7], 10, "t");
+        assert!(replays.is_empty());
+        let mut out = Vec::new();
+        s.on_live(rec(0, 9, "k"), &mut out);
+        s.on_live(rec(0, 10, "k"), &mut out);
+        s.on_live(rec(1, 7, "k"), &mut out);
+        assert_eq!(offsets(&out), vec![10, 7]);
+    }
+}

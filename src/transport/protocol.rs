@@ -1,0 +1,441 @@
+//! WebSocket protocol v1: client commands, server frames, error codes and close
+//! codes. docs/protocol.md is the reference; keep the two in step.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// The subprotocol a client offers in `Sec-WebSocket-Protocol`.
+pub const SUBPROTOCOL: &str = "kgate.v1.json";
+
+/// Stable, machine-readable error codes carried by `error` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The text frame is not JSON.
+    InvalidJson,
+    /// JSON, but not a valid command (missing or mistyped field).
+    InvalidFrame,
+    /// The `type` names no command.
+    UnknownType,
+    /// The command is larger than `websocket.max_command_bytes`.
+    MessageTooLarge,
+    /// Binary frames carry no commands in v1.
+    BinaryNotSupported,
+    /// The channel name is malformed.
+    InvalidChannel,
+    /// The gateway does not serve this topic.
+    UnknownTopic,
+    /// The `from` position is malformed or names a partition the topic lacks.
+    InvalidPosition,
+    /// The connection is already subscribed to this channel.
+    AlreadySubscribed,
+    /// Unsubscribe from a channel the connection is not subscribed to.
+    NotSubscribed,
+    /// The connection holds `websocket.max_subscriptions` already.
+    TooManySubscriptions,
+    /// Kafka did not answer a lookup (offsets for a timestamp); retry later.
+    KafkaUnavailable,
+    /// A catch-up read failed; the subscription was removed.
+    ReplayFailed,
+}
+
+impl ErrorCode {
+    /// The wire name of the code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidFrame => "invalid_frame",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::BinaryNotSupported => "binary_not_supported",
+            ErrorCode::InvalidChannel => "invalid_channel",
+            ErrorCode::UnknownTopic => "unknown_topic",
+            ErrorCode::InvalidPosition => "invalid_position",
+            ErrorCode::AlreadySubscribed => "already_subscribed",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::KafkaUnavailable => "kafka_unavailable",
+            ErrorCode::ReplayFailed => "replay_failed",
+        }
+    }
+}
+
+/// WebSocket close codes kgate sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCode {
+    /// 1001: the gateway is shutting down; reconnect (to another node).
+    GoingAway,
+    /// 1009: an inbound message exceeded `websocket.max_message_bytes`.
+    MessageTooBig,
+    /// 1011: an internal error ended the connection.
+    InternalError,
+    /// 4008: the client did not read fast enough and its outbox filled.
+    SlowConsumer,
+    /// 4009: a socket write did not complete within `websocket.write_timeout_secs`.
+    WriteTimeout,
+}
+
+impl CloseCode {
+    /// The numeric code.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseCode::GoingAway => 1001,
+            CloseCode::MessageTooBig => 1009,
+            CloseCode::InternalError => 1011,
+            CloseCode::SlowConsumer => 4008,
+            CloseCode::WriteTimeout => 4009,
+        }
+    }
+
+    /// The close reason text.
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseCode::GoingAway => "server shutting down; reconnect",
+            CloseCode::MessageTooBig => "message too big",
+            CloseCode::InternalError => "internal error",
+            CloseCode::SlowConsumer => "slow consumer: outbox full",
+            CloseCode::WriteTimeout => "write timeout",
+        }
+    }
+}
+
+/// Where a subscription starts, as the client wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum From {
+    Latest,
+    Earliest,
+    /// Explicit offsets by partition; partitions not named start at the live end.
+    Offsets(BTreeMap<i32, i64>),
+    /// Milliseconds since the epoch, resolved with Kafka's offsets-for-times.
+    Timestamp(i64),
+}
+
+/// A parsed client command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Subscribe {
+        id: Option<Value>,
+        channel: String,
+        from: From,
+    },
+    Unsubscribe {
+        id: Option<Value>,
+        channel: String,
+    },
+    Ping {
+        id: Option<Value>,
+    },
+}
+
+/// A command that could not be parsed; answered with an `error` frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandError {
+    pub id: Option<Value>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeFields {
+    #[serde(rename = "type")]
+    _kind: String,
+    #[serde(rename = "id")]
+    _id: Option<Value>,
+    channel: String,
+    #[serde(default)]
+    from: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnsubscribeFields {
+    #[serde(rename = "type")]
+    _kind: String,
+    #[serde(rename = "id")]
+    _id: Option<Value>,
+    channel: String,
+}
+
+const FROM_HELP: &str = r#"`from` must be "latest", "earliest", {"offsets": {"<partition>": <offset>}} or {"timestamp": <epoch ms>}"#;
+
+/// Parses one text frame into a command.
+pub fn parse_command(text: &str, max_bytes: usize) -> Result<Command, CommandError> {
+    let fail = |id: Option<Value>, code, message: String| CommandError { id, code, message };
+    if text.len() > max_bytes {
+        return Err(fail(
+            None,
+            ErrorCode::MessageTooLarge,
+            format!("command is {} bytes; the limit is {max_bytes}", text.len()),
+        ));
+    }
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| fail(None, ErrorCode::InvalidJson, format!("not JSON: {e}")))?;
+    let Some(object) = value.as_object() else {
+        return Err(fail(
+            None,
+            ErrorCode::InvalidFrame,
+            "a command must be a JSON object".into(),
+        ));
+    };
+    let id = object.get("id").cloned();
+    if let Some(bad) = id
+        .as_ref()
+        .filter(|v| !(v.is_string() || v.is_u64() || v.is_i64()))
+    {
+        return Err(fail(
+            None,
+            ErrorCode::InvalidFrame,
+            format!("`id` must be a string or an integer, not {bad}"),
+        ));
+    }
+    let Some(kind) = object.get("type").and_then(Value::as_str) else {
+        return Err(fail(
+            id,
+            ErrorCode::InvalidFrame,
+            "missing string field `type`".into(),
+        ));
+    };
+    let invalid = |id: &Option<Value>, e: serde_json::Error| {
+        fail(id.clone(), ErrorCode::InvalidFrame, format!("{kind}: {e}"))
+    };
+    match kind {
+        "subscribe" => {
+            let f: SubscribeFields =
+                serde_json::from_value(value.clone()).map_err(|e| invalid(&id, e))?;
+            let from = parse_from(f.from.as_ref())
+                .map_err(|m| fail(id.clone(), ErrorCode::InvalidPosition, m))?;
+            Ok(Command::Subscribe {
+                id,
+                channel: f.channel,
+                from,
+            })
+        }
+        "unsubscribe" => {
+            let f: UnsubscribeFields =
+                serde_json::from_value(value.clone()).map_err(|e| invalid(&id, e))?;
+            Ok(Command::Unsubscribe {
+                id,
+                channel: f.channel,
+            })
+        }
+        "ping" => Ok(Command::Ping { id }),
+        other => Err(fail(
+            id.clone(),
+            ErrorCode::UnknownType,
+            format!("unknown command type {other:?}; expected subscribe, unsubscribe or ping"),
+        )),
+    }
+}
+
+fn parse_from(from: Option<&Value>) -> Result<From, String> {
+    let Some(from) = from else {
+        return Ok(From::Latest);
+    };
+    match from {
+        Value::String(s) if s == "latest" => Ok(From::Latest),
+        Value::String(s) if s == "earliest" => Ok(From::Earliest),
+        Value::Object(o) if o.len() == 1 && o.contains_key("timestamp") => {
+            match o["timestamp"].as_i64() {
+                Some(ts) if ts >= 0 => Ok(From::Timestamp(ts)),
+                _ => Err(format!(
+                    "`from.timestamp` must be a non-negative integer (epoch ms), not {}",
+                    o["timestamp"]
+                )),
+            }
+        }
+        Value::Object(o) if o.len() == 1 && o.contains_key("offsets") => {
+            let Some(map) = o["offsets"].as_object() else {
+                return Err("`from.offsets` must be an object of partition to offset".into());
+            };
+            let mut offsets = BTreeMap::new();
+            for (p, off) in map {
+                let partition: i32 =
+                    p.parse().ok().filter(|p| *p >= 0).ok_or_else(|| {
+                        format!("`from.offsets` key {p:?} is not a partition number")
+                    })?;
+                let offset = off.as_i64().filter(|o| *o >= 0).ok_or_else(|| {
+                    format!("`from.offsets.{p}` must be a non-negative integer, not {off}")
+                })?;
+                offsets.insert(partition, offset);
+            }
+            Ok(From::Offsets(offsets))
+        }
+        other => Err(format!("{FROM_HELP}; got {other}")),
+    }
+}
+
+/// The `error` frame.
+pub fn error_frame(id: Option<&Value>, code: ErrorCode, message: &str) -> String {
+    with_id(
+        json!({"type": "error", "code": code.as_str(), "message": message}),
+        id,
+    )
+}
+
+/// The reply to a successful subscribe.
+pub fn subscribed_frame(id: Option<&Value>, channel: &str, live: &[i64]) -> String {
+    let partitions: BTreeMap<String, i64> = live
+        .iter()
+        .enumerate()
+        .map(|(p, o)| (p.to_string(), *o))
+        .collect();
+    with_id(
+        json!({"type": "subscribed", "channel": channel, "live_offsets": partitions}),
+        id,
+    )
+}
+
+/// The reply to an unsubscribe.
+pub fn unsubscribed_frame(id: Option<&Value>, channel: &str) -> String {
+    with_id(json!({"type": "unsubscribed", "channel": channel}), id)
+}
+
+/// Marks the point where a subscription's catch-up ended and live delivery began.
+pub fn live_frame(id: Option<&Value>, channel: &str) -> String {
+    with_id(json!({"type": "live", "channel": channel}), id)
+}
+
+/// Records before `earliest` were deleted by retention and will never be delivered.
+pub fn gap_frame(
+    channel: &str,
+    topic: &str,
+    partition: i32,
+    requested: i64,
+    earliest: i64,
+) -> String {
+    json!({"type": "gap", "channel": channel, "topic": topic, "partition": partition,
+           "requested": requested, "earliest": earliest})
+    .to_string()
+}
+
+/// The reply to `ping`.
+pub fn pong_frame(id: Option<&Value>) -> String {
+    with_id(json!({"type": "pong"}), id)
+}
+
+/// The first frame on every connection.
+pub fn welcome_frame(connection_id: u64) -> String {
+    json!({"type": "welcome", "protocol": SUBPROTOCOL, "connection_id": connection_id,
+           "server": concat!("kgate/", env!("CARGO_PKG_VERSION"))})
+    .to_string()
+}
+
+fn with_id(mut frame: Value, id: Option<&Value>) -> String {
+    if let (Some(id), Some(obj)) = (id, frame.as_object_mut()) {
+        obj.insert("id".into(), id.clone());
+    }
+    frame.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> CommandError {
+        parse_command(text, 1000).unwrap_err()
+    }
+
+    #[test]
+    fn parses_subscribe_variants() {
+        let c = parse_command(
+            r#"{"type":"subscribe","id":"a","channel":"prices:AAPL"}"#,
+            1000,
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            Command::Subscribe {
+                id: Some(json!("a")),
+                channel: "prices:AAPL".into(),
+                from: From::Latest
+            }
+        );
+        let c = parse_command(
+            r#"{"type":"subscribe","id":7,"channel":"p","from":{"offsets":{"0":5,"2":9}}}"#,
+            1000,
+        )
+        .unwrap();
+        let Command::Subscribe {
+            from: From::Offsets(o),
+            ..
+        } = c
+        else {
+            panic!("{c:?}")
+        };
+        assert_eq!(o.into_iter().collect::<Vec<_>>(), vec![(0, 5), (2, 9)]);
+        let c = parse_command(
+            r#"{"type":"subscribe","channel":"p","from":{"timestamp":1700}}"#,
+            1000,
+        )
+        .unwrap();
+        assert!(matches!(
+            c,
+            Command::Subscribe {
+                from: From::Timestamp(1700),
+                ..
+            }
+        ));
+        let c = parse_command(
+            r#"{"type":"subscribe","channel":"p","from":"earliest"}"#,
+            1000,
+        )
+        .unwrap();
+        assert!(matches!(
+            c,
+            Command::Subscribe {
+                from: From::Earliest,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn each_bad_input_has_its_code() {
+        assert_eq!(err("{nope").code, ErrorCode::InvalidJson);
+        assert_eq!(err("[1]").code, ErrorCode::InvalidFrame);
+        assert_eq!(err(r#"{"id":"x"}"#).id, Some(json!("x")));
+        assert_eq!(
+            err(r#"{"type":"dance","id":1}"#).code,
+            ErrorCode::UnknownType
+        );
+        assert_eq!(
+            err(r#"{"type":"subscribe","id":1}"#).code,
+            ErrorCode::InvalidFrame
+        );
+        assert_eq!(
+            err(r#"{"type":"subscribe","channel":"p","extra":1}"#).code,
+            ErrorCode::InvalidFrame
+        );
+        assert_eq!(
+            err(r#"{"type":"subscribe","channel":"p","from":"yesterday"}"#).code,
+            ErrorCode::InvalidPosition
+        );
+        assert_eq!(
+            err(r#"{"type":"subscribe","channel":"p","from":{"offsets":{"x":1}}}"#).code,
+            ErrorCode::InvalidPosition
+        );
+        assert_eq!(
+            err(r#"{"type":"subscribe","channel":"p","from":{"offsets":{"0":-1}}}"#).code,
+            ErrorCode::InvalidPosition
+        );
+        assert_eq!(
+            err(r#"{"type":"ping","id":{"a":1}}"#).code,
+            ErrorCode::InvalidFrame
+        );
+        let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(2000));
+        assert_eq!(err(&big).code, ErrorCode::MessageTooLarge);
+    }
+
+    #[test]
+    fn frames_carry_ids() {
+        let f: Value =
+            serde_json::from_str(&error_frame(Some(&json!(3)), ErrorCode::UnknownTopic, "no"))
+                .unwrap();
+        assert_eq!(
+            f,
+            json!({"type":"error","id":3,"code":"unknown_topic","message":"no"})
+        );
+    }
+}

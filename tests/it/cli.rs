@@ -1,0 +1,172 @@
+//! The command line: the embedded broker with demo data, `tail`, config errors,
+//! and an unreachable cluster.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+#[test]
+fn serve_with_embedded_broker_and_demo_data_is_tailed() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let broker_port = free_port();
+    let gw = Proc::spawn(
+        &["serve", "--demo", "--exit-on-stdin-eof"],
+        &[
+            ("KGATE_SERVER__LISTEN", format!("127.0.0.1:{port}")),
+            (
+                "KGATE_SERVER__DATA_DIR",
+                dir.path().join("data").display().to_string(),
+            ),
+            (
+                "KGATE_EMBEDDED_BROKER__LISTEN",
+                format!("127.0.0.1:{broker_port}"),
+            ),
+        ],
+        &dir.path().join("serve.log"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http_get(port, "/readyz").is_some_and(|(s, _)| s == 200) {
+        assert!(Instant::now() < deadline, "not ready:\n{}", gw.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = Command::new(kgate_bin())
+        .args([
+            "tail",
+            "prices:AAPL",
+            "--count",
+            "3",
+            "--idle-timeout-secs",
+            "30",
+        ])
+        .args(["--url", &format!("ws://127.0.0.1:{port}/v1/ws")])
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run tail");
+    assert!(
+        out.status.success(),
+        "tail failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<Value> = lines(&out.stdout)
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(events.len(), 3);
+    for e in &events {
+        assert_eq!(e["type"], "event");
+        assert_eq!(e["key"], "AAPL");
+        assert!(e["data"]["price"].as_f64().is_some(), "{e}");
+    }
+    let log = gw.log_text();
+    assert!(log.contains("embedded development broker started"), "{log}");
+    assert!(log.contains("For development only"), "{log}");
+    assert!(
+        dir.path().join("data/broker/tansu.db").exists(),
+        "sqlite storage under the data dir"
+    );
+    let (_, topics) = http_get(port, "/v1/topics").expect("topics");
+    assert!(
+        topics.contains("\"prices\"") && topics.contains("\"telemetry\""),
+        "{topics}"
+    );
+}
+
+fn serve_fails(env: &[(&str, &str)], args: &[&str]) -> String {
+    let mut cmd = Command::new(kgate_bin());
+    cmd.arg("serve")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run serve");
+    assert!(!out.status.success(), "serve should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn invalid_config_names_key_value_and_expectation() {
+    let err = serve_fails(&[("KGATE_KAFKA__FETCH_WAIT_MAX_MS", "soon")], &[]);
+    assert!(
+        err.contains("fetch_wait_max_ms") && err.contains("soon") && err.contains("u32"),
+        "{err}"
+    );
+
+    let err = serve_fails(&[("KGATE_WEBSOCKET__OUTBOX_MAX_MESSAGES", "0")], &[]);
+    assert!(
+        err.contains("websocket.outbox_max_messages") && err.contains("positive"),
+        "{err}"
+    );
+
+    let err = serve_fails(&[("KGATE_SERVER__LISTEN", "localhost-ish")], &[]);
+    assert!(
+        err.contains("listen") && err.contains("localhost-ish"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[[topics]]\nname = \"ok\"\nformat = \"xml\"\n").unwrap();
+    let err = serve_fails(&[], &["--config", &file.display().to_string()]);
+    assert!(
+        err.contains("format") && err.contains("xml") && err.contains("bad.toml"),
+        "{err}"
+    );
+
+    let err = serve_fails(&[], &["--config", "/no/such/kgate.toml"]);
+    assert!(
+        err.contains("/no/such/kgate.toml") && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unreachable_kafka_is_retried_with_backoff_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = free_port();
+    let mut gw = Proc::spawn(
+        &["serve", "--exit-on-stdin-eof"],
+        &[
+            ("KGATE_SERVER__LISTEN", format!("127.0.0.1:{}", free_port())),
+            ("KGATE_SERVER__DATA_DIR", dir.path().display().to_string()),
+            (
+                "KGATE_KAFKA__BOOTSTRAP_SERVERS",
+                format!("127.0.0.1:{dead}"),
+            ),
+            ("KGATE_KAFKA__REQUEST_TIMEOUT_MS", "300".into()),
+            ("KGATE_KAFKA__RETRY_INITIAL_MS", "100".into()),
+        ],
+        &dir.path().join("serve.log"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gw.log_text().matches("Kafka not reachable").count() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no retries logged:\n{}",
+            gw.log_text()
+        );
+        assert!(
+            gw.child.try_wait().unwrap().is_none(),
+            "exited:\n{}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = gw.log_text();
+    assert!(
+        log.contains(&format!("127.0.0.1:{dead}")),
+        "names the address: {log}"
+    );
+    assert!(
+        log.contains("retry_in_ms=100") && log.contains("retry_in_ms=200"),
+        "backs off: {log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    gw.kill();
+}

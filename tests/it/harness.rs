@@ -1,0 +1,276 @@
+//! Processes and clients shared by the integration tests.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use kgate::client::{Client, Incoming};
+use kgate::config::Config;
+use kgate::kafka::producer::Producer;
+use serde_json::Value;
+
+/// The kgate binary under test.
+pub fn kgate_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kgate")
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A child process killed when dropped; its stderr is kept in a file for diagnosis.
+pub struct Proc {
+    pub child: Child,
+    _stdin: Option<ChildStdin>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `kgate <args>` with `env`, stderr to `log`, exiting when this handle is dropped.
+    pub fn spawn(args: &[&str], env: &[(&str, String)], log: &Path) -> Proc {
+        let file = std::fs::File::create(log).expect("log file");
+        let mut cmd = Command::new(kgate_bin());
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .env_remove("RUST_LOG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn kgate");
+        let stdin = child.stdin.take();
+        Proc {
+            child,
+            _stdin: stdin,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// The process's stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGKILL and waits.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The broker shared by every test in this binary (its process exits with ours:
+/// it watches its stdin, which closes when this process ends).
+pub struct Broker {
+    pub addr: String,
+    _proc: Mutex<Proc>,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts the shared broker on first use.
+pub fn broker() -> &'static Broker {
+    static BROKER: OnceLock<Broker> = OnceLock::new();
+    BROKER.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let proc = Proc::spawn(
+            &[
+                "broker",
+                "--listen",
+                &addr,
+                "--data-dir",
+                &dir.path().display().to_string(),
+                "--exit-on-stdin-eof",
+            ],
+            &[],
+            &dir.path().join("broker.log"),
+        );
+        wait_tcp(&addr, Duration::from_secs(30));
+        Broker {
+            addr,
+            _proc: Mutex::new(proc),
+            _dir: dir,
+        }
+    })
+}
+
+/// Waits until `addr` accepts TCP connections.
+pub fn wait_tcp(addr: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{addr} did not start listening within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A topic name unique to this test run.
+pub fn topic(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// A config pointing at the shared broker.
+pub fn client_config() -> Config {
+    let mut config = Config::default();
+    config.kafka.bootstrap_servers = broker().addr.clone();
+    config.kafka.fetch_wait_max_ms = 5;
+    config
+}
+
+/// A producer on the shared broker.
+pub fn producer() -> Producer {
+    Producer::new(&client_config()).expect("producer")
+}
+
+/// A gateway process serving `topics` (name, partitions) from the shared broker.
+pub struct Gateway {
+    pub proc: Proc,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts a gateway and waits until it is ready; `extra` is appended to its config file.
+    pub fn start(topics: &[(&str, i32)], extra: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let mut toml = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n[kafka]\nbootstrap_servers = \"{}\"\nfetch_wait_max_ms = 5\ncreate_missing_topics = true\n\n",
+            dir.path().join("data").display(),
+            broker().addr
+        );
+        for (name, partitions) in topics {
+            toml.push_str(&format!(
+                "[[topics]]\nname = \"{name}\"\npartitions = {partitions}\n\n"
+            ));
+        }
+        toml.push_str(extra);
+        let config = dir.path().join("kgate.toml");
+        std::fs::write(&config, toml).expect("write config");
+        let proc = Proc::spawn(
+            &[
+                "serve",
+                "--config",
+                &config.display().to_string(),
+                "--exit-on-stdin-eof",
+            ],
+            &[("KGATE_LOG__LEVEL", "info".to_string())],
+            &dir.path().join("gateway.log"),
+        );
+        let gw = Gateway {
+            proc,
+            port,
+            _dir: dir,
+        };
+        gw.wait_ready(Duration::from_secs(60));
+        gw
+    }
+
+    /// The WebSocket URL.
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/v1/ws", self.port)
+    }
+
+    /// Polls `/readyz` until it answers 200.
+    pub fn wait_ready(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if http_get(self.port, "/readyz").is_some_and(|(status, _)| status == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway not ready within {limit:?}; log:\n{}",
+                self.proc.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET: (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// Connects a client and subscribes, returning once the subscription is live.
+pub async fn subscribed_client(url: &str, channel: &str, from: Value) -> Client {
+    let mut client = Client::connect(url).await.expect("connect");
+    client.subscribe(channel, from).await.expect("subscribe");
+    let (reply, _) = client
+        .until("subscribed", Duration::from_secs(30))
+        .await
+        .expect("subscribed reply");
+    assert_eq!(reply["channel"], channel);
+    client
+}
+
+/// Offsets received per partition, in arrival order.
+pub type Received = BTreeMap<i64, Vec<i64>>;
+
+/// Reads events until `count` have arrived (panics after `limit`); returns the event frames.
+pub async fn read_events(client: &mut Client, count: usize, limit: Duration) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut events = Vec::with_capacity(count);
+    while events.len() < count {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_within(left).await {
+            Ok(Incoming::Frame(f)) if f["type"] == "event" => events.push(f),
+            Ok(Incoming::Frame(_)) => {}
+            Ok(Incoming::Closed(c)) => {
+                panic!("closed after {} of {count} events: {c:?}", events.len())
+            }
+            Err(e) => panic!("after {} of {count} events: {e}", events.len()),
+        }
+    }
+    events
+}
+
+/// Groups event offsets by partition, in arrival order.
+pub fn by_partition(events: &[Value]) -> Received {
+    let mut out = Received::new();
+    for e in events {
+        out.entry(e["partition"].as_i64().expect("partition"))
+            .or_default()
+            .push(e["offset"].as_i64().expect("offset"));
+    }
+    out
+}
+
+/// Reads stdout lines of a finished command.
+pub fn lines(bytes: &[u8]) -> Vec<String> {
+    BufReader::new(bytes)
+        .lines()
+        .map_while(Result::ok)
+        .collect()
+}

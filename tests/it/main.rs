@@ -1,0 +1,6 @@
+//! Integration tests: a real broker (kgate's embedded tansu, in its own
+//! process, over TCP), real gateway processes, real WebSocket clients.
+
+mod cli;
+mod harness;
+mod streaming;
