@@ -103,6 +103,43 @@ impl Client {
         id
     }
 
+    /// The next text frame, unparsed (`None` when the connection closed), for clients that
+    /// parse only the fields they need.
+    pub async fn next_text(&mut self) -> Result<Option<String>, ClientError> {
+        loop {
+            match self.socket.next().await {
+                None | Some(Ok(Message::Close(_))) => return Ok(None),
+                Some(Ok(Message::Text(text))) => return Ok(Some(text.to_string())),
+                Some(Ok(_)) => continue,
+                Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => return Ok(None),
+                Some(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Attaches a durable session; returns the `attached` reply.
+    pub async fn attach(&mut self, session: &str) -> Result<Value, ClientError> {
+        let id = self.fresh_id();
+        self.send_text(json!({"type": "attach", "id": id, "session": session}).to_string())
+            .await?;
+        let (reply, _) = self.until("attached", Duration::from_secs(30)).await?;
+        Ok(reply)
+    }
+
+    /// Acknowledges every record of `topic`/`partition` up to and including `offset`.
+    pub async fn ack(
+        &mut self,
+        topic: &str,
+        partition: i64,
+        offset: i64,
+    ) -> Result<(), ClientError> {
+        self.send_text(
+            json!({"type": "ack", "topic": topic, "partition": partition, "offset": offset})
+                .to_string(),
+        )
+        .await
+    }
+
     /// The next frame from the server.
     pub async fn next(&mut self) -> Result<Incoming, ClientError> {
         loop {

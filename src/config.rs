@@ -39,6 +39,7 @@ pub struct Config {
     pub topics: Vec<TopicConfig>,
     pub websocket: WebSocketConfig,
     pub replay: ReplayConfig,
+    pub sessions: SessionsConfig,
     pub log: LogConfig,
 }
 
@@ -80,6 +81,8 @@ pub struct KafkaConfig {
 pub struct EmbeddedBrokerConfig {
     /// Loopback address the embedded broker listens on.
     pub listen: SocketAddr,
+    /// How often the embedded broker applies retention (deletes records past retention.ms).
+    pub retention_check_secs: u64,
 }
 
 /// How the payloads of a topic are decoded.
@@ -157,6 +160,20 @@ pub struct ReplayConfig {
     pub max_kafka_readers: usize,
     /// Live records held per partition while a replay catches up; older ones are re-read.
     pub handoff_buffer_records: usize,
+    /// Bytes of recent records kept in memory per partition for fast short replays (0 turns it off).
+    pub ring_bytes_per_partition: usize,
+}
+
+/// Durable sessions (positions in RocksDB).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// Sessions not attached and not seen for this long are deleted.
+    pub ttl_secs: u64,
+    /// Acknowledged positions are written as one batch this often (group commit).
+    pub commit_interval_ms: u64,
+    /// fsync every batch (survives power loss; without it a killed process still loses nothing committed).
+    pub sync_writes: bool,
 }
 
 /// Log output.
@@ -186,6 +203,7 @@ impl Default for Config {
             topics: vec![TopicConfig::json("prices"), TopicConfig::json("telemetry")],
             websocket: WebSocketConfig::default(),
             replay: ReplayConfig::default(),
+            sessions: SessionsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -219,6 +237,7 @@ impl Default for EmbeddedBrokerConfig {
     fn default() -> Self {
         EmbeddedBrokerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 19092)),
+            retention_check_secs: 60,
         }
     }
 }
@@ -245,6 +264,17 @@ impl Default for ReplayConfig {
         ReplayConfig {
             max_kafka_readers: 16,
             handoff_buffer_records: 10_000,
+            ring_bytes_per_partition: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            ttl_secs: 86_400,
+            commit_interval_ms: 20,
+            sync_writes: false,
         }
     }
 }

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use tokio::sync::watch;
+use parking_lot::Mutex;
+use tokio::sync::{Notify, watch};
 
 use crate::config::Config;
 use crate::kafka::cluster::{Cluster, ClusterError};
@@ -12,6 +13,7 @@ use crate::kafka::embedded::{EmbeddedBroker, EmbeddedBrokerError};
 use crate::kafka::ingest::{Ingest, IngestError};
 use crate::kafka::replay::ReplayPool;
 use crate::router::{Router, TopicSpec};
+use crate::session::store::{SessionStore, StoreError};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,8 @@ pub enum StartError {
     Cluster(#[from] ClusterError),
     #[error(transparent)]
     Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// State shared by every connection.
@@ -35,6 +39,9 @@ pub struct Gateway {
     pub router: Arc<Router>,
     pub cluster: Cluster,
     pub replay: Arc<ReplayPool>,
+    pub sessions: Arc<SessionStore>,
+    /// Sessions attached to a connection: connection id and the signal that detaches it.
+    attached: Mutex<std::collections::HashMap<String, (u64, Arc<Notify>)>>,
     connections: AtomicUsize,
     next_connection_id: AtomicU64,
     shutdown: watch::Sender<bool>,
@@ -56,7 +63,12 @@ impl Gateway {
             source,
         })?;
         let broker = if config.uses_embedded_broker() {
-            let broker = EmbeddedBroker::start(config.embedded_broker.listen, &data_dir).await?;
+            let broker = EmbeddedBroker::start(
+                config.embedded_broker.listen,
+                &data_dir,
+                std::time::Duration::from_secs(config.embedded_broker.retention_check_secs),
+            )
+            .await?;
             tracing::warn!(
                 address = %broker.addr(),
                 storage = %broker.db_path().display(),
@@ -97,6 +109,10 @@ impl Gateway {
             }
             .into());
         }
+        let sessions = Arc::new(SessionStore::open(
+            &config.server.data_dir,
+            config.sessions.sync_writes,
+        )?);
         let mut specs = Vec::new();
         for topic in &config.topics {
             let partitions = existing.get(&topic.name).copied().unwrap_or(0);
@@ -111,19 +127,31 @@ impl Gateway {
                 start_offsets,
             });
         }
-        let router = Arc::new(Router::new(specs));
+        let router = Arc::new(Router::new(specs, config.replay.ring_bytes_per_partition));
         let ingest = Ingest::start(&config, router.clone())?;
-        let replay = ReplayPool::new(config.clone(), cluster.clone());
+        let replay = ReplayPool::new(config.clone(), cluster.clone(), router.clone());
         let (shutdown, _) = watch::channel(false);
         let gateway = Arc::new(Gateway {
             config,
             router,
             cluster,
             replay,
+            sessions,
+            attached: Mutex::new(std::collections::HashMap::new()),
             connections: AtomicUsize::new(0),
             next_connection_id: AtomicU64::new(1),
             shutdown,
         });
+        let weak = Arc::downgrade(&gateway);
+        crate::session::store::spawn_background(
+            gateway.sessions.clone(),
+            std::time::Duration::from_millis(gateway.config.sessions.commit_interval_ms),
+            std::time::Duration::from_secs(gateway.config.sessions.ttl_secs),
+            Arc::new(move |id: &str| {
+                weak.upgrade()
+                    .is_some_and(|g| g.attached.lock().contains_key(id))
+            }),
+        );
         Ok(Running {
             gateway,
             _ingest: ingest,
@@ -137,6 +165,39 @@ impl Gateway {
         ConnectionGuard {
             gateway: self.clone(),
             id: self.next_connection_id.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Attaches `session` to connection `conn`; a connection holding it already is told to close.
+    pub fn attach(&self, session: &str, conn: u64) -> Arc<Notify> {
+        let kick = Arc::new(Notify::new());
+        if let Some((_, previous)) = self
+            .attached
+            .lock()
+            .insert(session.to_string(), (conn, kick.clone()))
+        {
+            previous.notify_one();
+        }
+        kick
+    }
+
+    /// Detaches `session` if connection `conn` still holds it.
+    pub fn detach(&self, session: &str, conn: u64) {
+        let mut attached = self.attached.lock();
+        if attached.get(session).is_some_and(|(c, _)| *c == conn) {
+            attached.remove(session);
+        }
+    }
+
+    /// True while a connection holds `session`.
+    pub fn is_attached(&self, session: &str) -> bool {
+        self.attached.lock().contains_key(session)
+    }
+
+    /// Closes the connection holding `session`, if any (before the session is deleted).
+    pub fn kick(&self, session: &str) {
+        if let Some((_, kick)) = self.attached.lock().remove(session) {
+            kick.notify_one();
         }
     }
 

@@ -27,7 +27,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     crate::logging::init(&config.log);
     let listen = args.listen.unwrap_or(config.embedded_broker.listen);
     let data_dir = args.data_dir.unwrap_or(config.server.data_dir);
-    let broker = EmbeddedBroker::start(listen, &data_dir).await?;
+    let retention_check =
+        std::time::Duration::from_secs(config.embedded_broker.retention_check_secs);
+    let broker = EmbeddedBroker::start(listen, &data_dir, retention_check).await?;
     tracing::warn!(
         address = %broker.addr(),
         storage = %super::display(broker.db_path()),

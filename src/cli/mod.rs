@@ -3,6 +3,7 @@
 mod broker;
 mod demo;
 mod serve;
+mod sessions;
 mod tail;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +45,8 @@ enum Command {
     Demo(demo::Args),
     /// Connect through the gateway and print the events of a channel.
     Tail(tail::Args),
+    /// List, show or delete durable sessions.
+    Sessions(sessions::Args),
 }
 
 /// Runs the parsed command.
@@ -58,6 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Broker(args) => broker::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Tail(args) => tail::run(args).await,
+            Command::Sessions(args) => sessions::run(args).await,
         }
     })
 }

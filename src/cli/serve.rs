@@ -73,6 +73,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     server.abort();
+    match gateway.sessions.commit() {
+        Ok(n) => tracing::info!(positions = n, "session positions flushed"),
+        Err(e) => tracing::error!(error = %e, "session positions not flushed"),
+    }
     drop(running);
     tracing::info!("stopped");
     Ok(())

@@ -39,7 +39,11 @@ pub struct EmbeddedBroker {
 
 impl EmbeddedBroker {
     /// Starts tansu on `listen` with its sqlite file in `<data_dir>/broker/`.
-    pub async fn start(listen: SocketAddr, data_dir: &Path) -> Result<Self, EmbeddedBrokerError> {
+    pub async fn start(
+        listen: SocketAddr,
+        data_dir: &Path,
+        retention_check: Duration,
+    ) -> Result<Self, EmbeddedBrokerError> {
         let dir = data_dir.join("broker");
         std::fs::create_dir_all(&dir).map_err(|source| EmbeddedBrokerError::Dir {
             path: dir.clone(),
@@ -52,7 +56,7 @@ impl EmbeddedBroker {
                 source,
             })?;
         let db_path = dir.join("tansu.db");
-        let storage = storage_url(&db_path)?;
+        let storage = storage_url(&db_path, retention_check)?;
         let endpoint =
             Url::parse(&format!("tcp://{listen}")).map_err(|_| EmbeddedBrokerError::Url {
                 path: db_path.clone(),
@@ -101,12 +105,15 @@ impl Drop for EmbeddedBroker {
 
 /// tansu joins the URL's path onto its working directory; a path that stays
 /// absolute after it strips one leading `/` makes that join yield the path itself.
-fn storage_url(db_path: &Path) -> Result<Url, EmbeddedBrokerError> {
+fn storage_url(db_path: &Path, retention_check: Duration) -> Result<Url, EmbeddedBrokerError> {
     let text = db_path.to_str().ok_or_else(|| EmbeddedBrokerError::Url {
         path: db_path.to_path_buf(),
     })?;
-    Url::parse(&format!("sqlite:///{text}")).map_err(|_| EmbeddedBrokerError::Url {
-        path: db_path.to_path_buf(),
+    let secs = retention_check.as_secs().max(1);
+    Url::parse(&format!("sqlite:///{text}?maintenance_interval={secs}s")).map_err(|_| {
+        EmbeddedBrokerError::Url {
+            path: db_path.to_path_buf(),
+        }
     })
 }
 
@@ -133,7 +140,12 @@ mod tests {
     #[test]
     fn storage_path_survives_tansus_join() {
         // Mirrors tansu-storage's lite engine: cwd + domain + path without one leading '/'.
-        let url = storage_url(Path::new("/var/lib/kgate/broker/tansu.db")).unwrap();
+        let url = storage_url(
+            Path::new("/var/lib/kgate/broker/tansu.db"),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(url.query(), Some("maintenance_interval=5s"));
         let mut joined = PathBuf::from("/somewhere/else");
         if let Some(domain) = url.domain() {
             joined.push(domain);

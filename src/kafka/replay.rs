@@ -1,5 +1,9 @@
-//! Catch-up reads from an exact offset, through a bounded pool of Kafka readers.
+//! Catch-up reads from an exact offset. Tiers, in order: the router's ring of
+//! recent records (memory), then Kafka through a bounded pool of readers.
+//! Concurrent replays of one partition share a scan: a replay whose start is at
+//! or ahead of a running scan's position joins it instead of opening a reader.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -8,10 +12,12 @@ use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::{Config, PayloadFormat};
 use crate::kafka::cluster::Cluster;
+use crate::router::Router;
 use crate::session::outbox::SubscriptionId;
 use crate::session::subscription::{ReplayEvent, Start};
 
@@ -26,14 +32,16 @@ pub struct ReplayRequest {
     pub format: PayloadFormat,
     pub partition: i32,
     pub start: Start,
+    /// The subscription's live position: the replay is needed only below it.
+    pub until: i64,
 }
 
-/// Stops a running replay when set (or when dropped by the last holder and set).
+/// Stops a running replay when cancelled.
 #[derive(Debug, Clone, Default)]
 pub struct ReplayHandle(Arc<AtomicBool>);
 
 impl ReplayHandle {
-    /// Asks the reader to stop at its next poll.
+    /// Asks the reader to stop delivering to this replay.
     pub fn cancel(&self) {
         self.0.store(true, Ordering::Release);
     }
@@ -42,77 +50,147 @@ impl ReplayHandle {
     }
 }
 
-/// A bounded pool of Kafka readers shared by every connection.
+/// Which tier served a replay (for logs and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Memory,
+    Kafka,
+}
+
+struct Follower {
+    subscription: SubscriptionId,
+    from: i64,
+    tx: mpsc::Sender<Addressed>,
+    cancel: ReplayHandle,
+    request: ReplayRequest,
+}
+
+/// One Kafka reader shared by the replays of one partition.
+struct Scan {
+    /// Next offset the scan will distribute, and who receives it.
+    state: Mutex<ScanState>,
+}
+
+struct ScanState {
+    position: i64,
+    followers: Vec<Follower>,
+    open: bool,
+}
+
+type ScanKey = (Arc<str>, i32);
+
+/// Replay readers shared by every connection.
 pub struct ReplayPool {
     config: Arc<Config>,
     cluster: Cluster,
+    router: Arc<Router>,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<BaseConsumer>>,
+    scans: Mutex<HashMap<ScanKey, Vec<Arc<Scan>>>>,
 }
 
 impl ReplayPool {
-    /// A pool of at most `replay.max_kafka_readers` concurrent readers.
-    pub fn new(config: Arc<Config>, cluster: Cluster) -> Arc<ReplayPool> {
+    /// A pool of at most `replay.max_kafka_readers` concurrent Kafka readers.
+    pub fn new(config: Arc<Config>, cluster: Cluster, router: Arc<Router>) -> Arc<ReplayPool> {
         Arc::new(ReplayPool {
             permits: Arc::new(Semaphore::new(config.replay.max_kafka_readers)),
             config,
             cluster,
+            router,
             idle: Mutex::new(Vec::new()),
+            scans: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Starts a replay; its events go to `tx` until the partition's end or cancellation.
+    /// Starts a replay; its events go to `tx` until it reaches `until`, the partition's end, or cancellation.
     pub fn start(
         self: &Arc<Self>,
         request: ReplayRequest,
         tx: mpsc::Sender<Addressed>,
     ) -> ReplayHandle {
         let handle = ReplayHandle::default();
-        let pool = self.clone();
-        let cancel = handle.clone();
-        tokio::spawn(async move {
-            let Ok(permit) = pool.permits.clone().acquire_owned().await else {
-                return;
-            };
-            if cancel.is_cancelled() {
-                return;
-            }
-            let result = tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                pool.read(&request, &tx, &cancel)
-                    .map_err(|e| (request, tx, e))
-            })
-            .await;
-            if let Ok(Err((request, tx, e))) = result {
-                tracing::warn!(topic = %request.topic, partition = request.partition, error = %e, "replay failed");
-                let _ = tx
-                    .send((
-                        request.subscription,
-                        request.partition,
-                        ReplayEvent::Failed(e.to_string()),
-                    ))
-                    .await;
-            }
-        });
+        self.start_with(request, tx, handle.clone());
         handle
     }
 
-    fn read(
+    fn start_with(
+        self: &Arc<Self>,
+        request: ReplayRequest,
+        tx: mpsc::Sender<Addressed>,
+        cancel: ReplayHandle,
+    ) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if let Start::Offset(from) = request.start {
+                if let Some(records) = pool
+                    .router
+                    .topic(&request.topic)
+                    .and_then(|t| t.ring_range(request.partition, from, request.until))
+                {
+                    pool.serve_from_memory(&request, records, &tx, &cancel)
+                        .await;
+                    return;
+                }
+            }
+            let pool2 = pool.clone();
+            let joined =
+                tokio::task::spawn_blocking(move || pool2.resolve_and_join(request, tx, cancel))
+                    .await;
+            match joined {
+                Ok(Some(scan_key_and_scan)) => pool.run_scan(scan_key_and_scan).await,
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "replay task failed"),
+            }
+        });
+    }
+
+    async fn serve_from_memory(
         &self,
         req: &ReplayRequest,
+        records: Vec<Arc<crate::codec::EncodedRecord>>,
         tx: &mpsc::Sender<Addressed>,
         cancel: &ReplayHandle,
-    ) -> Result<(), KafkaError> {
+    ) {
+        tracing::debug!(topic = %req.topic, partition = req.partition, records = records.len(), tier = ?Tier::Memory, "replay");
+        for record in records {
+            if cancel.is_cancelled()
+                || tx
+                    .send((req.subscription, req.partition, ReplayEvent::Record(record)))
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
+        let _ = tx
+            .send((
+                req.subscription,
+                req.partition,
+                ReplayEvent::End {
+                    position: req.until,
+                },
+            ))
+            .await;
+    }
+
+    /// Resolves the start against Kafka's watermarks, then joins a running scan or creates one.
+    /// Returns a new scan to run, if one was created.
+    fn resolve_and_join(
+        &self,
+        req: ReplayRequest,
+        tx: mpsc::Sender<Addressed>,
+        cancel: ReplayHandle,
+    ) -> Option<(ScanKey, Arc<Scan>)> {
         let send = |event| {
             tx.blocking_send((req.subscription, req.partition, event))
                 .is_ok()
         };
-        let (low, high) = self.watermarks_with_retry(req, cancel)?;
+        let (low, high) = self.watermarks_with_retry(&req, &cancel)?;
         let from = match req.start {
             Start::Latest => high,
             Start::Earliest => {
                 if !send(ReplayEvent::Started { offset: low }) {
-                    return Ok(());
+                    return None;
                 }
                 low
             }
@@ -121,16 +199,84 @@ impl ReplayPool {
                     requested: o,
                     earliest: low,
                 }) {
-                    return Ok(());
+                    return None;
                 }
                 low
             }
             Start::Offset(o) => o,
         };
         if from >= high {
-            send(ReplayEvent::End { position: high });
-            return Ok(());
+            send(ReplayEvent::End {
+                position: from.max(high),
+            });
+            return None;
         }
+        let follower = Follower {
+            subscription: req.subscription,
+            from,
+            tx: tx.clone(),
+            cancel,
+            request: req.clone(),
+        };
+        let key: ScanKey = (req.topic.clone(), req.partition);
+        let mut scans = self.scans.lock();
+        let list = scans.entry(key.clone()).or_default();
+        for scan in list.iter() {
+            let mut state = scan.state.lock();
+            if state.open && state.position <= from {
+                state.followers.push(follower);
+                return None;
+            }
+        }
+        let scan = Arc::new(Scan {
+            state: Mutex::new(ScanState {
+                position: from,
+                followers: vec![follower],
+                open: true,
+            }),
+        });
+        list.push(scan.clone());
+        Some((key, scan))
+    }
+
+    async fn run_scan(self: &Arc<Self>, (key, scan): (ScanKey, Arc<Scan>)) {
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            return;
+        };
+        let pool = self.clone();
+        let scan2 = scan.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            pool.read(&key, &scan2)
+        })
+        .await;
+        let failure = match result {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(error = %failure, "replay reader failed");
+        let followers = std::mem::take(&mut scan.state.lock().followers);
+        for f in followers {
+            let _ =
+                f.tx.send((
+                    f.subscription,
+                    f.request.partition,
+                    ReplayEvent::Failed(failure.clone()),
+                ))
+                .await;
+        }
+    }
+
+    /// The scan loop: read from Kafka and distribute to followers until none remain or the partition ends.
+    fn read(self: &Arc<Self>, key: &ScanKey, scan: &Arc<Scan>) -> Result<(), KafkaError> {
+        let (topic, partition) = key;
+        let from = scan.state.lock().position;
+        let format = self
+            .router
+            .topic(topic)
+            .map_or(PayloadFormat::Raw, |t| t.format());
+        tracing::debug!(%topic, partition, from, tier = ?Tier::Kafka, "replay scan");
         let consumer = match self.idle.lock().pop() {
             Some(c) => c,
             None => super::consumer_config(&self.config, "replay")
@@ -138,46 +284,134 @@ impl ReplayPool {
                 .create()?,
         };
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&req.topic, req.partition, Offset::Offset(from))?;
-        consumer.assign(&tpl)?;
-        let mut position = from;
-        while !cancel.is_cancelled() {
-            match consumer.poll(Duration::from_millis(100)) {
-                None => {}
-                Some(Ok(message)) => {
-                    let record = super::encode_message(&req.topic, &message, req.format);
-                    position = record.meta.offset + 1;
-                    if !send(ReplayEvent::Record(Arc::new(record))) {
-                        break;
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(from))?;
+        let outcome = (|| {
+            consumer.assign(&tpl)?;
+            loop {
+                match consumer.poll(Duration::from_millis(100)) {
+                    None => {}
+                    Some(Ok(message)) => {
+                        let record = Arc::new(super::encode_message(topic, &message, format));
+                        if !self.distribute(scan, record) {
+                            return Ok(());
+                        }
+                    }
+                    Some(Err(KafkaError::PartitionEOF(_))) => {
+                        self.finish(key, scan);
+                        return Ok(());
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "replay reader: transient Kafka error")
                     }
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => {
-                    send(ReplayEvent::End { position });
-                    break;
+                if self.prune(scan) {
+                    return Ok(());
                 }
-                Some(Err(e)) => tracing::debug!(error = %e, "replay reader: transient Kafka error"),
             }
-        }
+        })();
+        self.close(key, scan);
         consumer.unassign()?;
         self.idle.lock().push(consumer);
-        Ok(())
+        outcome
+    }
+
+    /// Sends one record to every follower that wants it; false when none remain.
+    fn distribute(self: &Arc<Self>, scan: &Scan, record: Arc<crate::codec::EncodedRecord>) -> bool {
+        let mut state = scan.state.lock();
+        state.position = record.meta.offset + 1;
+        let alone = state.followers.len() == 1;
+        let mut detached = Vec::new();
+        state.followers.retain(|f| {
+            if f.cancel.is_cancelled() {
+                return false;
+            }
+            if record.meta.offset < f.from {
+                return true;
+            }
+            let event = (
+                f.subscription,
+                f.request.partition,
+                ReplayEvent::Record(record.clone()),
+            );
+            if alone {
+                return f.tx.blocking_send(event).is_ok();
+            }
+            match f.tx.try_send(event) {
+                Ok(()) => true,
+                Err(TrySendError::Closed(_)) => false,
+                Err(TrySendError::Full(_)) => {
+                    // A slow follower must not stall the others: it continues on its own scan.
+                    detached.push((
+                        f.request.clone(),
+                        f.tx.clone(),
+                        f.cancel.clone(),
+                        record.meta.offset,
+                    ));
+                    false
+                }
+            }
+        });
+        let any = !state.followers.is_empty();
+        drop(state);
+        for (mut request, tx, cancel, offset) in detached {
+            request.start = Start::Offset(offset);
+            self.start_with(request, tx, cancel);
+        }
+        any
+    }
+
+    /// Drops cancelled followers; true when none remain.
+    fn prune(&self, scan: &Scan) -> bool {
+        let mut state = scan.state.lock();
+        state
+            .followers
+            .retain(|f| !f.cancel.is_cancelled() && !f.tx.is_closed());
+        state.followers.is_empty()
+    }
+
+    /// The partition's end: every follower learns the position the scan reached.
+    fn finish(&self, key: &ScanKey, scan: &Arc<Scan>) {
+        self.close(key, scan);
+        let (position, followers) = {
+            let mut state = scan.state.lock();
+            (state.position, std::mem::take(&mut state.followers))
+        };
+        for f in followers {
+            let _ = f.tx.blocking_send((
+                f.subscription,
+                f.request.partition,
+                ReplayEvent::End { position },
+            ));
+        }
+    }
+
+    /// Stops new followers from joining and forgets the scan.
+    fn close(&self, key: &ScanKey, scan: &Arc<Scan>) {
+        scan.state.lock().open = false;
+        let mut scans = self.scans.lock();
+        if let Some(list) = scans.get_mut(key) {
+            list.retain(|s| !Arc::ptr_eq(s, scan));
+            if list.is_empty() {
+                scans.remove(key);
+            }
+        }
     }
 
     fn watermarks_with_retry(
         &self,
         req: &ReplayRequest,
         cancel: &ReplayHandle,
-    ) -> Result<(i64, i64), KafkaError> {
+    ) -> Option<(i64, i64)> {
         let mut delay = Duration::from_millis(self.config.kafka.retry_initial_ms);
         loop {
             match self.cluster.watermarks_blocking(&req.topic, req.partition) {
-                Ok(w) => return Ok(w),
-                Err(e) if !cancel.is_cancelled() => {
+                Ok(w) => return Some(w),
+                Err(_) if cancel.is_cancelled() => return None,
+                Err(e) => {
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "replay waits for Kafka");
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_millis(self.config.kafka.retry_max_ms));
                 }
-                Err(_) => return Err(KafkaError::Canceled),
             }
         }
     }

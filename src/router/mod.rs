@@ -6,15 +6,17 @@
 //! the subscription, every record before it is the replay's job.
 
 mod channel;
+mod ring;
 
 pub use channel::{Channel, ChannelError};
+pub use ring::Ring;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use bytes::Bytes;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::codec::EncodedRecord;
 use crate::config::PayloadFormat;
@@ -33,6 +35,8 @@ pub struct TopicRoute {
     format: PayloadFormat,
     /// Next offset ingest will dispatch, per partition.
     live: Vec<AtomicI64>,
+    /// Recent records per partition (the memory tier of replay).
+    rings: Vec<Mutex<Ring>>,
     subscribers: RwLock<Subscribers>,
 }
 
@@ -50,8 +54,8 @@ pub struct TopicSpec {
 }
 
 impl Router {
-    /// A router for a fixed set of topics.
-    pub fn new(topics: Vec<TopicSpec>) -> Router {
+    /// A router for a fixed set of topics, keeping `ring_bytes` of recent records per partition.
+    pub fn new(topics: Vec<TopicSpec>, ring_bytes: usize) -> Router {
         let topics = topics
             .into_iter()
             .map(|spec| {
@@ -59,6 +63,11 @@ impl Router {
                 let route = TopicRoute {
                     name: name.clone(),
                     format: spec.format,
+                    rings: spec
+                        .start_offsets
+                        .iter()
+                        .map(|&o| Mutex::new(Ring::new(o, ring_bytes)))
+                        .collect(),
                     live: spec.start_offsets.into_iter().map(AtomicI64::new).collect(),
                     subscribers: RwLock::new(Subscribers::default()),
                 };
@@ -141,8 +150,12 @@ impl Router {
     /// Pushes one ingested record to every matching subscription; returns how many outboxes overflowed.
     pub fn dispatch(&self, route: &TopicRoute, record: Arc<EncodedRecord>) -> usize {
         let subs = route.subscribers.read();
-        if let Some(p) = route.live.get(record.meta.partition as usize) {
+        let partition = record.meta.partition as usize;
+        if let Some(p) = route.live.get(partition) {
             p.store(record.meta.offset + 1, Ordering::Release);
+        }
+        if let Some(ring) = route.rings.get(partition) {
+            ring.lock().push(record.clone());
         }
         let mut overflowed = 0;
         let mut send = |(id, outbox): (&SubscriptionId, &Arc<Outbox>)| {
@@ -187,6 +200,19 @@ impl TopicRoute {
             .map(|p| p.load(Ordering::Acquire))
     }
 
+    /// Records of `partition` in `from..until` from memory, if the ring still covers `from`.
+    pub fn ring_range(
+        &self,
+        partition: i32,
+        from: i64,
+        until: i64,
+    ) -> Option<Vec<Arc<EncodedRecord>>> {
+        self.rings
+            .get(partition as usize)?
+            .lock()
+            .range(from, until)
+    }
+
     /// Subscriptions currently registered (whole-topic and keyed).
     pub fn subscription_count(&self) -> usize {
         let subs = self.subscribers.read();
@@ -214,11 +240,14 @@ mod tests {
 
     #[test]
     fn routes_by_topic_and_key_and_tracks_live_positions() {
-        let router = Router::new(vec![TopicSpec {
-            name: "prices".into(),
-            format: PayloadFormat::Json,
-            start_offsets: vec![10, 20],
-        }]);
+        let router = Router::new(
+            vec![TopicSpec {
+                name: "prices".into(),
+                format: PayloadFormat::Json,
+                start_offsets: vec![10, 20],
+            }],
+            1 << 20,
+        );
         let route = router.topic("prices").unwrap();
         let all = Arc::new(Outbox::new(100, 1 << 20));
         let aapl = Arc::new(Outbox::new(100, 1 << 20));
@@ -245,6 +274,13 @@ mod tests {
             (aapl_id, 10)
         );
 
+        let ring: Vec<i64> = route
+            .ring_range(0, 10, 11)
+            .unwrap()
+            .iter()
+            .map(|r| r.meta.offset)
+            .collect();
+        assert_eq!(ring, vec![10]);
         router.unsubscribe(route, &aapl_channel, aapl_id);
         assert_eq!(route.subscription_count(), 1);
         router.dispatch(route, record(0, 11, "AAPL"));

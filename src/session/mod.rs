@@ -2,4 +2,5 @@
 //! bounded outbox the router fills.
 
 pub mod outbox;
+pub mod store;
 pub mod subscription;

@@ -203,6 +203,15 @@ impl Subscription {
         true
     }
 
+    /// The offset after the last record sent or skipped on `partition`; `None` while unknown
+    /// (an `earliest` replay that has not started). Acks are capped at it.
+    pub fn delivered_next(&self, partition: i32) -> Option<i64> {
+        match self.cursors.get(partition as usize)? {
+            Cursor::Live { next } => Some(*next),
+            Cursor::CatchingUp { next, .. } => *next,
+        }
+    }
+
     /// True when every partition is live.
     pub fn is_live(&self) -> bool {
         self.cursors

@@ -47,6 +47,7 @@ pub fn routes(
             warp::reply::json(&json!({"topics": topics})).into_response()
         })
     };
+    let admin = sessions_admin(gateway.clone());
     let index = warp::path::end().and(warp::get()).map(|| {
         warp::reply::json(&json!({
             "service": "kgate",
@@ -64,12 +65,81 @@ pub fn routes(
         .unify()
         .or(index)
         .unify()
+        .or(admin)
+        .unify()
         .or(crate::transport::ws::route(gateway))
         .unify()
         .recover(|rejection: warp::Rejection| async move {
             Ok::<_, Infallible>(rejection_reply(rejection))
         })
         .unify()
+}
+
+fn error_reply(status: StatusCode, code: &str, message: String) -> warp::reply::Response {
+    warp::reply::with_status(
+        warp::reply::json(&json!({"code": code, "message": message})),
+        status,
+    )
+    .into_response()
+}
+
+/// `/v1/admin/sessions`: list, show and delete durable sessions.
+fn sessions_admin(
+    gateway: Arc<Gateway>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    let store_error = |e: crate::session::store::StoreError| {
+        error_reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store_failed",
+            e.to_string(),
+        )
+    };
+    let list = {
+        let gw = gateway.clone();
+        warp::path!("v1" / "admin" / "sessions").and(warp::get()).map(move || match gw.sessions.list() {
+            Ok(list) => {
+                let sessions: Vec<_> = list
+                    .into_iter()
+                    .map(|(id, last_seen_ms)| json!({"id": id, "last_seen_ms": last_seen_ms, "attached": gw.is_attached(&id)}))
+                    .collect();
+                warp::reply::json(&json!({"sessions": sessions})).into_response()
+            }
+            Err(e) => store_error(e),
+        })
+    };
+    let show = {
+        let gw = gateway.clone();
+        warp::path!("v1" / "admin" / "sessions" / String)
+            .and(warp::get())
+            .map(move |id: String| match gw.sessions.load(&id) {
+                Ok(Some(record)) => {
+                    let mut value = serde_json::to_value(&record).unwrap_or_default();
+                    value["attached"] = gw.is_attached(&id).into();
+                    warp::reply::json(&value).into_response()
+                }
+                Ok(None) => error_reply(
+                    StatusCode::NOT_FOUND,
+                    "session_not_found",
+                    format!("no session {id:?}"),
+                ),
+                Err(e) => store_error(e),
+            })
+    };
+    let delete = warp::path!("v1" / "admin" / "sessions" / String)
+        .and(warp::delete())
+        .map(move |id: String| {
+            gateway.kick(&id);
+            match gateway.sessions.delete(&id) {
+                Ok(true) => warp::reply::json(&json!({"deleted": id})).into_response(),
+                Ok(false) => error_reply(
+                    StatusCode::NOT_FOUND,
+                    "session_not_found",
+                    format!("no session {id:?}"),
+                ),
+                Err(e) => store_error(e),
+            }
+        });
+    list.or(show).unify().or(delete).unify()
 }
 
 fn rejection_reply(rejection: warp::Rejection) -> warp::reply::Response {

@@ -38,6 +38,14 @@ pub enum ErrorCode {
     KafkaUnavailable,
     /// A catch-up read failed; the subscription was removed.
     ReplayFailed,
+    /// The session id is malformed.
+    InvalidSession,
+    /// `attach` after subscribing, or a second `attach` on one connection.
+    InvalidState,
+    /// `ack` on a connection with no session attached.
+    NoSession,
+    /// The session store failed; the command had no effect.
+    StoreFailed,
 }
 
 impl ErrorCode {
@@ -57,6 +65,10 @@ impl ErrorCode {
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::KafkaUnavailable => "kafka_unavailable",
             ErrorCode::ReplayFailed => "replay_failed",
+            ErrorCode::InvalidSession => "invalid_session",
+            ErrorCode::InvalidState => "invalid_state",
+            ErrorCode::NoSession => "no_session",
+            ErrorCode::StoreFailed => "store_failed",
         }
     }
 }
@@ -74,6 +86,8 @@ pub enum CloseCode {
     SlowConsumer,
     /// 4009: a socket write did not complete within `websocket.write_timeout_secs`.
     WriteTimeout,
+    /// 4010: another connection attached the same session.
+    SessionTakenOver,
 }
 
 impl CloseCode {
@@ -85,6 +99,7 @@ impl CloseCode {
             CloseCode::InternalError => 1011,
             CloseCode::SlowConsumer => 4008,
             CloseCode::WriteTimeout => 4009,
+            CloseCode::SessionTakenOver => 4010,
         }
     }
 
@@ -96,6 +111,7 @@ impl CloseCode {
             CloseCode::InternalError => "internal error",
             CloseCode::SlowConsumer => "slow consumer: outbox full",
             CloseCode::WriteTimeout => "write timeout",
+            CloseCode::SessionTakenOver => "session attached by another connection",
         }
     }
 }
@@ -125,6 +141,16 @@ pub enum Command {
     },
     Ping {
         id: Option<Value>,
+    },
+    Attach {
+        id: Option<Value>,
+        session: String,
+    },
+    Ack {
+        id: Option<Value>,
+        topic: String,
+        partition: i32,
+        offset: i64,
     },
 }
 
@@ -156,6 +182,36 @@ struct UnsubscribeFields {
     #[serde(rename = "id")]
     _id: Option<Value>,
     channel: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttachFields {
+    #[serde(rename = "type")]
+    _kind: String,
+    #[serde(rename = "id")]
+    _id: Option<Value>,
+    session: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckFields {
+    #[serde(rename = "type")]
+    _kind: String,
+    #[serde(rename = "id")]
+    _id: Option<Value>,
+    topic: String,
+    partition: u16,
+    offset: u64,
+}
+
+/// Session ids: 1-128 characters of `[A-Za-z0-9._:@-]`.
+pub fn is_valid_session_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
 }
 
 const FROM_HELP: &str = r#"`from` must be "latest", "earliest", {"offsets": {"<partition>": <offset>}} or {"timestamp": <epoch ms>}"#;
@@ -221,10 +277,40 @@ pub fn parse_command(text: &str, max_bytes: usize) -> Result<Command, CommandErr
             })
         }
         "ping" => Ok(Command::Ping { id }),
+        "attach" => {
+            let f: AttachFields =
+                serde_json::from_value(value.clone()).map_err(|e| invalid(&id, e))?;
+            if !is_valid_session_id(&f.session) {
+                return Err(fail(
+                    id,
+                    ErrorCode::InvalidSession,
+                    format!(
+                        "session id {:?} must be 1-128 characters of [A-Za-z0-9._:@-]",
+                        f.session
+                    ),
+                ));
+            }
+            Ok(Command::Attach {
+                id,
+                session: f.session,
+            })
+        }
+        "ack" => {
+            let f: AckFields =
+                serde_json::from_value(value.clone()).map_err(|e| invalid(&id, e))?;
+            Ok(Command::Ack {
+                id,
+                topic: f.topic,
+                partition: i32::from(f.partition),
+                offset: i64::try_from(f.offset).unwrap_or(i64::MAX),
+            })
+        }
         other => Err(fail(
             id.clone(),
             ErrorCode::UnknownType,
-            format!("unknown command type {other:?}; expected subscribe, unsubscribe or ping"),
+            format!(
+                "unknown command type {other:?}; expected subscribe, unsubscribe, attach, ack or ping"
+            ),
         )),
     }
 }
@@ -308,6 +394,19 @@ pub fn gap_frame(
     json!({"type": "gap", "channel": channel, "topic": topic, "partition": partition,
            "requested": requested, "earliest": earliest})
     .to_string()
+}
+
+/// The reply to `attach`: the session and the subscriptions being resumed.
+pub fn attached_frame(
+    id: Option<&Value>,
+    session: &str,
+    resumed: bool,
+    channels: &[String],
+) -> String {
+    with_id(
+        json!({"type": "attached", "session": session, "resumed": resumed, "subscriptions": channels}),
+        id,
+    )
 }
 
 /// The reply to `ping`.

@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -136,9 +136,27 @@ fn handshake(
     response
 }
 
+/// Where the starts of a subscription come from.
+enum Resolved {
+    /// A client's subscribe: stored in the session, if one is attached.
+    Requested(Vec<Start>),
+    /// A session's stored positions, being resumed.
+    Stored(Vec<Start>),
+}
+
+/// Resolves when the attached session was taken by another connection (never without a session).
+async fn taken_over(session: &Option<(String, Arc<Notify>)>) {
+    match session {
+        Some((_, kick)) => kick.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A subscription plus the replays feeding it.
 struct Active {
     sub: Subscription,
+    /// The channel name as the client wrote it (the session store's key).
+    name: String,
     replays: Vec<ReplayHandle>,
 }
 
@@ -165,6 +183,8 @@ struct Connection {
     by_channel: HashMap<String, SubscriptionId>,
     replay_tx: mpsc::Sender<Addressed>,
     replay_rx: mpsc::Receiver<Addressed>,
+    /// The durable session attached to this connection, and the signal that takes it away.
+    session: Option<(String, Arc<Notify>)>,
     /// Frames waiting to be written, in order.
     pending: Vec<Utf8Bytes>,
     scratch: Vec<Arc<EncodedRecord>>,
@@ -185,6 +205,7 @@ impl Connection {
             by_channel: HashMap::new(),
             replay_tx,
             replay_rx,
+            session: None,
             pending: Vec::new(),
             scratch: Vec::new(),
             drained: VecDeque::new(),
@@ -236,9 +257,19 @@ impl Connection {
                     }
                 }
                 _ = shutdown.changed() => {}
+                _ = taken_over(&self.session) => {
+                    tracing::info!(conn, "closing: session attached elsewhere");
+                    break End::Close(CloseCode::SessionTakenOver);
+                }
             }
         };
-        self.unsubscribe_all();
+        self.unsubscribe_all(false);
+        if let Some((session, _)) = self.session.take() {
+            self.gateway.detach(&session, conn);
+            if let Err(e) = self.gateway.sessions.touch(&session) {
+                tracing::warn!(conn, %session, error = %e, "cannot record session last-seen time");
+            }
+        }
         if let End::Close(code) = end {
             let frame = CloseFrame {
                 code: WsCloseCode::from(code.code()),
@@ -310,7 +341,8 @@ impl Connection {
                     "catch-up read of {channel} partition {partition} failed ({reason}); subscription removed"
                 );
                 let request_id = active.sub.request_id.clone();
-                self.remove_subscription(&channel);
+                let name = active.name.clone();
+                self.remove_subscription(&name, false);
                 self.error(request_id.as_ref(), ErrorCode::ReplayFailed, &message);
                 return;
             }
@@ -342,8 +374,15 @@ impl Connection {
         match protocol::parse_command(text, self.gateway.config.websocket.max_command_bytes) {
             Err(e) => self.error(e.id.as_ref(), e.code, &e.message),
             Ok(Command::Ping { id }) => self.pending.push(protocol::pong_frame(id.as_ref()).into()),
+            Ok(Command::Attach { id, session }) => self.attach(id, session).await,
+            Ok(Command::Ack {
+                id,
+                topic,
+                partition,
+                offset,
+            }) => self.ack(id.as_ref(), &topic, partition, offset),
             Ok(Command::Unsubscribe { id, channel }) => {
-                if self.remove_subscription(&channel) {
+                if self.remove_subscription(&channel, true) {
                     self.pending
                         .push(protocol::unsubscribed_frame(id.as_ref(), &channel).into());
                 } else {
@@ -358,6 +397,74 @@ impl Connection {
                 if let Err((code, message)) = self.subscribe(id.clone(), &channel, from).await {
                     self.error(id.as_ref(), code, &message);
                 }
+            }
+        }
+    }
+
+    /// Attaches a durable session and resumes its stored subscriptions from their positions.
+    async fn attach(&mut self, id: Option<Value>, session: String) {
+        if self.session.is_some() || !self.subs.is_empty() {
+            return self.error(
+                id.as_ref(),
+                ErrorCode::InvalidState,
+                "attach must be the first command of a connection, and only once",
+            );
+        }
+        let store = self.gateway.sessions.clone();
+        let name = session.clone();
+        let record = match tokio::task::spawn_blocking(move || store.touch(&name)).await {
+            Ok(Ok(record)) => record,
+            Ok(Err(e)) => return self.error(id.as_ref(), ErrorCode::StoreFailed, &e.to_string()),
+            Err(e) => return self.error(id.as_ref(), ErrorCode::StoreFailed, &e.to_string()),
+        };
+        let kick = self.gateway.attach(&session, self.guard.id);
+        tracing::debug!(conn = self.guard.id, %session, "session attached");
+        self.session = Some((session.clone(), kick));
+        let channels: Vec<String> = record
+            .subscriptions
+            .iter()
+            .map(|s| s.channel.clone())
+            .collect();
+        let resumed = record.created_ms != record.last_seen_ms;
+        self.pending
+            .push(protocol::attached_frame(id.as_ref(), &session, resumed, &channels).into());
+        for stored in record.subscriptions {
+            let starts: Vec<Start> = stored
+                .positions
+                .iter()
+                .map(|p| p.map_or(Start::Earliest, Start::Offset))
+                .collect();
+            if let Err((code, message)) =
+                self.register(None, &stored.channel, Resolved::Stored(starts))
+            {
+                self.error(
+                    None,
+                    code,
+                    &format!("cannot resume {:?}: {message}", stored.channel),
+                );
+            }
+        }
+    }
+
+    /// A cumulative ack: every record of `topic`/`partition` up to `offset` was processed.
+    fn ack(&mut self, id: Option<&Value>, topic: &str, partition: i32, offset: i64) {
+        let Some((session, _)) = &self.session else {
+            return self.error(
+                id,
+                ErrorCode::NoSession,
+                "ack needs a session: send attach first",
+            );
+        };
+        for active in self.subs.values() {
+            if &*active.sub.channel.topic != topic {
+                continue;
+            }
+            // Never past what this subscription was sent: an ack cannot skip undelivered records.
+            if let Some(sent) = active.sub.delivered_next(partition) {
+                let next = offset.saturating_add(1).min(sent);
+                self.gateway
+                    .sessions
+                    .ack(session, &active.name, partition, next);
             }
         }
     }
@@ -399,6 +506,7 @@ impl Connection {
             ));
         }
         let partitions = route.partitions();
+        let topic = channel.topic.clone();
         let starts: Vec<Start> = match from {
             From::Latest => vec![Start::Latest; partitions as usize],
             From::Earliest => vec![Start::Earliest; partitions as usize],
@@ -418,16 +526,64 @@ impl Connection {
             }
             From::Timestamp(ts) => gateway
                 .cluster
-                .offsets_for_time(&channel.topic, partitions, ts)
+                .offsets_for_time(&topic, partitions, ts)
                 .await
                 .map_err(|e| (ErrorCode::KafkaUnavailable, e.to_string()))?
                 .into_iter()
                 .map(|o| o.map_or(Start::Latest, Start::Offset))
                 .collect(),
         };
+        self.register(id, name, Resolved::Requested(starts))
+    }
+
+    /// Registers a subscription with the router and starts the replays it needs.
+    fn register(
+        &mut self,
+        id: Option<Value>,
+        name: &str,
+        starts: Resolved,
+    ) -> Result<(), (ErrorCode, String)> {
+        let gateway = self.gateway.clone();
+        let channel = Channel::parse(name, gateway.config.websocket.max_channel_bytes)
+            .map_err(|e| (ErrorCode::InvalidChannel, e.to_string()))?;
+        let route = gateway.router.topic(&channel.topic).ok_or_else(|| {
+            (
+                ErrorCode::UnknownTopic,
+                format!("topic {:?} is no longer served", &*channel.topic),
+            )
+        })?;
+        let partitions = route.partitions();
+        let (persist, mut starts) = match starts {
+            Resolved::Requested(s) => (true, s),
+            Resolved::Stored(s) => (false, s),
+        };
+        // Partitions added since the session stored its positions start at the beginning.
+        starts.resize(
+            partitions as usize,
+            if persist {
+                Start::Latest
+            } else {
+                Start::Earliest
+            },
+        );
         let (sub_id, live) = gateway
             .router
             .subscribe(route, &channel, self.outbox.clone());
+        if let (true, Some((session, _))) = (persist, &self.session) {
+            let positions: Vec<Option<i64>> = starts
+                .iter()
+                .zip(&live)
+                .map(|(start, live)| match start {
+                    Start::Latest => Some(*live),
+                    Start::Offset(o) => Some(*o),
+                    Start::Earliest => None,
+                })
+                .collect();
+            if let Err(e) = gateway.sessions.add_subscription(session, name, &positions) {
+                gateway.router.unsubscribe(route, &channel, sub_id);
+                return Err((ErrorCode::StoreFailed, e.to_string()));
+            }
+        }
         let buffer = gateway.config.replay.handoff_buffer_records;
         let (sub, replays) = Subscription::new(sub_id, channel, id.clone(), &starts, &live, buffer);
         let mut handles = vec![ReplayHandle::default(); partitions as usize];
@@ -438,6 +594,7 @@ impl Connection {
                 format: route.format(),
                 partition,
                 start,
+                until: live[partition as usize],
             };
             handles[partition as usize] = gateway.replay.start(request, self.replay_tx.clone());
         }
@@ -445,6 +602,7 @@ impl Connection {
             .push(protocol::subscribed_frame(id.as_ref(), name, &live).into());
         let mut active = Active {
             sub,
+            name: name.to_string(),
             replays: handles,
         };
         if active.sub.take_live_marker() {
@@ -456,10 +614,16 @@ impl Connection {
         Ok(())
     }
 
-    fn remove_subscription(&mut self, name: &str) -> bool {
+    /// Drops a subscription; `forget` also removes it from the attached session.
+    fn remove_subscription(&mut self, name: &str, forget: bool) -> bool {
         let Some(id) = self.by_channel.remove(name) else {
             return false;
         };
+        if let (true, Some((session, _))) = (forget, &self.session) {
+            if let Err(e) = self.gateway.sessions.remove_subscription(session, name) {
+                tracing::warn!(conn = self.guard.id, %session, error = %e, "cannot remove subscription from session");
+            }
+        }
         if let Some(active) = self.subs.remove(&id) {
             if let Some(route) = self.gateway.router.topic(&active.sub.channel.topic) {
                 self.gateway
@@ -470,10 +634,10 @@ impl Connection {
         true
     }
 
-    fn unsubscribe_all(&mut self) {
+    fn unsubscribe_all(&mut self, forget: bool) {
         let names: Vec<String> = self.by_channel.keys().cloned().collect();
         for name in names {
-            self.remove_subscription(&name);
+            self.remove_subscription(&name, forget);
         }
     }
 }

@@ -1,0 +1,100 @@
+//! The recent-records ring of one partition: the memory tier of replay.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::codec::EncodedRecord;
+
+/// The most recent records of a partition, bounded by bytes.
+#[derive(Debug)]
+pub struct Ring {
+    records: VecDeque<Arc<EncodedRecord>>,
+    bytes: usize,
+    max_bytes: usize,
+    /// Every record at or after this offset (up to the live position) is in the ring.
+    covered_from: i64,
+}
+
+impl Ring {
+    /// An empty ring that covers from `start` (the live position when ingest began).
+    pub fn new(start: i64, max_bytes: usize) -> Ring {
+        Ring {
+            records: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+            covered_from: start,
+        }
+    }
+
+    /// Appends a record, evicting the oldest past the byte bound.
+    pub fn push(&mut self, record: Arc<EncodedRecord>) {
+        if self.max_bytes == 0 {
+            return;
+        }
+        self.bytes += record.frame.len();
+        self.records.push_back(record);
+        while self.bytes > self.max_bytes {
+            let Some(old) = self.records.pop_front() else {
+                break;
+            };
+            self.bytes -= old.frame.len();
+            self.covered_from = old.meta.offset + 1;
+        }
+    }
+
+    /// The records with offsets in `from..until`, if the ring still covers `from`.
+    pub fn range(&self, from: i64, until: i64) -> Option<Vec<Arc<EncodedRecord>>> {
+        if self.max_bytes == 0 || from < self.covered_from {
+            return None;
+        }
+        let start = self.records.partition_point(|r| r.meta.offset < from);
+        Some(
+            self.records
+                .range(start..)
+                .take_while(|r| r.meta.offset < until)
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::RecordMeta;
+
+    fn rec(offset: i64) -> Arc<EncodedRecord> {
+        Arc::new(EncodedRecord {
+            meta: RecordMeta {
+                topic: "t".into(),
+                partition: 0,
+                offset,
+            },
+            key: None,
+            frame: "0123456789".into(),
+        })
+    }
+
+    #[test]
+    fn covers_recent_offsets_within_its_bound() {
+        let mut ring = Ring::new(100, 35);
+        assert_eq!(ring.range(100, 100).map(|v| v.len()), Some(0));
+        assert!(ring.range(99, 100).is_none());
+        for o in 100..105 {
+            ring.push(rec(o));
+        }
+        // 3 records of 10 bytes fit: 102, 103, 104.
+        assert!(ring.range(101, 105).is_none());
+        let got: Vec<i64> = ring
+            .range(102, 104)
+            .unwrap()
+            .iter()
+            .map(|r| r.meta.offset)
+            .collect();
+        assert_eq!(got, vec![102, 103]);
+        assert!(
+            Ring::new(0, 0).range(0, 0).is_none(),
+            "a zero-byte ring serves nothing"
+        );
+    }
+}
