@@ -55,7 +55,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Broker(args) => broker::run(args).await,
@@ -63,7 +63,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Tail(args) => tail::run(args).await,
             Command::Sessions(args) => sessions::run(args).await,
         }
-    })
+    });
+    // A blocking read of stdin (or a Kafka poll) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }
 
 /// Resolves when the process gets SIGINT or SIGTERM.

@@ -109,6 +109,27 @@ pub fn broker() -> &'static Broker {
     })
 }
 
+/// Starts a broker process on `addr` with its data in `dir`; retention is applied every second.
+pub fn spawn_broker(addr: &str, dir: &Path) -> Proc {
+    let proc = Proc::spawn(
+        &[
+            "broker",
+            "--listen",
+            addr,
+            "--data-dir",
+            &dir.display().to_string(),
+            "--exit-on-stdin-eof",
+        ],
+        &[(
+            "KGATE_EMBEDDED_BROKER__RETENTION_CHECK_SECS",
+            "1".to_string(),
+        )],
+        &dir.join(format!("broker-{}.log", free_port())),
+    );
+    wait_tcp(addr, Duration::from_secs(30));
+    proc
+}
+
 /// Waits until `addr` accepts TCP connections.
 pub fn wait_tcp(addr: &str, limit: Duration) {
     let deadline = Instant::now() + limit;
@@ -145,18 +166,23 @@ pub fn producer() -> Producer {
 pub struct Gateway {
     pub proc: Proc,
     pub port: u16,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
+    restarts: u32,
 }
 
 impl Gateway {
-    /// Starts a gateway and waits until it is ready; `extra` is appended to its config file.
+    /// Starts a gateway on the shared broker and waits until it is ready; `extra` is appended to its config file.
     pub fn start(topics: &[(&str, i32)], extra: &str) -> Gateway {
+        Self::start_on(&broker().addr, topics, extra)
+    }
+
+    /// Starts a gateway on the broker at `bootstrap`.
+    pub fn start_on(bootstrap: &str, topics: &[(&str, i32)], extra: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let mut toml = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n[kafka]\nbootstrap_servers = \"{}\"\nfetch_wait_max_ms = 5\ncreate_missing_topics = true\n\n",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nshutdown_timeout_secs = 5\n\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\nfetch_wait_max_ms = 5\ncreate_missing_topics = true\nretry_initial_ms = 100\nretry_max_ms = 1000\n\n",
             dir.path().join("data").display(),
-            broker().addr
         );
         for (name, partitions) in topics {
             toml.push_str(&format!(
@@ -164,9 +190,21 @@ impl Gateway {
             ));
         }
         toml.push_str(extra);
-        let config = dir.path().join("kgate.toml");
-        std::fs::write(&config, toml).expect("write config");
-        let proc = Proc::spawn(
+        std::fs::write(dir.path().join("kgate.toml"), toml).expect("write config");
+        let proc = Self::spawn(dir.path(), 0);
+        let gw = Gateway {
+            proc,
+            port,
+            dir,
+            restarts: 0,
+        };
+        gw.wait_ready(Duration::from_secs(60));
+        gw
+    }
+
+    fn spawn(dir: &Path, n: u32) -> Proc {
+        let config = dir.join("kgate.toml");
+        Proc::spawn(
             &[
                 "serve",
                 "--config",
@@ -174,15 +212,32 @@ impl Gateway {
                 "--exit-on-stdin-eof",
             ],
             &[("KGATE_LOG__LEVEL", "info".to_string())],
-            &dir.path().join("gateway.log"),
-        );
-        let gw = Gateway {
-            proc,
-            port,
-            _dir: dir,
-        };
-        gw.wait_ready(Duration::from_secs(60));
-        gw
+            &dir.join(format!("gateway-{n}.log")),
+        )
+    }
+
+    /// Kills the gateway with SIGKILL (no drain, no flush).
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Stops the gateway with SIGTERM and waits for it to exit.
+    pub fn terminate(&mut self) {
+        let pid = self.proc.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.proc.child.try_wait().ok().flatten().is_none() {
+            assert!(Instant::now() < deadline, "gateway did not exit on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the gateway again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        self.restarts += 1;
+        self.proc = Self::spawn(self.dir.path(), self.restarts);
+        self.wait_ready(Duration::from_secs(60));
     }
 
     /// The WebSocket URL.

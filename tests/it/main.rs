@@ -3,4 +3,5 @@
 
 mod cli;
 mod harness;
+mod sessions;
 mod streaming;
