@@ -3,6 +3,7 @@
 //! The path of a record: [`kafka::ingest`] → [`codec`] → [`router`] →
 //! [`session`] → [`transport`].
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod codec;

@@ -1,5 +1,6 @@
 //! Command-line interface: `serve`, `broker`, `demo`, `tail`.
 
+mod bench;
 mod broker;
 mod demo;
 mod serve;
@@ -47,6 +48,8 @@ enum Command {
     Tail(tail::Args),
     /// List, show or delete durable sessions.
     Sessions(sessions::Args),
+    /// Run a benchmark scenario (starts its own broker and gateways).
+    Bench(bench::Args),
 }
 
 /// Runs the parsed command.
@@ -62,6 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Demo(args) => demo::run(args).await,
             Command::Tail(args) => tail::run(args).await,
             Command::Sessions(args) => sessions::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     // A blocking read of stdin (or a Kafka poll) must not hold the exit.

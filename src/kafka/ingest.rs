@@ -6,8 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
@@ -31,10 +33,14 @@ pub struct Ingest {
 impl Ingest {
     /// Assigns every partition of the router's topics at its live position and starts consuming.
     pub fn start(config: &Config, router: Arc<Router>) -> Result<Ingest, IngestError> {
-        let consumer: BaseConsumer = super::consumer_config(config, "ingest")
+        let consumer: BaseConsumer<IngestContext> = super::consumer_config(config, "ingest")
             // Large fetches keep up with fan-out; the queue is bounded by librdkafka.
             .set("queued.max.messages.kbytes", "65536")
-            .create()?;
+            // Statistics carry each partition's high watermark (for lag) at no extra request.
+            .set("statistics.interval.ms", "1000")
+            .create_with_context(IngestContext {
+                router: router.clone(),
+            })?;
         let mut tpl = TopicPartitionList::new();
         for route in router.topics() {
             for p in 0..route.partitions() {
@@ -66,7 +72,29 @@ impl Drop for Ingest {
     }
 }
 
-fn run(consumer: BaseConsumer, router: Arc<Router>, stop: Arc<AtomicBool>) {
+/// Receives librdkafka's statistics on the ingest thread and records high watermarks.
+struct IngestContext {
+    router: Arc<Router>,
+}
+
+impl ClientContext for IngestContext {
+    fn stats(&self, statistics: Statistics) {
+        for (name, topic) in &statistics.topics {
+            let Some(route) = self.router.topic(name) else {
+                continue;
+            };
+            for (partition, p) in &topic.partitions {
+                if *partition >= 0 && p.hi_offset >= 0 {
+                    route.set_high_watermark(*partition, p.hi_offset);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for IngestContext {}
+
+fn run(consumer: BaseConsumer<IngestContext>, router: Arc<Router>, stop: Arc<AtomicBool>) {
     router.set_ready(true);
     let mut last_error_log: Option<Instant> = None;
     while !stop.load(Ordering::Acquire) {

@@ -79,6 +79,27 @@ struct ScanState {
 
 type ScanKey = (Arc<str>, i32);
 
+/// How long a shared scan waits for one slow follower before detaching it.
+const FOLLOWER_PATIENCE: Duration = Duration::from_millis(250);
+
+/// Sends without blocking the scan for longer than [`FOLLOWER_PATIENCE`].
+fn patient_send(
+    tx: &mpsc::Sender<Addressed>,
+    event: Addressed,
+) -> Result<(), TrySendError<Addressed>> {
+    let deadline = std::time::Instant::now() + FOLLOWER_PATIENCE;
+    let mut event = event;
+    loop {
+        match tx.try_send(event) {
+            Err(TrySendError::Full(back)) if std::time::Instant::now() < deadline => {
+                event = back;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Replay readers shared by every connection.
 pub struct ReplayPool {
     config: Arc<Config>,
@@ -336,11 +357,11 @@ impl ReplayPool {
             if alone {
                 return f.tx.blocking_send(event).is_ok();
             }
-            match f.tx.try_send(event) {
+            match patient_send(&f.tx, event) {
                 Ok(()) => true,
                 Err(TrySendError::Closed(_)) => false,
                 Err(TrySendError::Full(_)) => {
-                    // A slow follower must not stall the others: it continues on its own scan.
+                    // A follower that stays slow must not stall the others: it continues on its own scan.
                     detached.push((
                         f.request.clone(),
                         f.tx.clone(),

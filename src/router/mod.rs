@@ -35,6 +35,8 @@ pub struct TopicRoute {
     format: PayloadFormat,
     /// Next offset ingest will dispatch, per partition.
     live: Vec<AtomicI64>,
+    /// High watermark per partition, from ingest's statistics (-1 until known).
+    high: Vec<AtomicI64>,
     /// Recent records per partition (the memory tier of replay).
     rings: Vec<Mutex<Ring>>,
     subscribers: RwLock<Subscribers>,
@@ -63,6 +65,11 @@ impl Router {
                 let route = TopicRoute {
                     name: name.clone(),
                     format: spec.format,
+                    high: spec
+                        .start_offsets
+                        .iter()
+                        .map(|&o| AtomicI64::new(o))
+                        .collect(),
                     rings: spec
                         .start_offsets
                         .iter()
@@ -198,6 +205,20 @@ impl TopicRoute {
         self.live
             .get(partition as usize)
             .map(|p| p.load(Ordering::Acquire))
+    }
+
+    /// Records the partition's high watermark (reported by ingest statistics).
+    pub fn set_high_watermark(&self, partition: i32, offset: i64) {
+        if let Some(h) = self.high.get(partition as usize) {
+            h.fetch_max(offset, Ordering::AcqRel);
+        }
+    }
+
+    /// The partition's last known high watermark.
+    pub fn high_watermark(&self, partition: i32) -> Option<i64> {
+        self.high
+            .get(partition as usize)
+            .map(|h| h.load(Ordering::Acquire))
     }
 
     /// Records of `partition` in `from..until` from memory, if the ring still covers `from`.

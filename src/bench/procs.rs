@@ -1,0 +1,183 @@
+//! Processes a benchmark runs: a broker and gateways, each a child `kgate`
+//! process killed when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A child process killed on drop.
+pub struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(args: &[&str], env: &[(&str, String)], log: PathBuf) -> anyhow::Result<Proc> {
+        let exe = std::env::current_exe().context("cannot find the kgate executable")?;
+        let file = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let mut cmd = Command::new(exe);
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().context("cannot start a kgate child process")?;
+        Ok(Proc { child, log })
+    }
+
+    /// Sends SIGTERM and waits up to 30 s for the exit.
+    pub fn terminate(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Where the child's stderr goes.
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn wait_tcp(addr: &str, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            bail!("{addr} did not accept connections within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Starts `kgate broker` on a free port with its data in `dir`.
+pub fn broker(dir: &Path) -> anyhow::Result<(Proc, String)> {
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let proc = Proc::spawn(
+        &[
+            "broker",
+            "--listen",
+            &addr,
+            "--data-dir",
+            &dir.display().to_string(),
+            "--exit-on-stdin-eof",
+        ],
+        &[],
+        dir.join("broker.log"),
+    )?;
+    wait_tcp(&addr, Duration::from_secs(30))?;
+    Ok((proc, addr))
+}
+
+/// A gateway process and its configuration directory.
+pub struct GatewayProc {
+    pub proc: Proc,
+    pub port: u16,
+    dir: PathBuf,
+    starts: u32,
+}
+
+impl GatewayProc {
+    /// Writes a config serving `topics` from `bootstrap` (plus `extra` TOML) and starts the gateway.
+    pub fn start(
+        dir: &Path,
+        bootstrap: &str,
+        topics: &[(&str, i32)],
+        extra: &str,
+    ) -> anyhow::Result<GatewayProc> {
+        std::fs::create_dir_all(dir)?;
+        let port = free_port()?;
+        let mut toml = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\nfetch_wait_max_ms = 5\ncreate_missing_topics = true\n\n[log]\nlevel = \"warn\"\n\n",
+            dir.join("data").display()
+        );
+        for (name, partitions) in topics {
+            toml.push_str(&format!(
+                "[[topics]]\nname = \"{name}\"\npartitions = {partitions}\n\n"
+            ));
+        }
+        toml.push_str(extra);
+        std::fs::write(dir.join("kgate.toml"), toml)?;
+        let mut gw = GatewayProc {
+            proc: Self::spawn(dir, 0)?,
+            port,
+            dir: dir.to_path_buf(),
+            starts: 0,
+        };
+        gw.wait_ready()?;
+        Ok(gw)
+    }
+
+    fn spawn(dir: &Path, n: u32) -> anyhow::Result<Proc> {
+        let config = dir.join("kgate.toml").display().to_string();
+        Proc::spawn(
+            &["serve", "--config", &config, "--exit-on-stdin-eof"],
+            &[],
+            dir.join(format!("gateway-{n}.log")),
+        )
+    }
+
+    /// Stops with SIGTERM.
+    pub fn stop(&mut self) {
+        self.proc.terminate();
+    }
+
+    /// Starts a stopped gateway again on the same port and data.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        self.starts += 1;
+        self.proc = Self::spawn(&self.dir, self.starts)?;
+        self.wait_ready()
+    }
+
+    /// Waits until `/readyz` answers 200.
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let url = format!("http://127.0.0.1:{}/readyz", self.port);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ureq::get(&url).call().is_ok_and(|r| r.status() == 200) {
+            if Instant::now() > deadline {
+                bail!(
+                    "gateway not ready within 60 s; see {}",
+                    self.proc.log().display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// The WebSocket URL.
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/v1/ws", self.port)
+    }
+}
