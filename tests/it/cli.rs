@@ -68,11 +68,27 @@ fn serve_with_embedded_broker_and_demo_data_is_tailed() {
         dir.path().join("data/broker/tansu.db").exists(),
         "sqlite storage under the data dir"
     );
-    let (_, topics) = http_get(port, "/v1/topics").expect("topics");
-    assert!(
-        topics.contains("\"prices\"") && topics.contains("\"telemetry\""),
-        "{topics}"
-    );
+    // High watermarks come from ingest statistics (once a second) and track the live position.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = http_get(port, "/v1/topics").expect("topics");
+        let topics: Value = serde_json::from_str(&body).expect("topics JSON");
+        let prices = topics["topics"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["name"] == "prices"))
+            .cloned();
+        assert!(prices.is_some() && body.contains("\"telemetry\""), "{body}");
+        let prices = prices.unwrap_or_default();
+        let high: i64 = prices["high_watermarks"]
+            .as_array()
+            .map_or(0, |h| h.iter().filter_map(Value::as_i64).sum());
+        if high > 0 {
+            assert_eq!(prices["partitions"], 3);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no high watermarks: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn serve_fails(env: &[(&str, &str)], args: &[&str]) -> String {
