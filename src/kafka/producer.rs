@@ -58,28 +58,4 @@ impl Producer {
             })
             .map_err(|(e, _)| e)
     }
-
-    /// Produces to an explicit partition.
-    pub async fn send_to(
-        &self,
-        topic: &str,
-        partition: i32,
-        key: Option<&[u8]>,
-        payload: &[u8],
-    ) -> Result<Delivered, KafkaError> {
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
-            .partition(partition)
-            .payload(payload);
-        if let Some(key) = key {
-            record = record.key(key);
-        }
-        self.inner
-            .send(record, Duration::from_secs(30))
-            .await
-            .map(|d| Delivered {
-                partition: d.partition,
-                offset: d.offset,
-            })
-            .map_err(|(e, _)| e)
-    }
 }

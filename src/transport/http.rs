@@ -40,8 +40,17 @@ pub fn routes(
                     let live: Vec<i64> = (0..t.partitions())
                         .filter_map(|p| t.live_offset(p))
                         .collect();
+                    let high: Vec<i64> = (0..t.partitions())
+                        .filter_map(|p| t.high_watermark(p))
+                        .collect();
+                    let lag: Vec<i64> = high
+                        .iter()
+                        .zip(&live)
+                        .map(|(h, l)| (h - l).max(0))
+                        .collect();
                     json!({"name": &**t.name(), "format": t.format(), "partitions": t.partitions(),
-                           "live_offsets": live, "subscriptions": t.subscription_count()})
+                           "live_offsets": live, "high_watermarks": high, "lag": lag,
+                           "subscriptions": t.subscription_count()})
                 })
                 .collect();
             warp::reply::json(&json!({"topics": topics})).into_response()

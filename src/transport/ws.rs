@@ -434,9 +434,13 @@ impl Connection {
                 .iter()
                 .map(|p| p.map_or(Start::Earliest, Start::Offset))
                 .collect();
-            if let Err((code, message)) =
-                self.register(None, &stored.channel, Resolved::Stored(starts))
-            {
+            let max = self.gateway.config.websocket.max_channel_bytes;
+            let registered = Channel::parse(&stored.channel, max)
+                .map_err(|e| (ErrorCode::InvalidChannel, e.to_string()))
+                .and_then(|channel| {
+                    self.register(None, &stored.channel, channel, Resolved::Stored(starts))
+                });
+            if let Err((code, message)) = registered {
                 self.error(
                     None,
                     code,
@@ -506,7 +510,6 @@ impl Connection {
             ));
         }
         let partitions = route.partitions();
-        let topic = channel.topic.clone();
         let starts: Vec<Start> = match from {
             From::Latest => vec![Start::Latest; partitions as usize],
             From::Earliest => vec![Start::Earliest; partitions as usize],
@@ -526,14 +529,14 @@ impl Connection {
             }
             From::Timestamp(ts) => gateway
                 .cluster
-                .offsets_for_time(&topic, partitions, ts)
+                .offsets_for_time(&channel.topic, partitions, ts)
                 .await
                 .map_err(|e| (ErrorCode::KafkaUnavailable, e.to_string()))?
                 .into_iter()
                 .map(|o| o.map_or(Start::Latest, Start::Offset))
                 .collect(),
         };
-        self.register(id, name, Resolved::Requested(starts))
+        self.register(id, name, channel, Resolved::Requested(starts))
     }
 
     /// Registers a subscription with the router and starts the replays it needs.
@@ -541,11 +544,10 @@ impl Connection {
         &mut self,
         id: Option<Value>,
         name: &str,
+        channel: Channel,
         starts: Resolved,
     ) -> Result<(), (ErrorCode, String)> {
         let gateway = self.gateway.clone();
-        let channel = Channel::parse(name, gateway.config.websocket.max_channel_bytes)
-            .map_err(|e| (ErrorCode::InvalidChannel, e.to_string()))?;
         let route = gateway.router.topic(&channel.topic).ok_or_else(|| {
             (
                 ErrorCode::UnknownTopic,
