@@ -40,6 +40,8 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     pub replay: ReplayConfig,
     pub sessions: SessionsConfig,
+    pub limits: LimitsConfig,
+    pub heartbeat: HeartbeatConfig,
     pub log: LogConfig,
 }
 
@@ -107,6 +109,23 @@ pub struct TopicConfig {
     /// Partition count used when kgate creates the topic.
     #[serde(default = "TopicConfig::default_partitions")]
     pub partitions: i32,
+    /// What happens to a subscriber of this topic whose connection cannot keep up.
+    #[serde(default)]
+    pub slow_consumer: SlowConsumerPolicy,
+}
+
+/// What kgate does with a subscription whose connection's outbox is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowConsumerPolicy {
+    /// Move the subscription off the live path; it continues from the ring or Kafka at the
+    /// client's pace. No record is lost.
+    #[default]
+    CatchUp,
+    /// Keep only the latest queued record per key (tickers); older queued values are replaced.
+    Conflate,
+    /// Close the connection with 4008 once the outbox has been full for `limits.slow_consumer_grace_ms`.
+    Disconnect,
 }
 
 impl TopicConfig {
@@ -122,6 +141,7 @@ impl TopicConfig {
             name: name.to_string(),
             format: PayloadFormat::Json,
             partitions: Self::default_partitions(),
+            slow_consumer: SlowConsumerPolicy::default(),
         }
     }
 }
@@ -176,6 +196,42 @@ pub struct SessionsConfig {
     pub sync_writes: bool,
 }
 
+/// Rate and count limits that protect the gateway from any one client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// WebSocket upgrade attempts per second from one IP address (HTTP 429 past it).
+    pub connection_attempts_per_ip_per_sec: u32,
+    /// Burst of attempts one IP may make at once.
+    pub connection_attempts_burst: u32,
+    /// Open WebSocket connections in total (HTTP 503 past it).
+    pub max_connections: usize,
+    /// Open connections per identity (the client IP until authentication exists; HTTP 429 past it).
+    pub max_connections_per_identity: usize,
+    /// Commands per second one connection may send (error `rate_limited` past it).
+    pub commands_per_sec: u32,
+    /// Burst of commands one connection may send at once.
+    pub commands_burst: u32,
+    /// Connections closed with 4029 after this many rate-limited commands in a row.
+    pub max_rate_limited_commands: u32,
+    /// A record whose event frame is larger is not delivered: subscribers get a `skipped` notice.
+    pub max_outbound_record_bytes: usize,
+    /// With slow_consumer = "disconnect": how long an outbox may stay full before the close.
+    pub slow_consumer_grace_ms: u64,
+}
+
+/// Liveness checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatConfig {
+    /// Seconds between server pings.
+    pub ping_interval_secs: u64,
+    /// A connection that shows no sign of life (no pong, no frame) for this long is closed (4011).
+    pub timeout_secs: u64,
+    /// A connection with no subscription for this long is closed (4012).
+    pub idle_timeout_secs: u64,
+}
+
 /// Log output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -204,6 +260,8 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             replay: ReplayConfig::default(),
             sessions: SessionsConfig::default(),
+            limits: LimitsConfig::default(),
+            heartbeat: HeartbeatConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -265,6 +323,32 @@ impl Default for ReplayConfig {
             max_kafka_readers: 16,
             handoff_buffer_records: 10_000,
             ring_bytes_per_partition: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            connection_attempts_per_ip_per_sec: 50,
+            connection_attempts_burst: 100,
+            max_connections: 50_000,
+            max_connections_per_identity: 1_000,
+            commands_per_sec: 100,
+            commands_burst: 200,
+            max_rate_limited_commands: 100,
+            max_outbound_record_bytes: 1024 * 1024,
+            slow_consumer_grace_ms: 5_000,
+        }
+    }
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            ping_interval_secs: 15,
+            timeout_secs: 45,
+            idle_timeout_secs: 120,
         }
     }
 }
@@ -428,11 +512,65 @@ impl Config {
                 "replay.handoff_buffer_records",
                 self.replay.handoff_buffer_records,
             ),
+            ("sessions.ttl_secs", self.sessions.ttl_secs as usize),
+            (
+                "sessions.commit_interval_ms",
+                self.sessions.commit_interval_ms as usize,
+            ),
+            (
+                "embedded_broker.retention_check_secs",
+                self.embedded_broker.retention_check_secs as usize,
+            ),
+            (
+                "limits.connection_attempts_per_ip_per_sec",
+                self.limits.connection_attempts_per_ip_per_sec as usize,
+            ),
+            (
+                "limits.connection_attempts_burst",
+                self.limits.connection_attempts_burst as usize,
+            ),
+            ("limits.max_connections", self.limits.max_connections),
+            (
+                "limits.max_connections_per_identity",
+                self.limits.max_connections_per_identity,
+            ),
+            (
+                "limits.commands_per_sec",
+                self.limits.commands_per_sec as usize,
+            ),
+            ("limits.commands_burst", self.limits.commands_burst as usize),
+            (
+                "limits.max_rate_limited_commands",
+                self.limits.max_rate_limited_commands as usize,
+            ),
+            (
+                "limits.max_outbound_record_bytes",
+                self.limits.max_outbound_record_bytes,
+            ),
+            (
+                "heartbeat.ping_interval_secs",
+                self.heartbeat.ping_interval_secs as usize,
+            ),
+            (
+                "heartbeat.timeout_secs",
+                self.heartbeat.timeout_secs as usize,
+            ),
+            (
+                "heartbeat.idle_timeout_secs",
+                self.heartbeat.idle_timeout_secs as usize,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
                 return Err(invalid(key, 0, "a positive integer"));
             }
+        }
+        if self.heartbeat.timeout_secs <= self.heartbeat.ping_interval_secs {
+            return Err(invalid(
+                "heartbeat.timeout_secs",
+                self.heartbeat.timeout_secs,
+                "more than heartbeat.ping_interval_secs",
+            ));
         }
         if ws.max_frame_bytes > ws.max_message_bytes {
             return Err(invalid(

@@ -40,6 +40,7 @@ pub struct Gateway {
     pub cluster: Cluster,
     pub replay: Arc<ReplayPool>,
     pub sessions: Arc<SessionStore>,
+    pub admission: Arc<crate::limits::Admission>,
     /// Sessions attached to a connection: connection id and the signal that detaches it.
     attached: Mutex<std::collections::HashMap<String, (u64, Arc<Notify>)>>,
     connections: AtomicUsize,
@@ -124,6 +125,7 @@ impl Gateway {
             specs.push(TopicSpec {
                 name: topic.name.clone(),
                 format: topic.format,
+                slow_consumer: topic.slow_consumer,
                 start_offsets,
             });
         }
@@ -131,12 +133,14 @@ impl Gateway {
         let ingest = Ingest::start(&config, router.clone())?;
         let replay = ReplayPool::new(config.clone(), cluster.clone(), router.clone());
         let (shutdown, _) = watch::channel(false);
+        let admission = crate::limits::Admission::new(&config.limits);
         let gateway = Arc::new(Gateway {
             config,
             router,
             cluster,
             replay,
             sessions,
+            admission,
             attached: Mutex::new(std::collections::HashMap::new()),
             connections: AtomicUsize::new(0),
             next_connection_id: AtomicU64::new(1),

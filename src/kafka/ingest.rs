@@ -54,7 +54,8 @@ impl Ingest {
             .name("kgate-ingest".into())
             .spawn({
                 let stop = stop.clone();
-                move || run(consumer, router, stop)
+                let max_bytes = config.limits.max_outbound_record_bytes;
+                move || run(consumer, router, stop, max_bytes)
             })?;
         Ok(Ingest {
             stop,
@@ -94,7 +95,12 @@ impl ClientContext for IngestContext {
 
 impl ConsumerContext for IngestContext {}
 
-fn run(consumer: BaseConsumer<IngestContext>, router: Arc<Router>, stop: Arc<AtomicBool>) {
+fn run(
+    consumer: BaseConsumer<IngestContext>,
+    router: Arc<Router>,
+    stop: Arc<AtomicBool>,
+    max_bytes: usize,
+) {
     router.set_ready(true);
     let mut last_error_log: Option<Instant> = None;
     while !stop.load(Ordering::Acquire) {
@@ -108,6 +114,7 @@ fn run(consumer: BaseConsumer<IngestContext>, router: Arc<Router>, stop: Arc<Ato
                     route.name(),
                     &message,
                     route.format(),
+                    max_bytes,
                 ));
                 router.dispatch(route, record);
             }

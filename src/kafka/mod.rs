@@ -43,10 +43,12 @@ pub fn consumer_config(config: &Config, role: &str) -> ClientConfig {
 }
 
 /// Decodes and encodes one consumed message into the frame every recipient shares.
+/// A frame over `max_bytes` is replaced by a `skipped` notice (and counted).
 pub fn encode_message(
     topic: &std::sync::Arc<str>,
     message: &BorrowedMessage<'_>,
     format: PayloadFormat,
+    max_bytes: usize,
 ) -> EncodedRecord {
     let meta = RecordMeta {
         topic: topic.clone(),
@@ -59,7 +61,7 @@ pub fn encode_message(
             headers.push((h.key, h.value));
         }
     }
-    let frame = encode_event(
+    let mut frame = encode_event(
         &meta,
         message.timestamp().to_millis(),
         message.key(),
@@ -67,6 +69,17 @@ pub fn encode_message(
         message.payload(),
         format,
     );
+    if frame.len() > max_bytes {
+        crate::stats::stats().oversize_records_skipped.add(1);
+        tracing::info!(topic = %meta.topic, partition = meta.partition, offset = meta.offset, bytes = frame.len(), "record too large to deliver; subscribers get a skipped notice");
+        frame = crate::transport::protocol::skipped_frame(
+            &meta.topic,
+            meta.partition,
+            meta.offset,
+            frame.len(),
+        )
+        .into();
+    }
     EncodedRecord {
         meta,
         key: message.key().map(bytes::Bytes::copy_from_slice),

@@ -312,7 +312,12 @@ impl ReplayPool {
                 match consumer.poll(Duration::from_millis(100)) {
                     None => {}
                     Some(Ok(message)) => {
-                        let record = Arc::new(super::encode_message(topic, &message, format));
+                        let record = Arc::new(super::encode_message(
+                            topic,
+                            &message,
+                            format,
+                            self.config.limits.max_outbound_record_bytes,
+                        ));
                         if !self.distribute(scan, record) {
                             return Ok(());
                         }

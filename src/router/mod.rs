@@ -19,7 +19,7 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
 use crate::codec::EncodedRecord;
-use crate::config::PayloadFormat;
+use crate::config::{PayloadFormat, SlowConsumerPolicy};
 use crate::session::outbox::{Delivery, Outbox, Push, SubscriptionId};
 
 /// Routes ingested records to the outboxes of subscribed connections.
@@ -33,6 +33,7 @@ pub struct Router {
 pub struct TopicRoute {
     name: Arc<str>,
     format: PayloadFormat,
+    slow_consumer: SlowConsumerPolicy,
     /// Next offset ingest will dispatch, per partition.
     live: Vec<AtomicI64>,
     /// High watermark per partition, from ingest's statistics (-1 until known).
@@ -52,6 +53,7 @@ struct Subscribers {
 pub struct TopicSpec {
     pub name: String,
     pub format: PayloadFormat,
+    pub slow_consumer: SlowConsumerPolicy,
     pub start_offsets: Vec<i64>,
 }
 
@@ -65,6 +67,7 @@ impl Router {
                 let route = TopicRoute {
                     name: name.clone(),
                     format: spec.format,
+                    slow_consumer: spec.slow_consumer,
                     high: spec
                         .start_offsets
                         .iter()
@@ -154,7 +157,7 @@ impl Router {
         }
     }
 
-    /// Pushes one ingested record to every matching subscription; returns how many outboxes overflowed.
+    /// Pushes one ingested record to every matching subscription; returns how many outboxes were full.
     pub fn dispatch(&self, route: &TopicRoute, record: Arc<EncodedRecord>) -> usize {
         let subs = route.subscribers.read();
         let partition = record.meta.partition as usize;
@@ -164,14 +167,15 @@ impl Router {
         if let Some(ring) = route.rings.get(partition) {
             ring.lock().push(record.clone());
         }
-        let mut overflowed = 0;
+        let mut dropped = 0;
+        let policy = route.slow_consumer;
         let mut send = |(id, outbox): (&SubscriptionId, &Arc<Outbox>)| {
             let delivery = Delivery {
                 subscription: *id,
                 record: record.clone(),
             };
-            if outbox.push(delivery) == Push::Overflow {
-                overflowed += 1;
+            if outbox.push(delivery, policy) == Push::Dropped {
+                dropped += 1;
             }
         };
         subs.all.iter().for_each(&mut send);
@@ -180,7 +184,7 @@ impl Router {
                 set.iter().for_each(&mut send);
             }
         }
-        overflowed
+        dropped
     }
 }
 
@@ -188,6 +192,11 @@ impl TopicRoute {
     /// The topic name.
     pub fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    /// What happens to subscribers that cannot keep up.
+    pub fn slow_consumer(&self) -> SlowConsumerPolicy {
+        self.slow_consumer
     }
 
     /// How payloads of this topic are decoded.
@@ -265,6 +274,7 @@ mod tests {
             vec![TopicSpec {
                 name: "prices".into(),
                 format: PayloadFormat::Json,
+                slow_consumer: SlowConsumerPolicy::CatchUp,
                 start_offsets: vec![10, 20],
             }],
             1 << 20,

@@ -52,6 +52,17 @@ pub enum ReplayEvent {
     Failed(String),
 }
 
+/// What the connection does with a partition's replay after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayStep {
+    /// Keep reading.
+    Continue,
+    /// The partition is live: stop the replay.
+    Live,
+    /// The replay ended short of the hand-off point: start another from this offset.
+    Restart(i64),
+}
+
 /// One subscription of one connection.
 #[derive(Debug)]
 pub struct Subscription {
@@ -137,19 +148,18 @@ impl Subscription {
         }
     }
 
-    /// Handles a replay event for `partition`; returns true when the partition went
-    /// live (its replay can stop).
+    /// Handles a replay event for `partition`.
     pub fn on_replay(
         &mut self,
         partition: i32,
         event: ReplayEvent,
         out: &mut Vec<Arc<EncodedRecord>>,
-    ) -> bool {
+    ) -> ReplayStep {
         let Some(cursor) = self.cursors.get_mut(partition as usize) else {
-            return true;
+            return ReplayStep::Live;
         };
         let Cursor::CatchingUp { next, .. } = cursor else {
-            return true;
+            return ReplayStep::Live;
         };
         match event {
             ReplayEvent::Started { offset }
@@ -168,16 +178,50 @@ impl Subscription {
             }
             ReplayEvent::End { position } => {
                 // Offsets up to the end may be holes (compaction, transaction markers).
-                *next = Some(next.map_or(position, |n| n.max(position)));
-                return Self::hand_off(cursor, out, true);
+                let reached = next.map_or(position, |n| n.max(position));
+                *next = Some(reached);
+                if Self::hand_off(cursor, out) {
+                    return ReplayStep::Live;
+                }
+                // A memory replay ends where the ring ended; live records were dropped past it.
+                return ReplayStep::Restart(reached);
             }
-            ReplayEvent::Failed(_) => return false,
+            ReplayEvent::Failed(_) => return ReplayStep::Continue,
         }
-        Self::hand_off(cursor, out, false)
+        if Self::hand_off(cursor, out) {
+            ReplayStep::Live
+        } else {
+            ReplayStep::Continue
+        }
+    }
+
+    /// The outbox dropped live records of `partition` up to `last_dropped`: leave the live
+    /// path and re-read from where delivery stopped. Returns the replay start if one must begin.
+    pub fn fall_behind(&mut self, partition: i32, last_dropped: i64) -> Option<Start> {
+        let cursor = self.cursors.get_mut(partition as usize)?;
+        match cursor {
+            Cursor::Live { next } => {
+                let from = *next;
+                *cursor = Cursor::CatchingUp {
+                    next: Some(from),
+                    live_from: last_dropped + 1,
+                    buffer: VecDeque::new(),
+                };
+                Some(Start::Offset(from))
+            }
+            Cursor::CatchingUp {
+                live_from, buffer, ..
+            } => {
+                // Buffered records precede the dropped ones; the running replay re-reads them all.
+                buffer.clear();
+                *live_from = (*live_from).max(last_dropped + 1);
+                None
+            }
+        }
     }
 
     /// Goes live if the replay reached the first buffered offset (or the live position).
-    fn hand_off(cursor: &mut Cursor, out: &mut Vec<Arc<EncodedRecord>>, at_end: bool) -> bool {
+    fn hand_off(cursor: &mut Cursor, out: &mut Vec<Arc<EncodedRecord>>) -> bool {
         let Cursor::CatchingUp {
             next: Some(next),
             live_from,
@@ -187,7 +231,7 @@ impl Subscription {
             return false;
         };
         let target = buffer.front().map_or(*live_from, |r| r.meta.offset);
-        if *next < target && !at_end {
+        if *next < target {
             return false;
         }
         let mut next = *next;
@@ -209,6 +253,16 @@ impl Subscription {
         match self.cursors.get(partition as usize)? {
             Cursor::Live { next } => Some(*next),
             Cursor::CatchingUp { next, .. } => *next,
+        }
+    }
+
+    /// While `partition` catches up: the offset where its hand-off to live will happen.
+    pub fn catch_up_target(&self, partition: i32) -> Option<i64> {
+        match self.cursors.get(partition as usize)? {
+            Cursor::Live { .. } => None,
+            Cursor::CatchingUp {
+                live_from, buffer, ..
+            } => Some(buffer.front().map_or(*live_from, |r| r.meta.offset)),
         }
     }
 
@@ -289,8 +343,8 @@ mod tests {
         }
         assert!(out.is_empty());
         for o in 2..6 {
-            let done = s.on_replay(0, ReplayEvent::Record(rec(0, o, "k")), &mut out);
-            assert_eq!(done, o == 5);
+            let step = s.on_replay(0, ReplayEvent::Record(rec(0, o, "k")), &mut out);
+            assert_eq!(step == ReplayStep::Live, o == 5);
         }
         assert!(s.is_live());
         s.on_live(rec(0, 9, "k"), &mut out);
@@ -306,9 +360,11 @@ mod tests {
         }
         // Buffer keeps 6 and 7; the replay must deliver 0..=5 itself.
         for o in 0..5 {
-            assert!(!s.on_replay(0, ReplayEvent::Record(rec(0, o, "k")), &mut out));
+            let step = s.on_replay(0, ReplayEvent::Record(rec(0, o, "k")), &mut out);
+            assert_eq!(step, ReplayStep::Continue);
         }
-        assert!(s.on_replay(0, ReplayEvent::Record(rec(0, 5, "k")), &mut out));
+        let step = s.on_replay(0, ReplayEvent::Record(rec(0, 5, "k")), &mut out);
+        assert_eq!(step, ReplayStep::Live);
         assert_eq!(offsets(&out), (0..8).collect::<Vec<_>>());
     }
 
@@ -317,12 +373,14 @@ mod tests {
         let (mut s, replays) = sub(&[Start::Earliest], &[4], 10, "t:a");
         assert_eq!(replays, vec![(0, Start::Earliest)]);
         let mut out = Vec::new();
-        assert!(!s.on_replay(0, ReplayEvent::Started { offset: 1 }, &mut out));
+        let step = s.on_replay(0, ReplayEvent::Started { offset: 1 }, &mut out);
+        assert_eq!(step, ReplayStep::Continue);
         for (o, k) in [(1, "a"), (2, "b")] {
             s.on_replay(0, ReplayEvent::Record(rec(0, o, k)), &mut out);
         }
         // Offset 3 is a transaction marker: the reader ends at position 4.
-        assert!(s.on_replay(0, ReplayEvent::End { position: 4 }, &mut out));
+        let step = s.on_replay(0, ReplayEvent::End { position: 4 }, &mut out);
+        assert_eq!(step, ReplayStep::Live);
         assert_eq!(offsets(&out), vec![1]);
         s.on_live(rec(0, 4, "a"), &mut out);
         assert_eq!(offsets(&out), vec![1, 4]);
@@ -345,6 +403,33 @@ mod tests {
         }
         assert!(s.is_live());
         assert_eq!(offsets(&out), (15..20).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn falling_behind_rereads_the_dropped_records_then_goes_live() {
+        let (mut s, _) = sub(&[Start::Latest], &[0], 10, "t");
+        let mut out = Vec::new();
+        s.on_live(rec(0, 0, "k"), &mut out);
+        // The outbox dropped 1..=3.
+        assert_eq!(s.fall_behind(0, 3), Some(Start::Offset(1)));
+        assert!(!s.is_live());
+        s.on_live(rec(0, 4, "k"), &mut out); // buffered
+        // More drops while catching up: the buffer (older) is re-read too.
+        assert_eq!(s.fall_behind(0, 5), None);
+        s.on_live(rec(0, 6, "k"), &mut out);
+        // A memory replay that ends at 3 must be continued.
+        for o in 1..3 {
+            s.on_replay(0, ReplayEvent::Record(rec(0, o, "k")), &mut out);
+        }
+        assert_eq!(
+            s.on_replay(0, ReplayEvent::End { position: 3 }, &mut out),
+            ReplayStep::Restart(3)
+        );
+        for o in 3..6 {
+            s.on_replay(0, ReplayEvent::Record(rec(0, o, "k")), &mut out);
+        }
+        assert!(s.is_live());
+        assert_eq!(offsets(&out), (0..7).collect::<Vec<_>>());
     }
 
     #[test]

@@ -56,6 +56,14 @@ pub fn routes(
             warp::reply::json(&json!({"topics": topics})).into_response()
         })
     };
+    let stats = {
+        let gw = gateway.clone();
+        warp::path!("v1" / "stats").and(warp::get()).map(move || {
+            let mut body = crate::stats::stats().to_json();
+            body["connections"] = gw.connection_count().into();
+            warp::reply::json(&body).into_response()
+        })
+    };
     let admin = sessions_admin(gateway.clone());
     let index = warp::path::end().and(warp::get()).map(|| {
         warp::reply::json(&json!({
@@ -75,6 +83,8 @@ pub fn routes(
         .or(index)
         .unify()
         .or(admin)
+        .unify()
+        .or(stats)
         .unify()
         .or(crate::transport::ws::route(gateway))
         .unify()

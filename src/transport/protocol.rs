@@ -46,6 +46,8 @@ pub enum ErrorCode {
     NoSession,
     /// The session store failed; the command had no effect.
     StoreFailed,
+    /// More commands than `limits.commands_per_sec` allows; the command was not executed.
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -69,6 +71,7 @@ impl ErrorCode {
             ErrorCode::InvalidState => "invalid_state",
             ErrorCode::NoSession => "no_session",
             ErrorCode::StoreFailed => "store_failed",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }
@@ -88,6 +91,12 @@ pub enum CloseCode {
     WriteTimeout,
     /// 4010: another connection attached the same session.
     SessionTakenOver,
+    /// 4011: no frame (not even a pong) arrived within `heartbeat.timeout_secs`.
+    HeartbeatTimeout,
+    /// 4012: no subscription for `heartbeat.idle_timeout_secs`.
+    IdleTimeout,
+    /// 4029: too many rate-limited commands in a row.
+    RateLimited,
 }
 
 impl CloseCode {
@@ -100,6 +109,9 @@ impl CloseCode {
             CloseCode::SlowConsumer => 4008,
             CloseCode::WriteTimeout => 4009,
             CloseCode::SessionTakenOver => 4010,
+            CloseCode::HeartbeatTimeout => 4011,
+            CloseCode::IdleTimeout => 4012,
+            CloseCode::RateLimited => 4029,
         }
     }
 
@@ -112,6 +124,9 @@ impl CloseCode {
             CloseCode::SlowConsumer => "slow consumer: outbox full",
             CloseCode::WriteTimeout => "write timeout",
             CloseCode::SessionTakenOver => "session attached by another connection",
+            CloseCode::HeartbeatTimeout => "heartbeat timeout",
+            CloseCode::IdleTimeout => "idle: no subscription",
+            CloseCode::RateLimited => "too many commands",
         }
     }
 }
@@ -134,6 +149,8 @@ pub enum Command {
         id: Option<Value>,
         channel: String,
         from: From,
+        /// At most this many updates per second per key (latest value wins).
+        max_rate: Option<f64>,
     },
     Unsubscribe {
         id: Option<Value>,
@@ -172,6 +189,8 @@ struct SubscribeFields {
     channel: String,
     #[serde(default)]
     from: Option<Value>,
+    #[serde(default)]
+    max_rate: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -262,10 +281,23 @@ pub fn parse_command(text: &str, max_bytes: usize) -> Result<Command, CommandErr
                 serde_json::from_value(value.clone()).map_err(|e| invalid(&id, e))?;
             let from = parse_from(f.from.as_ref())
                 .map_err(|m| fail(id.clone(), ErrorCode::InvalidPosition, m))?;
+            if let Some(rate) = f
+                .max_rate
+                .filter(|r| !(r.is_finite() && *r > 0.0 && *r <= 1000.0))
+            {
+                return Err(fail(
+                    id,
+                    ErrorCode::InvalidFrame,
+                    format!(
+                        "`max_rate` must be a number of updates per second from above 0 to 1000, not {rate}"
+                    ),
+                ));
+            }
             Ok(Command::Subscribe {
                 id,
                 channel: f.channel,
                 from,
+                max_rate: f.max_rate,
             })
         }
         "unsubscribe" => {
@@ -414,6 +446,13 @@ pub fn pong_frame(id: Option<&Value>) -> String {
     with_id(json!({"type": "pong"}), id)
 }
 
+/// A record too large to deliver (`limits.max_outbound_record_bytes`); encoded once, like events.
+pub fn skipped_frame(topic: &str, partition: i32, offset: i64, bytes: usize) -> String {
+    json!({"type": "skipped", "topic": topic, "partition": partition, "offset": offset,
+           "reason": "record_too_large", "bytes": bytes})
+    .to_string()
+}
+
 /// The first frame on every connection.
 pub fn welcome_frame(connection_id: u64) -> String {
     json!({"type": "welcome", "protocol": SUBPROTOCOL, "connection_id": connection_id,
@@ -448,7 +487,8 @@ mod tests {
             Command::Subscribe {
                 id: Some(json!("a")),
                 channel: "prices:AAPL".into(),
-                from: From::Latest
+                from: From::Latest,
+                max_rate: None,
             }
         );
         let c = parse_command(

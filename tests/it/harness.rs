@@ -190,6 +190,10 @@ impl Gateway {
             ));
         }
         toml.push_str(extra);
+        if !extra.contains("[limits]") {
+            // Every test client connects from 127.0.0.1: lift the per-address limits.
+            toml.push_str("\n[limits]\nconnection_attempts_per_ip_per_sec = 100000\nconnection_attempts_burst = 100000\nmax_connections_per_identity = 100000\n");
+        }
         std::fs::write(dir.path().join("kgate.toml"), toml).expect("write config");
         let proc = Self::spawn(dir.path(), 0);
         let gw = Gateway {

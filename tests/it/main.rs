@@ -3,5 +3,6 @@
 
 mod cli;
 mod harness;
+mod protection;
 mod sessions;
 mod streaming;

@@ -1,140 +1,32 @@
-//! The WebSocket transport: the upgrade (with kgate's own buffer sizes) and the
-//! per-connection loop that reads commands and writes frames.
+//! One WebSocket connection: reads commands, drains the outbox and replay
+//! events through its subscriptions, applies slow-consumer policies, throttles,
+//! heartbeats and limits, and writes every pending frame with one flush.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use http::{HeaderMap, HeaderValue, StatusCode};
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
+use governor::{DefaultDirectRateLimiter, RateLimiter};
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes, error::CapacityError};
-use warp::Filter;
-use warp::reply::Reply;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
 
+use super::Socket;
+use super::throttle::Throttle;
 use crate::codec::EncodedRecord;
+use crate::config::SlowConsumerPolicy;
 use crate::gateway::Gateway;
 use crate::kafka::replay::{Addressed, ReplayHandle, ReplayRequest};
+use crate::limits::Ticket;
 use crate::router::Channel;
 use crate::session::outbox::{Delivery, Outbox, SubscriptionId};
-use crate::session::subscription::{ReplayEvent, Start, Subscription};
-use crate::transport::protocol::{self, CloseCode, Command, ErrorCode, From, SUBPROTOCOL};
-
-type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
-
-/// `GET /v1/ws`: the WebSocket endpoint.
-pub fn route(
-    gateway: Arc<Gateway>,
-) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
-    warp::path!("v1" / "ws")
-        .and(warp::get())
-        .and(warp::header::headers_cloned())
-        .and(warp::ext::optional::<OnUpgrade>())
-        .and(warp::addr::remote())
-        .map(
-            move |headers: HeaderMap, upgrade: Option<OnUpgrade>, remote: Option<SocketAddr>| {
-                handshake(gateway.clone(), &headers, upgrade, remote)
-            },
-        )
-}
-
-fn refuse(status: StatusCode, code: &str, message: &str) -> warp::reply::Response {
-    let body = warp::reply::json(&serde_json::json!({"code": code, "message": message}));
-    warp::reply::with_status(body, status).into_response()
-}
-
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-}
-
-fn handshake(
-    gateway: Arc<Gateway>,
-    headers: &HeaderMap,
-    upgrade: Option<OnUpgrade>,
-    remote: Option<SocketAddr>,
-) -> warp::reply::Response {
-    let has_token = |value: &str, token: &str| {
-        value
-            .split(',')
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    let key = header(headers, "sec-websocket-key");
-    let Some(upgrade) = upgrade.filter(|_| {
-        has_token(header(headers, "connection"), "upgrade")
-            && has_token(header(headers, "upgrade"), "websocket")
-            && !key.is_empty()
-    }) else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "not_websocket",
-            "this endpoint needs a WebSocket upgrade request",
-        );
-    };
-    if header(headers, "sec-websocket-version") != "13" {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "unsupported_websocket_version",
-            "Sec-WebSocket-Version must be 13",
-        );
-    }
-    let offered = header(headers, "sec-websocket-protocol");
-    let protocol_ok = offered.is_empty() || has_token(offered, SUBPROTOCOL);
-    if !protocol_ok {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "unsupported_subprotocol",
-            &format!("offered subprotocols {offered:?} do not include {SUBPROTOCOL}"),
-        );
-    }
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let mut response = warp::reply::Response::default();
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = response.headers_mut();
-    h.insert("connection", HeaderValue::from_static("upgrade"));
-    h.insert("upgrade", HeaderValue::from_static("websocket"));
-    if let Ok(accept) = HeaderValue::from_str(&accept) {
-        h.insert("sec-websocket-accept", accept);
-    }
-    if !offered.is_empty() {
-        h.insert(
-            "sec-websocket-protocol",
-            HeaderValue::from_static(SUBPROTOCOL),
-        );
-    }
-    let ws = &gateway.config.websocket;
-    // tungstenite's defaults hold 128 KiB per connection; these keep idle connections small.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(ws.read_buffer_bytes)
-        .write_buffer_size(ws.write_buffer_bytes)
-        .max_write_buffer_size(ws.write_buffer_bytes.max(ws.outbox_max_bytes) * 2)
-        .max_message_size(Some(ws.max_message_bytes))
-        .max_frame_size(Some(ws.max_frame_bytes));
-    tokio::spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => {
-                let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                Connection::new(gateway, remote).run(socket).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
-        }
-    });
-    response
-}
+use crate::session::subscription::{ReplayEvent, ReplayStep, Start, Subscription};
+use crate::stats::stats;
+use crate::transport::protocol::{self, CloseCode, Command, ErrorCode, From};
 
 /// Where the starts of a subscription come from.
 enum Resolved {
@@ -158,6 +50,23 @@ struct Active {
     /// The channel name as the client wrote it (the session store's key).
     name: String,
     replays: Vec<ReplayHandle>,
+    policy: SlowConsumerPolicy,
+    throttle: Option<Throttle>,
+}
+
+impl Active {
+    /// Passes records the subscription released through its throttle, if it has one.
+    fn emit(
+        &mut self,
+        records: Vec<Arc<EncodedRecord>>,
+        now: Instant,
+        out: &mut Vec<Arc<EncodedRecord>>,
+    ) {
+        match &mut self.throttle {
+            None => out.extend(records),
+            Some(t) => records.into_iter().for_each(|r| t.offer(r, now, out)),
+        }
+    }
 }
 
 impl Drop for Active {
@@ -174,9 +83,11 @@ enum End {
     Close(CloseCode),
 }
 
-struct Connection {
+/// One connection's state, owned by its task.
+pub(super) struct Connection {
     gateway: Arc<Gateway>,
     guard: crate::gateway::ConnectionGuard,
+    _ticket: Ticket,
     remote: Option<SocketAddr>,
     outbox: Arc<Outbox>,
     subs: HashMap<SubscriptionId, Active>,
@@ -186,19 +97,39 @@ struct Connection {
     /// The durable session attached to this connection, and the signal that takes it away.
     session: Option<(String, Arc<Notify>)>,
     /// Frames waiting to be written, in order.
-    pending: Vec<Utf8Bytes>,
+    pending: Vec<Message>,
     scratch: Vec<Arc<EncodedRecord>>,
     drained: VecDeque<Delivery>,
+    commands: DefaultDirectRateLimiter,
+    rate_limited_streak: u32,
+    /// Last time anything arrived from the peer.
+    last_heard: Instant,
+    /// Since when the connection has had no subscription.
+    idle_since: Option<Instant>,
+    /// Since when the outbox has been dropping records for this connection.
+    slow_since: Option<Instant>,
+    /// When the next throttled value is due.
+    next_flush: Option<Instant>,
 }
 
 impl Connection {
-    fn new(gateway: Arc<Gateway>, remote: Option<SocketAddr>) -> Connection {
+    pub(super) fn new(
+        gateway: Arc<Gateway>,
+        remote: Option<SocketAddr>,
+        ticket: Ticket,
+    ) -> Connection {
         let ws = &gateway.config.websocket;
+        let limits = &gateway.config.limits;
         let outbox = Arc::new(Outbox::new(ws.outbox_max_messages, ws.outbox_max_bytes));
         let (replay_tx, replay_rx) = mpsc::channel(256);
+        let commands = RateLimiter::direct(crate::limits::quota(
+            limits.commands_per_sec,
+            limits.commands_burst,
+        ));
         Connection {
             guard: gateway.connection_opened(),
             gateway,
+            _ticket: ticket,
             remote,
             outbox,
             subs: HashMap::new(),
@@ -209,14 +140,24 @@ impl Connection {
             pending: Vec::new(),
             scratch: Vec::new(),
             drained: VecDeque::new(),
+            commands,
+            rate_limited_streak: 0,
+            last_heard: Instant::now(),
+            idle_since: Some(Instant::now()),
+            slow_since: None,
+            next_flush: None,
         }
     }
 
-    async fn run(mut self, mut socket: Socket) {
+    pub(super) async fn run(mut self, mut socket: Socket) {
         let conn = self.guard.id;
         tracing::debug!(conn, remote = ?self.remote, "connection opened");
         let mut shutdown = self.gateway.shutdown_signal();
-        self.pending.push(protocol::welcome_frame(conn).into());
+        let hb = self.gateway.config.heartbeat.clone();
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(hb.ping_interval_secs));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.reset();
+        self.push_text(protocol::welcome_frame(conn));
         let end = loop {
             if let Err(end) = self.flush(&mut socket).await {
                 break end;
@@ -224,26 +165,34 @@ impl Connection {
             if *shutdown.borrow() {
                 break End::Close(CloseCode::GoingAway);
             }
+            let flush_at = self.next_flush.map(tokio::time::Instant::from_std);
             tokio::select! {
-                message = socket.next() => match message {
-                    None => break End::Gone,
-                    Some(Ok(Message::Text(text))) => self.on_command(&text).await,
-                    Some(Ok(Message::Binary(_))) => self.error(None, ErrorCode::BinaryNotSupported,
-                        "binary frames carry no commands in protocol v1; send JSON text"),
-                    Some(Ok(_)) => {} // ping/pong/close are answered by tungstenite
-                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                        tracing::info!(conn, size, max_size, "closing: inbound message too big");
-                        break End::Close(CloseCode::MessageTooBig);
+                message = socket.next() => {
+                    self.last_heard = Instant::now();
+                    match message {
+                        None => break End::Gone,
+                        Some(Ok(Message::Text(text))) => {
+                            if let Err(end) = self.on_command(&text).await {
+                                break end;
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => self.error(None, ErrorCode::BinaryNotSupported,
+                            "binary frames carry no commands in protocol v1; send JSON text"),
+                        Some(Ok(_)) => {} // ping/pong/close are answered by tungstenite
+                        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                            tracing::info!(conn, size, max_size, "closing: inbound message too big");
+                            stats().oversize_messages_closed.add(1);
+                            break End::Close(CloseCode::MessageTooBig);
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(conn, error = %e, "socket error");
+                            break End::Gone;
+                        }
                     }
-                    Some(Err(e)) => {
-                        tracing::debug!(conn, error = %e, "socket error");
-                        break End::Gone;
-                    }
-                },
+                }
                 _ = self.outbox.ready() => {
-                    if self.on_outbox() {
-                        tracing::info!(conn, "closing: slow consumer, outbox full");
-                        break End::Close(CloseCode::SlowConsumer);
+                    if let Err(end) = self.on_outbox() {
+                        break end;
                     }
                 }
                 Some(event) = self.replay_rx.recv() => {
@@ -256,6 +205,23 @@ impl Connection {
                         }
                     }
                 }
+                _ = heartbeat.tick() => {
+                    let now = Instant::now();
+                    if now.duration_since(self.last_heard) > Duration::from_secs(hb.timeout_secs) {
+                        tracing::info!(conn, "closing: heartbeat timeout");
+                        stats().heartbeat_timeouts.add(1);
+                        break End::Close(CloseCode::HeartbeatTimeout);
+                    }
+                    if self.idle_since.is_some_and(|t| now.duration_since(t) > Duration::from_secs(hb.idle_timeout_secs)) {
+                        tracing::info!(conn, "closing: idle without subscriptions");
+                        stats().idle_timeouts.add(1);
+                        break End::Close(CloseCode::IdleTimeout);
+                    }
+                    self.pending.push(Message::Ping(Default::default()));
+                }
+                _ = async { tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)).await }, if flush_at.is_some() => {
+                    self.flush_throttles();
+                }
                 _ = shutdown.changed() => {}
                 _ = taken_over(&self.session) => {
                     tracing::info!(conn, "closing: session attached elsewhere");
@@ -264,6 +230,7 @@ impl Connection {
             }
         };
         self.unsubscribe_all(false);
+        self.outbox.clear();
         if let Some((session, _)) = self.session.take() {
             self.gateway.detach(&session, conn);
             if let Err(e) = self.gateway.sessions.touch(&session) {
@@ -280,6 +247,10 @@ impl Connection {
         tracing::debug!(conn, "connection closed");
     }
 
+    fn push_text(&mut self, text: String) {
+        self.pending.push(Message::Text(text.into()));
+    }
+
     /// Writes every pending frame, then flushes once.
     async fn flush(&mut self, socket: &mut Socket) -> Result<(), End> {
         if self.pending.is_empty() {
@@ -289,7 +260,7 @@ impl Connection {
         let frames = std::mem::take(&mut self.pending);
         let write = async {
             for frame in frames {
-                socket.feed(Message::Text(frame)).await?;
+                socket.feed(frame).await?;
             }
             socket.flush().await
         };
@@ -301,22 +272,110 @@ impl Connection {
     }
 
     fn error(&mut self, id: Option<&Value>, code: ErrorCode, message: &str) {
-        self.pending
-            .push(protocol::error_frame(id, code, message).into());
+        self.push_text(protocol::error_frame(id, code, message));
     }
 
-    /// Routes queued live records through their subscriptions; true if the outbox overflowed.
-    fn on_outbox(&mut self) -> bool {
+    /// Routes queued live records through their subscriptions and applies the slow-consumer
+    /// policy to what the outbox had to drop.
+    fn on_outbox(&mut self) -> Result<(), End> {
         let mut drained = std::mem::take(&mut self.drained);
-        let overflowed = self.outbox.drain_into(&mut drained);
+        let report = self.outbox.drain_into(&mut drained);
+        let now = Instant::now();
+        let mut out = std::mem::take(&mut self.scratch);
         for delivery in drained.drain(..) {
             if let Some(active) = self.subs.get_mut(&delivery.subscription) {
-                active.sub.on_live(delivery.record, &mut self.scratch);
+                let mut emitted = Vec::new();
+                active.sub.on_live(delivery.record, &mut emitted);
+                active.emit(emitted, now, &mut out);
             }
         }
         self.drained = drained;
+        self.scratch = out;
         self.emit_scratch();
-        overflowed
+        self.flush_throttles();
+        if report.dropped.is_empty() {
+            if self.subs.values().all(|a| a.sub.is_live()) {
+                self.slow_since = None;
+            }
+            return Ok(());
+        }
+        let started = *self.slow_since.get_or_insert(now);
+        let grace = Duration::from_millis(self.gateway.config.limits.slow_consumer_grace_ms);
+        for ((id, partition), range) in report.dropped {
+            let Some(active) = self.subs.get_mut(&id) else {
+                continue;
+            };
+            if active.policy == SlowConsumerPolicy::Disconnect
+                && now.duration_since(started) >= grace
+            {
+                tracing::info!(
+                    conn = self.guard.id,
+                    "closing: slow consumer past its grace period"
+                );
+                stats().slow_consumer_disconnected.add(1);
+                return Err(End::Close(CloseCode::SlowConsumer));
+            }
+            // Off the live path: re-read from the ring or Kafka at the client's pace.
+            if let Some(start) = active.sub.fall_behind(partition, range.last) {
+                stats().slow_consumer_catch_up.add(1);
+                let until = range.last + 1;
+                let handle = self.start_replay(id, partition, start, until);
+                if let Some(active) = self.subs.get_mut(&id) {
+                    if let Some(slot) = active.replays.get_mut(partition as usize) {
+                        slot.cancel();
+                        *slot = handle;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a replay of one partition of subscription `id`.
+    fn start_replay(
+        &self,
+        id: SubscriptionId,
+        partition: i32,
+        start: Start,
+        until: i64,
+    ) -> ReplayHandle {
+        let Some(active) = self.subs.get(&id) else {
+            return ReplayHandle::default();
+        };
+        let topic = active.sub.channel.topic.clone();
+        let format = self
+            .gateway
+            .router
+            .topic(&topic)
+            .map_or(crate::config::PayloadFormat::Raw, |t| t.format());
+        let request = ReplayRequest {
+            subscription: id,
+            topic,
+            format,
+            partition,
+            start,
+            until,
+        };
+        self.gateway.replay.start(request, self.replay_tx.clone())
+    }
+
+    /// Sends throttled values that are due and notes when the next one will be.
+    fn flush_throttles(&mut self) {
+        let now = Instant::now();
+        let mut out = std::mem::take(&mut self.scratch);
+        let mut next: Option<Instant> = None;
+        for active in self.subs.values_mut() {
+            if let Some(due) = active
+                .throttle
+                .as_mut()
+                .and_then(|t| t.flush_due(now, &mut out))
+            {
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
+        }
+        self.scratch = out;
+        self.emit_scratch();
+        self.next_flush = next;
     }
 
     fn on_replay(&mut self, (id, partition, event): Addressed) {
@@ -349,10 +408,30 @@ impl Connection {
             _ => {}
         }
         self.pending
-            .extend(notices.into_iter().map(Utf8Bytes::from));
-        if active.sub.on_replay(partition, event, &mut self.scratch) {
-            if let Some(handle) = active.replays.get(partition as usize) {
-                handle.cancel();
+            .extend(notices.into_iter().map(|n| Message::Text(n.into())));
+        let mut emitted = Vec::new();
+        let step = active.sub.on_replay(partition, event, &mut emitted);
+        let mut out = std::mem::take(&mut self.scratch);
+        active.emit(emitted, Instant::now(), &mut out);
+        self.scratch = out;
+        match step {
+            ReplayStep::Continue => {}
+            ReplayStep::Live => {
+                if let Some(handle) = active.replays.get(partition as usize) {
+                    handle.cancel();
+                }
+            }
+            ReplayStep::Restart(from) => {
+                let until = active.sub.catch_up_target(partition).unwrap_or(from);
+                let handle = self.start_replay(id, partition, Start::Offset(from), until);
+                if let Some(slot) = self
+                    .subs
+                    .get_mut(&id)
+                    .and_then(|a| a.replays.get_mut(partition as usize))
+                {
+                    slot.cancel();
+                    *slot = handle;
+                }
             }
         }
         self.emit_scratch();
@@ -360,20 +439,42 @@ impl Connection {
             if active.sub.take_live_marker() {
                 let channel = active.sub.channel.to_string();
                 let frame = protocol::live_frame(active.sub.request_id.as_ref(), &channel);
-                self.pending.push(frame.into());
+                self.push_text(frame);
             }
         }
     }
 
     fn emit_scratch(&mut self) {
-        self.pending
-            .extend(self.scratch.drain(..).map(|r| r.frame.clone()));
+        self.pending.extend(
+            self.scratch
+                .drain(..)
+                .map(|r| Message::Text(r.frame.clone())),
+        );
     }
 
-    async fn on_command(&mut self, text: &str) {
-        match protocol::parse_command(text, self.gateway.config.websocket.max_command_bytes) {
+    async fn on_command(&mut self, text: &str) -> Result<(), End> {
+        let parsed = protocol::parse_command(text, self.gateway.config.websocket.max_command_bytes);
+        // Acks are exempt: they are cheap (a map update, no reply) and clients may send one per event.
+        if !matches!(parsed, Ok(Command::Ack { .. })) && self.commands.check().is_err() {
+            self.rate_limited_streak += 1;
+            stats().rate_limited_commands.add(1);
+            if self.rate_limited_streak > self.gateway.config.limits.max_rate_limited_commands {
+                tracing::info!(conn = self.guard.id, "closing: command flood");
+                stats().rate_limit_disconnects.add(1);
+                return Err(End::Close(CloseCode::RateLimited));
+            }
+            let limit = self.gateway.config.limits.commands_per_sec;
+            self.error(
+                None,
+                ErrorCode::RateLimited,
+                &format!("more than {limit} commands per second; this one was not executed"),
+            );
+            return Ok(());
+        }
+        self.rate_limited_streak = 0;
+        match parsed {
             Err(e) => self.error(e.id.as_ref(), e.code, &e.message),
-            Ok(Command::Ping { id }) => self.pending.push(protocol::pong_frame(id.as_ref()).into()),
+            Ok(Command::Ping { id }) => self.push_text(protocol::pong_frame(id.as_ref())),
             Ok(Command::Attach { id, session }) => self.attach(id, session).await,
             Ok(Command::Ack {
                 id,
@@ -383,8 +484,7 @@ impl Connection {
             }) => self.ack(id.as_ref(), &topic, partition, offset),
             Ok(Command::Unsubscribe { id, channel }) => {
                 if self.remove_subscription(&channel, true) {
-                    self.pending
-                        .push(protocol::unsubscribed_frame(id.as_ref(), &channel).into());
+                    self.push_text(protocol::unsubscribed_frame(id.as_ref(), &channel));
                 } else {
                     self.error(
                         id.as_ref(),
@@ -393,12 +493,25 @@ impl Connection {
                     );
                 }
             }
-            Ok(Command::Subscribe { id, channel, from }) => {
-                if let Err((code, message)) = self.subscribe(id.clone(), &channel, from).await {
+            Ok(Command::Subscribe {
+                id,
+                channel,
+                from,
+                max_rate,
+            }) => {
+                if let Err((code, message)) =
+                    self.subscribe(id.clone(), &channel, from, max_rate).await
+                {
                     self.error(id.as_ref(), code, &message);
                 }
             }
         }
+        self.idle_since = if self.subs.is_empty() {
+            self.idle_since.or(Some(Instant::now()))
+        } else {
+            None
+        };
+        Ok(())
     }
 
     /// Attaches a durable session and resumes its stored subscriptions from their positions.
@@ -426,8 +539,12 @@ impl Connection {
             .map(|s| s.channel.clone())
             .collect();
         let resumed = record.created_ms != record.last_seen_ms;
-        self.pending
-            .push(protocol::attached_frame(id.as_ref(), &session, resumed, &channels).into());
+        self.push_text(protocol::attached_frame(
+            id.as_ref(),
+            &session,
+            resumed,
+            &channels,
+        ));
         for stored in record.subscriptions {
             let starts: Vec<Start> = stored
                 .positions
@@ -438,7 +555,13 @@ impl Connection {
             let registered = Channel::parse(&stored.channel, max)
                 .map_err(|e| (ErrorCode::InvalidChannel, e.to_string()))
                 .and_then(|channel| {
-                    self.register(None, &stored.channel, channel, Resolved::Stored(starts))
+                    self.register(
+                        None,
+                        &stored.channel,
+                        channel,
+                        Resolved::Stored(starts),
+                        None,
+                    )
                 });
             if let Err((code, message)) = registered {
                 self.error(
@@ -478,6 +601,7 @@ impl Connection {
         id: Option<Value>,
         name: &str,
         from: From,
+        max_rate: Option<f64>,
     ) -> Result<(), (ErrorCode, String)> {
         let limits = &self.gateway.config.websocket;
         let channel = Channel::parse(name, limits.max_channel_bytes)
@@ -536,7 +660,7 @@ impl Connection {
                 .map(|o| o.map_or(Start::Latest, Start::Offset))
                 .collect(),
         };
-        self.register(id, name, channel, Resolved::Requested(starts))
+        self.register(id, name, channel, Resolved::Requested(starts), max_rate)
     }
 
     /// Registers a subscription with the router and starts the replays it needs.
@@ -546,6 +670,7 @@ impl Connection {
         name: &str,
         channel: Channel,
         starts: Resolved,
+        max_rate: Option<f64>,
     ) -> Result<(), (ErrorCode, String)> {
         let gateway = self.gateway.clone();
         let route = gateway.router.topic(&channel.topic).ok_or_else(|| {
@@ -600,16 +725,16 @@ impl Connection {
             };
             handles[partition as usize] = gateway.replay.start(request, self.replay_tx.clone());
         }
-        self.pending
-            .push(protocol::subscribed_frame(id.as_ref(), name, &live).into());
+        self.push_text(protocol::subscribed_frame(id.as_ref(), name, &live));
         let mut active = Active {
             sub,
             name: name.to_string(),
             replays: handles,
+            policy: route.slow_consumer(),
+            throttle: max_rate.map(Throttle::new),
         };
         if active.sub.take_live_marker() {
-            self.pending
-                .push(protocol::live_frame(id.as_ref(), name).into());
+            self.push_text(protocol::live_frame(id.as_ref(), name));
         }
         self.by_channel.insert(name.to_string(), sub_id);
         self.subs.insert(sub_id, active);

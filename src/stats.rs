@@ -1,0 +1,92 @@
+//! Process-wide counters: the one registry of mutable global state, read by
+//! `/v1/stats` (and by the metrics exporter once it exists).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{Value, json};
+
+/// A named monotonic counter or gauge.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Subtracts `n` (gauges only).
+    pub fn sub(&self, n: u64) {
+        self.0.fetch_sub(n, Ordering::Relaxed);
+    }
+    /// Raises the value to `n` if it is lower (high-water marks).
+    pub fn max(&self, n: u64) {
+        self.0.fetch_max(n, Ordering::Relaxed);
+    }
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Every counter kgate keeps.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Records queued in all outboxes now, and their bytes.
+    pub outbox_messages: Counter,
+    pub outbox_bytes: Counter,
+    /// The most records and bytes any one outbox has held.
+    pub outbox_max_messages_seen: Counter,
+    pub outbox_max_bytes_seen: Counter,
+    /// Slow-consumer actions.
+    pub slow_consumer_catch_up: Counter,
+    pub slow_consumer_conflated: Counter,
+    pub slow_consumer_disconnected: Counter,
+    /// Refusals.
+    pub refused_attempt_rate: Counter,
+    pub refused_max_connections: Counter,
+    pub refused_identity_connections: Counter,
+    pub rate_limited_commands: Counter,
+    pub rate_limit_disconnects: Counter,
+    pub oversize_records_skipped: Counter,
+    pub oversize_messages_closed: Counter,
+    pub heartbeat_timeouts: Counter,
+    pub idle_timeouts: Counter,
+}
+
+/// The process's counters.
+pub fn stats() -> &'static Stats {
+    static STATS: std::sync::OnceLock<Stats> = std::sync::OnceLock::new();
+    STATS.get_or_init(Stats::default)
+}
+
+impl Stats {
+    /// All counters as JSON.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "outbox": {
+                "messages": self.outbox_messages.get(),
+                "bytes": self.outbox_bytes.get(),
+                "max_messages_seen": self.outbox_max_messages_seen.get(),
+                "max_bytes_seen": self.outbox_max_bytes_seen.get(),
+            },
+            "slow_consumer": {
+                "catch_up": self.slow_consumer_catch_up.get(),
+                "conflated": self.slow_consumer_conflated.get(),
+                "disconnected": self.slow_consumer_disconnected.get(),
+            },
+            "refused": {
+                "connection_attempt_rate": self.refused_attempt_rate.get(),
+                "max_connections": self.refused_max_connections.get(),
+                "identity_connections": self.refused_identity_connections.get(),
+                "rate_limited_commands": self.rate_limited_commands.get(),
+                "rate_limit_disconnects": self.rate_limit_disconnects.get(),
+                "oversize_records_skipped": self.oversize_records_skipped.get(),
+                "oversize_messages_closed": self.oversize_messages_closed.get(),
+            },
+            "heartbeat": {
+                "timeouts": self.heartbeat_timeouts.get(),
+                "idle_timeouts": self.idle_timeouts.get(),
+            },
+        })
+    }
+}

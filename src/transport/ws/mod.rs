@@ -1,0 +1,163 @@
+//! The WebSocket transport: the upgrade (admission limits, kgate's own buffer
+//! sizes) here; the per-connection loop in [`connection`].
+
+mod connection;
+mod throttle;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue, StatusCode};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use warp::Filter;
+use warp::reply::Reply;
+
+use crate::gateway::Gateway;
+use crate::limits::Refusal;
+use crate::transport::protocol::SUBPROTOCOL;
+use connection::Connection;
+
+/// The server side of one upgraded WebSocket.
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// `GET /v1/ws`: the WebSocket endpoint.
+pub fn route(
+    gateway: Arc<Gateway>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    warp::path!("v1" / "ws")
+        .and(warp::get())
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<OnUpgrade>())
+        .and(warp::addr::remote())
+        .map(
+            move |headers: HeaderMap, upgrade: Option<OnUpgrade>, remote: Option<SocketAddr>| {
+                handshake(gateway.clone(), &headers, upgrade, remote)
+            },
+        )
+}
+
+fn refuse(status: StatusCode, code: &str, message: &str) -> warp::reply::Response {
+    let body = warp::reply::json(&serde_json::json!({"code": code, "message": message}));
+    warp::reply::with_status(body, status).into_response()
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+fn handshake(
+    gateway: Arc<Gateway>,
+    headers: &HeaderMap,
+    upgrade: Option<OnUpgrade>,
+    remote: Option<SocketAddr>,
+) -> warp::reply::Response {
+    let has_token = |value: &str, token: &str| {
+        value
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    let key = header(headers, "sec-websocket-key");
+    let Some(upgrade) = upgrade.filter(|_| {
+        has_token(header(headers, "connection"), "upgrade")
+            && has_token(header(headers, "upgrade"), "websocket")
+            && !key.is_empty()
+    }) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "not_websocket",
+            "this endpoint needs a WebSocket upgrade request",
+        );
+    };
+    if header(headers, "sec-websocket-version") != "13" {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "unsupported_websocket_version",
+            "Sec-WebSocket-Version must be 13",
+        );
+    }
+    let offered = header(headers, "sec-websocket-protocol");
+    let protocol_ok = offered.is_empty() || has_token(offered, SUBPROTOCOL);
+    if !protocol_ok {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "unsupported_subprotocol",
+            &format!("offered subprotocols {offered:?} do not include {SUBPROTOCOL}"),
+        );
+    }
+    // Admission last, so a malformed request costs no rate-limit budget.
+    let ip = remote.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |r| r.ip());
+    let ticket = match gateway.admission.admit(ip) {
+        Ok(ticket) => ticket,
+        Err(Refusal::AttemptRate) => {
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many connection attempts from this address; retry later",
+            );
+        }
+        Err(Refusal::MaxConnections) => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                "the gateway is at its connection limit; retry later or elsewhere",
+            );
+        }
+        Err(Refusal::IdentityConnections) => {
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections_for_identity",
+                &format!(
+                    "at most {} open connections per identity",
+                    gateway.config.limits.max_connections_per_identity
+                ),
+            );
+        }
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut response = warp::reply::Response::default();
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert("connection", HeaderValue::from_static("upgrade"));
+    h.insert("upgrade", HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", accept);
+    }
+    if !offered.is_empty() {
+        h.insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
+    let ws = &gateway.config.websocket;
+    // tungstenite's defaults hold 128 KiB per connection; these keep idle connections small.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(ws.read_buffer_bytes)
+        .write_buffer_size(ws.write_buffer_bytes)
+        // Writes block (and so bound this buffer) once it passes write_buffer_size; this is only a cap.
+        .max_write_buffer_size(
+            ws.write_buffer_bytes + gateway.config.limits.max_outbound_record_bytes + 65_536,
+        )
+        .max_message_size(Some(ws.max_message_bytes))
+        .max_frame_size(Some(ws.max_frame_bytes));
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                Connection::new(gateway, remote, ticket).run(socket).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
+        }
+    });
+    response
+}

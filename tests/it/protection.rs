@@ -1,0 +1,548 @@
+//! Issue 4: flow control and protection. Each test matches a row of the README's
+//! table of bad or hostile inputs.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use kgate::client::{Client, Incoming};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::harness::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn stats(port: u16) -> Value {
+    let (_, body) = http_get(port, "/v1/stats").expect("stats");
+    serde_json::from_str(&body).expect("stats JSON")
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Opens a WebSocket from `local` (a 127.0.0.x address); the HTTP status on refusal.
+async fn connect_from(
+    local: IpAddr,
+    port: u16,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, u16> {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(SocketAddr::new(local, 0)).expect("bind");
+    let stream = socket
+        .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .expect("tcp connect");
+    let request = format!("ws://127.0.0.1:{port}/v1/ws")
+        .into_client_request()
+        .expect("request");
+    match tokio_tungstenite::client_async(request, stream).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(WsError::Http(response)) => Err(response.status().as_u16()),
+        Err(e) => panic!("unexpected handshake error: {e}"),
+    }
+}
+
+async fn produce_sized(topic: &str, n: usize, size: usize) {
+    let producer = producer();
+    let pad = "x".repeat(size.saturating_sub(40));
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let sends = chunk.iter().map(|i| {
+            let body = format!(r#"{{"seq":{i},"pad":"{pad}"}}"#);
+            let key = format!("k{}", i % 10);
+            let producer = producer.clone();
+            async move {
+                producer
+                    .send(topic, Some(key.as_bytes()), Some(body.as_bytes()), None)
+                    .await
+            }
+        });
+        for r in futures_util::future::join_all(sends).await {
+            r.expect("produce");
+        }
+    }
+}
+
+async fn closed_with(c: &mut Client) -> Option<u16> {
+    loop {
+        match c.next_within(WAIT).await {
+            Ok(Incoming::Closed(close)) => return close.map(|(code, _)| code),
+            Ok(Incoming::Frame(_)) => continue,
+            Err(e) => panic!("expected a close, got {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_stay_bounded_and_fast_readers_get_everything() {
+    let t = topic("slow");
+    let gw = Gateway::start(
+        &[(&t, 1)],
+        "[websocket]\noutbox_max_messages = 300\noutbox_max_bytes = 131072\n[heartbeat]\nidle_timeout_secs = 600\n",
+    );
+    let port = gw.port;
+    let url = gw.ws_url();
+    const RECORDS: usize = 4000;
+    // 900 clients read as fast as they can.
+    let mut fast = Vec::new();
+    for _ in 0..9 {
+        let connects = (0..100).map(|_| subscribed_client(&url, &t, json!("latest")));
+        fast.extend(futures_util::future::join_all(connects).await);
+    }
+    let fast: Vec<_> = fast
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                by_partition(&read_events(&mut c, RECORDS, Duration::from_secs(300)).await)
+            })
+        })
+        .collect();
+    // 100 clients subscribe, then stop reading, with a small receive buffer so the gateway feels it.
+    let mut slow = Vec::new();
+    for _ in 0..100 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket
+            .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .unwrap();
+        let (mut ws, _) =
+            tokio_tungstenite::client_async(url.clone().into_client_request().unwrap(), stream)
+                .await
+                .unwrap();
+        ws.send(Message::Text(
+            json!({"type":"subscribe","channel": t}).to_string().into(),
+        ))
+        .await
+        .unwrap();
+        slow.push(ws);
+    }
+    let rss_before = rss_kib(gw.proc.child.id());
+    produce_sized(&t, RECORDS, 400).await;
+    let mut want = Received::new();
+    want.insert(0, (0..RECORDS as i64).collect());
+    for (i, f) in fast.into_iter().enumerate() {
+        assert_eq!(
+            f.await.expect("fast reader"),
+            want,
+            "fast client {i} got every record in order"
+        );
+    }
+    let s = stats(port);
+    let rss_after = rss_kib(gw.proc.child.id());
+    eprintln!(
+        "slow-consumer test: gateway RSS {rss_before} KiB before, {rss_after} KiB after streaming {RECORDS} records to 1000 clients (100 not reading); stats {s}"
+    );
+    assert!(
+        s["outbox"]["max_messages_seen"].as_u64().unwrap() <= 300,
+        "{s}"
+    );
+    assert!(
+        s["outbox"]["max_bytes_seen"].as_u64().unwrap() <= 131_072 + 1024,
+        "{s}"
+    );
+    assert!(
+        s["slow_consumer"]["catch_up"].as_u64().unwrap() > 0,
+        "the slow clients were taken off the live path: {s}"
+    );
+    // The slow clients start reading again: catch_up lost nothing.
+    let readers = slow.into_iter().map(|mut ws| {
+        tokio::spawn(async move {
+            let mut offsets = Vec::new();
+            while offsets.len() < RECORDS {
+                match tokio::time::timeout(WAIT, ws.next()).await {
+                    Ok(Some(Ok(Message::Text(text)))) => {
+                        let f: Value = serde_json::from_str(&text).unwrap();
+                        if f["type"] == "event" {
+                            offsets.push(f["offset"].as_i64().unwrap());
+                        }
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    other => panic!("slow client after {} records: {other:?}", offsets.len()),
+                }
+            }
+            offsets
+        })
+    });
+    for offsets in futures_util::future::join_all(readers).await {
+        assert_eq!(
+            offsets.expect("slow reader"),
+            (0..RECORDS as i64).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limits_per_ip_per_identity_and_in_total() {
+    let t = topic("connlimits");
+    let gw = Gateway::start(
+        &[(&t, 1)],
+        "[limits]\nconnection_attempts_per_ip_per_sec = 100\nconnection_attempts_burst = 100\nmax_connections = 5\nmax_connections_per_identity = 3\n",
+    );
+    let a: IpAddr = [127, 0, 0, 1].into();
+    let b: IpAddr = [127, 0, 0, 2].into();
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(
+            connect_from(a, gw.port)
+                .await
+                .expect("within the identity limit"),
+        );
+    }
+    assert_eq!(
+        connect_from(a, gw.port).await.err(),
+        Some(429),
+        "4th from one identity"
+    );
+    for _ in 0..2 {
+        open.push(
+            connect_from(b, gw.port)
+                .await
+                .expect("within the total limit"),
+        );
+    }
+    assert_eq!(
+        connect_from(b, gw.port).await.err(),
+        Some(503),
+        "6th in total"
+    );
+    drop(open.pop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        connect_from(b, gw.port).await.is_ok(),
+        "a freed place can be taken again"
+    );
+    let s = stats(gw.port);
+    assert_eq!(s["refused"]["identity_connections"], 1);
+    assert_eq!(s["refused"]["max_connections"], 1);
+
+    let gw = Gateway::start(
+        &[(&t, 1)],
+        "[limits]\nconnection_attempts_per_ip_per_sec = 1\nconnection_attempts_burst = 3\n",
+    );
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(connect_from(a, gw.port).await.expect("within the burst"));
+    }
+    assert_eq!(
+        connect_from(a, gw.port).await.err(),
+        Some(429),
+        "attempt rate"
+    );
+    assert!(
+        connect_from(b, gw.port).await.is_ok(),
+        "another address is not affected"
+    );
+    assert_eq!(stats(gw.port)["refused"]["connection_attempt_rate"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_flood_is_refused_then_closed() {
+    let t = topic("flood");
+    let gw = Gateway::start(
+        &[(&t, 1)],
+        "[limits]\ncommands_per_sec = 5\ncommands_burst = 5\nmax_rate_limited_commands = 10\n",
+    );
+    let mut bystander = subscribed_client(&gw.ws_url(), &t, json!("latest")).await;
+    let mut c = Client::connect(&gw.ws_url()).await.unwrap();
+    for i in 0..40 {
+        if c.send_text(json!({"type":"ping","id": i}).to_string())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let mut pongs = 0;
+    let mut limited = 0;
+    let close = loop {
+        match c.next_within(WAIT).await {
+            Ok(Incoming::Frame(f)) if f["type"] == "pong" => pongs += 1,
+            Ok(Incoming::Frame(f)) if f["code"] == "rate_limited" => limited += 1,
+            Ok(Incoming::Frame(f)) => panic!("unexpected {f}"),
+            Ok(Incoming::Closed(close)) => break close.map(|c| c.0),
+            // The close frame can be lost to a reset: the client still had unread commands in flight.
+            Err(kgate::client::ClientError::Socket(_)) => break None,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(close.is_none_or(|code| code == 4029), "{close:?}");
+    assert_eq!(stats(gw.port)["refused"]["rate_limit_disconnects"], 1);
+    // Frames still unread when the reset arrives may be lost, so count on the gateway's side too.
+    assert!(
+        pongs <= 6 && pongs + limited > 0,
+        "at most the burst was served: {pongs} pongs, {limited} refusals"
+    );
+    assert!(
+        stats(gw.port)["refused"]["rate_limited_commands"]
+            .as_u64()
+            .unwrap()
+            > 10
+    );
+    produce_sized(&t, 10, 100).await;
+    assert_eq!(
+        read_events(&mut bystander, 10, WAIT).await.len(),
+        10,
+        "others keep streaming"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_record_is_skipped_with_a_notice() {
+    let t = topic("bigrecord");
+    let gw = Gateway::start(&[(&t, 1)], "[limits]\nmax_outbound_record_bytes = 1000\n");
+    let mut c = subscribed_client(&gw.ws_url(), &t, json!("latest")).await;
+    produce_sized(&t, 1, 5000).await;
+    produce_sized(&t, 1, 100).await;
+    let (skipped, _) = c.until("skipped", WAIT).await.unwrap();
+    assert_eq!(skipped["offset"], 0);
+    assert_eq!(skipped["reason"], "record_too_large");
+    assert!(skipped["bytes"].as_u64().unwrap() > 5000);
+    let events = read_events(&mut c, 1, WAIT).await;
+    assert_eq!(events[0]["offset"], 1);
+    assert_eq!(stats(gw.port)["refused"]["oversize_records_skipped"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_peers_and_idle_connections_are_closed() {
+    let t = topic("heartbeat");
+    let gw = Gateway::start(
+        &[(&t, 1)],
+        "[heartbeat]\nping_interval_secs = 1\ntimeout_secs = 3\nidle_timeout_secs = 4\n",
+    );
+    // A peer that never reads: it answers no ping (as if it vanished without a FIN).
+    let (mut silent, _) = tokio_tungstenite::connect_async(gw.ws_url()).await.unwrap();
+    silent
+        .send(Message::Text(
+            json!({"type":"subscribe","channel": t}).to_string().into(),
+        ))
+        .await
+        .unwrap();
+    // A live subscriber answers pings (tungstenite does while reading) and stays.
+    let mut live = subscribed_client(&gw.ws_url(), &t, json!("latest")).await;
+    // A connection that never subscribes is closed as idle.
+    let mut idle = Client::connect(&gw.ws_url()).await.unwrap();
+    let started = Instant::now();
+    let live_task = tokio::spawn(async move {
+        // Keep reading (which answers pings) for 7 seconds; the connection must stay open.
+        let until = tokio::time::Instant::now() + Duration::from_secs(7);
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            match live.next_within(left).await {
+                Ok(Incoming::Frame(_)) => continue,
+                other => return (live, other),
+            }
+        }
+    });
+    assert_eq!(closed_with(&mut idle).await, Some(4012));
+    assert!(started.elapsed() >= Duration::from_secs(4));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stats(gw.port)["heartbeat"]["timeouts"] != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "silent peer not detected: {}",
+            stats(gw.port)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_live, r) = live_task.await.unwrap();
+    assert_eq!(
+        stats(gw.port)["heartbeat"]["timeouts"],
+        1,
+        "only the silent peer timed out"
+    );
+    assert!(
+        matches!(r, Err(kgate::client::ClientError::Timeout(_))),
+        "the live client was kept: {r:?}"
+    );
+    assert_eq!(
+        stats(gw.port)["connections"],
+        1,
+        "the silent peer's resources were freed"
+    );
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_subscription_max_rate_delivers_the_latest_value() {
+    let t = topic("maxrate");
+    let gw = Gateway::start(&[(&t, 1)], "");
+    let mut c = Client::connect(&gw.ws_url()).await.unwrap();
+    c.send_text(
+        json!({"type":"subscribe","id":1,"channel": format!("{t}:k0"),"max_rate": 4}).to_string(),
+    )
+    .await
+    .unwrap();
+    c.until("subscribed", WAIT).await.unwrap();
+    let producer = producer();
+    let started = Instant::now();
+    for i in 0..40 {
+        let body = json!({"seq": i}).to_string();
+        producer
+            .send(&t, Some(b"k0"), Some(body.as_bytes()), None)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let span = started.elapsed();
+    let mut seqs = Vec::new();
+    while seqs.last() != Some(&39) {
+        match c.next_within(Duration::from_secs(5)).await.expect("events") {
+            Incoming::Frame(f) if f["type"] == "event" => {
+                seqs.push(f["data"]["seq"].as_i64().unwrap())
+            }
+            Incoming::Frame(_) => {}
+            Incoming::Closed(c) => panic!("closed: {c:?}"),
+        }
+    }
+    let allowed = (span.as_secs_f64() * 4.0).ceil() as usize + 2;
+    assert!(
+        seqs.len() <= allowed,
+        "{} updates in {span:?} at 4/s: {seqs:?}",
+        seqs.len()
+    );
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "never an older value after a newer one: {seqs:?}"
+    );
+    assert_eq!(seqs.last(), Some(&39), "the latest value arrives");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_bad_inputs_get_their_codes() {
+    let t = topic("badmore");
+    let gw = Gateway::start(
+        &[(&t, 1)],
+        "[websocket]\nmax_subscriptions = 2\nmax_channel_bytes = 64\n",
+    );
+    let mut c = Client::connect(&gw.ws_url()).await.unwrap();
+    let expect = |code: &'static str| code;
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"type":"subscribe","id":1,"channel": format!("{t}:{}", "k".repeat(80))}),
+            expect("invalid_channel"),
+        ),
+        (
+            json!({"type":"subscribe","id":2,"channel": t, "max_rate": -1}),
+            "invalid_frame",
+        ),
+        (
+            json!({"type":"ack","id":3,"topic": t,"partition":0,"offset":1}),
+            "no_session",
+        ),
+        (
+            json!({"type":"attach","id":4,"session":"bad id"}),
+            "invalid_session",
+        ),
+    ];
+    for (cmd, code) in &cases {
+        c.send_text(cmd.to_string()).await.unwrap();
+        let (err, _) = c.until("error", WAIT).await.unwrap();
+        assert_eq!(err["code"], *code, "{cmd}");
+    }
+    for ch in [format!("{t}:a"), format!("{t}:b")] {
+        c.subscribe(&ch, json!("latest")).await.unwrap();
+        c.until("subscribed", WAIT).await.unwrap();
+    }
+    c.subscribe(&format!("{t}:c"), json!("latest"))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.until("error", WAIT).await.unwrap().0["code"],
+        "too_many_subscriptions"
+    );
+    c.send_text(json!({"type":"attach","session":"late"}).to_string())
+        .await
+        .unwrap();
+    assert_eq!(
+        c.until("error", WAIT).await.unwrap().0["code"],
+        "invalid_state"
+    );
+    // Binary frames carry no commands.
+    let (mut raw, _) = tokio_tungstenite::connect_async(gw.ws_url()).await.unwrap();
+    raw.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    let mut code = None;
+    while code.is_none() {
+        if let Some(Ok(Message::Text(text))) = raw.next().await {
+            let f: Value = serde_json::from_str(&text).unwrap();
+            code = f["code"].as_str().map(String::from);
+        }
+    }
+    assert_eq!(code.as_deref(), Some("binary_not_supported"));
+    // HTTP-level refusals.
+    let (status, body) = http_get(gw.port, "/v1/ws").unwrap();
+    assert_eq!(status, 400);
+    assert!(body.contains("not_websocket"), "{body}");
+    let mut request = gw.ws_url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "mqtt".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(WsError::Http(r)) => assert_eq!(r.status().as_u16(), 400),
+        other => panic!("expected 400, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_drain_tells_clients_to_reconnect_and_loses_nothing() {
+    let t = topic("drain");
+    let mut gw = Gateway::start(&[(&t, 2)], "");
+    let url = gw.ws_url();
+    let mut c = Client::connect(&url).await.unwrap();
+    c.attach(&format!("drain-{t}")).await.unwrap();
+    c.subscribe(&t, json!("latest")).await.unwrap();
+    c.until("subscribed", WAIT).await.unwrap();
+    produce_sized(&t, 200, 100).await;
+    let first = read_events(&mut c, 200, WAIT).await;
+    for e in first.iter().rev().take(2) {
+        c.ack(
+            &t,
+            e["partition"].as_i64().unwrap(),
+            e["offset"].as_i64().unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let mut acked = std::collections::HashMap::new();
+    for e in &first {
+        let p = e["partition"].as_i64().unwrap();
+        let o = e["offset"].as_i64().unwrap();
+        let slot = acked.entry(p).or_insert(o);
+        *slot = (*slot).max(o);
+    }
+    for (p, o) in &acked {
+        c.ack(&t, *p, *o).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    gw.terminate();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "exit within the deadline"
+    );
+    assert_eq!(closed_with(&mut c).await, Some(1001), "told to reconnect");
+    produce_sized(&t, 100, 100).await;
+    gw.restart();
+    let mut c = Client::connect(&url).await.unwrap();
+    c.attach(&format!("drain-{t}")).await.unwrap();
+    let events = read_events(&mut c, 100, WAIT).await;
+    let got = by_partition(&events);
+    for (p, offsets) in &got {
+        assert_eq!(
+            offsets[0],
+            acked.get(p).map_or(0, |o| o + 1),
+            "partition {p} resumed right after the ack"
+        );
+        assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "no gap");
+    }
+    assert_eq!(events.len(), 100, "nothing lost, nothing repeated");
+}
