@@ -49,8 +49,6 @@ pub struct DroppedRange {
 pub struct Drained {
     /// Per (subscription, partition): the offsets that were dropped.
     pub dropped: Vec<((SubscriptionId, i32), DroppedRange)>,
-    /// How long the outbox has been full, if it is.
-    pub full_for: Option<Duration>,
 }
 
 /// A bounded (messages and bytes) queue the router fills and the connection drains.
@@ -58,8 +56,11 @@ pub struct Drained {
 pub struct Outbox {
     queue: Mutex<Queue>,
     notify: Notify,
+    /// Signalled when a `Disconnect` subscription's records were refused past the grace period.
+    disconnect: Notify,
     max_messages: usize,
     max_bytes: usize,
+    grace: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -77,14 +78,21 @@ struct Queue {
 }
 
 impl Outbox {
-    /// An empty outbox with the given limits.
-    pub fn new(max_messages: usize, max_bytes: usize) -> Outbox {
+    /// An empty outbox with the given limits; `grace` applies to `Disconnect` subscriptions.
+    pub fn new(max_messages: usize, max_bytes: usize, grace: Duration) -> Outbox {
         Outbox {
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
+            disconnect: Notify::new(),
             max_messages,
             max_bytes,
+            grace,
         }
+    }
+
+    /// Resolves when the connection must be closed as a slow consumer.
+    pub async fn disconnect_requested(&self) {
+        self.disconnect.notified().await
     }
 
     /// Queues a delivery, conflating by key for `Conflate` subscriptions.
@@ -117,7 +125,10 @@ impl Outbox {
             || (q.bytes + size > self.max_bytes && q.count > 0);
         if full {
             let first_drop = q.dropped.is_empty();
-            q.full_since.get_or_insert_with(Instant::now);
+            let full_since = *q.full_since.get_or_insert_with(Instant::now);
+            if policy == SlowConsumerPolicy::Disconnect && full_since.elapsed() >= self.grace {
+                self.disconnect.notify_one();
+            }
             let offset = delivery.record.meta.offset;
             q.dropped
                 .entry((delivery.subscription, delivery.record.meta.partition))
@@ -165,12 +176,12 @@ impl Outbox {
         q.count = 0;
         q.bytes = 0;
         q.by_key.clear();
-        let full_for = q.full_since.take().map(|t| t.elapsed());
+        q.full_since = None;
         let dropped = q.dropped.drain().collect();
         drop(q);
         stats().outbox_messages.sub(n as u64);
         stats().outbox_bytes.sub(bytes as u64);
-        Drained { dropped, full_for }
+        Drained { dropped }
     }
 
     /// Waits until something was queued or dropped since the last drain.
@@ -207,7 +218,7 @@ mod tests {
 
     #[test]
     fn bounded_by_messages_and_bytes_and_sticky_when_full() {
-        let outbox = Outbox::new(3, 1000);
+        let outbox = Outbox::new(3, 1000, Duration::from_secs(5));
         for i in 0..3 {
             assert_eq!(
                 outbox.push(delivery(i, 10, "k"), SlowConsumerPolicy::CatchUp),
@@ -229,9 +240,8 @@ mod tests {
             drained.dropped,
             vec![((1, 0), DroppedRange { first: 3, last: 4 })]
         );
-        assert!(drained.full_for.is_some());
 
-        let outbox = Outbox::new(100, 25);
+        let outbox = Outbox::new(100, 25, Duration::from_secs(5));
         assert_eq!(
             outbox.push(delivery(0, 20, "k"), SlowConsumerPolicy::CatchUp),
             Push::Queued
@@ -246,7 +256,7 @@ mod tests {
             Push::Dropped
         );
         // A single record larger than the byte limit still passes when the queue is empty.
-        let outbox = Outbox::new(100, 5);
+        let outbox = Outbox::new(100, 5, Duration::from_secs(5));
         assert_eq!(
             outbox.push(delivery(0, 20, "k"), SlowConsumerPolicy::CatchUp),
             Push::Queued
@@ -255,7 +265,7 @@ mod tests {
 
     #[test]
     fn conflation_keeps_the_latest_value_per_key_in_place() {
-        let outbox = Outbox::new(2, 1000);
+        let outbox = Outbox::new(2, 1000, Duration::from_secs(5));
         let c = SlowConsumerPolicy::Conflate;
         assert_eq!(outbox.push(delivery(0, 10, "AAPL"), c), Push::Queued);
         assert_eq!(outbox.push(delivery(1, 10, "MSFT"), c), Push::Queued);

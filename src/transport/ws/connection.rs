@@ -18,7 +18,6 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityE
 use super::Socket;
 use super::throttle::Throttle;
 use crate::codec::EncodedRecord;
-use crate::config::SlowConsumerPolicy;
 use crate::gateway::Gateway;
 use crate::kafka::replay::{Addressed, ReplayHandle, ReplayRequest};
 use crate::limits::Ticket;
@@ -50,7 +49,6 @@ struct Active {
     /// The channel name as the client wrote it (the session store's key).
     name: String,
     replays: Vec<ReplayHandle>,
-    policy: SlowConsumerPolicy,
     throttle: Option<Throttle>,
 }
 
@@ -106,8 +104,6 @@ pub(super) struct Connection {
     last_heard: Instant,
     /// Since when the connection has had no subscription.
     idle_since: Option<Instant>,
-    /// Since when the outbox has been dropping records for this connection.
-    slow_since: Option<Instant>,
     /// When the next throttled value is due.
     next_flush: Option<Instant>,
 }
@@ -120,7 +116,12 @@ impl Connection {
     ) -> Connection {
         let ws = &gateway.config.websocket;
         let limits = &gateway.config.limits;
-        let outbox = Arc::new(Outbox::new(ws.outbox_max_messages, ws.outbox_max_bytes));
+        let grace = Duration::from_millis(limits.slow_consumer_grace_ms);
+        let outbox = Arc::new(Outbox::new(
+            ws.outbox_max_messages,
+            ws.outbox_max_bytes,
+            grace,
+        ));
         let (replay_tx, replay_rx) = mpsc::channel(256);
         let commands = RateLimiter::direct(crate::limits::quota(
             limits.commands_per_sec,
@@ -144,7 +145,6 @@ impl Connection {
             rate_limited_streak: 0,
             last_heard: Instant::now(),
             idle_since: Some(Instant::now()),
-            slow_since: None,
             next_flush: None,
         }
     }
@@ -222,6 +222,11 @@ impl Connection {
                 _ = async { tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)).await }, if flush_at.is_some() => {
                     self.flush_throttles();
                 }
+                _ = self.outbox.disconnect_requested() => {
+                    tracing::info!(conn, "closing: slow consumer past its grace period");
+                    stats().slow_consumer_disconnected.add(1);
+                    break End::Close(CloseCode::SlowConsumer);
+                }
                 _ = shutdown.changed() => {}
                 _ = taken_over(&self.session) => {
                     tracing::info!(conn, "closing: session attached elsewhere");
@@ -264,10 +269,18 @@ impl Connection {
             }
             socket.flush().await
         };
-        match tokio::time::timeout(timeout, write).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::Gone),
-            Err(_) => Err(End::Close(CloseCode::WriteTimeout)),
+        // A blocked write still gives way to a slow-consumer disconnect.
+        let outbox = self.outbox.clone();
+        tokio::select! {
+            r = tokio::time::timeout(timeout, write) => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(End::Gone),
+                Err(_) => Err(End::Close(CloseCode::WriteTimeout)),
+            },
+            _ = outbox.disconnect_requested() => {
+                stats().slow_consumer_disconnected.add(1);
+                Err(End::Close(CloseCode::SlowConsumer))
+            }
         }
     }
 
@@ -293,28 +306,10 @@ impl Connection {
         self.scratch = out;
         self.emit_scratch();
         self.flush_throttles();
-        if report.dropped.is_empty() {
-            if self.subs.values().all(|a| a.sub.is_live()) {
-                self.slow_since = None;
-            }
-            return Ok(());
-        }
-        let started = *self.slow_since.get_or_insert(now);
-        let grace = Duration::from_millis(self.gateway.config.limits.slow_consumer_grace_ms);
         for ((id, partition), range) in report.dropped {
             let Some(active) = self.subs.get_mut(&id) else {
                 continue;
             };
-            if active.policy == SlowConsumerPolicy::Disconnect
-                && now.duration_since(started) >= grace
-            {
-                tracing::info!(
-                    conn = self.guard.id,
-                    "closing: slow consumer past its grace period"
-                );
-                stats().slow_consumer_disconnected.add(1);
-                return Err(End::Close(CloseCode::SlowConsumer));
-            }
             // Off the live path: re-read from the ring or Kafka at the client's pace.
             if let Some(start) = active.sub.fall_behind(partition, range.last) {
                 stats().slow_consumer_catch_up.add(1);
@@ -730,7 +725,6 @@ impl Connection {
             sub,
             name: name.to_string(),
             replays: handles,
-            policy: route.slow_consumer(),
             throttle: max_rate.map(Throttle::new),
         };
         if active.sub.take_live_marker() {
