@@ -546,3 +546,76 @@ async fn graceful_drain_tells_clients_to_reconnect_and_loses_nothing() {
     }
     assert_eq!(events.len(), 100, "nothing lost, nothing repeated");
 }
+
+/// A subscriber that has stopped reading, with a small receive buffer so the gateway feels it.
+async fn stalled_subscriber(
+    port: u16,
+    channel: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket
+        .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .unwrap();
+    let url = format!("ws://127.0.0.1:{port}/v1/ws");
+    let (mut ws, _) = tokio_tungstenite::client_async(url.into_client_request().unwrap(), stream)
+        .await
+        .unwrap();
+    ws.send(Message::Text(
+        json!({"type":"subscribe","channel": channel})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Ok(Some(Ok(m))) if m.to_text().is_ok_and(|t| t.contains(r#""type":"live""#)) => break,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no live marker: {other:?}"),
+        }
+    }
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflate_policy_keeps_the_latest_value_per_key() {
+    let conflated = topic("conflate");
+    let extra = format!(
+        "[[topics]]\nname = \"{conflated}\"\npartitions = 1\nslow_consumer = \"conflate\"\n\n\
+         [websocket]\noutbox_max_messages = 50\noutbox_max_bytes = 65536\n"
+    );
+    let gw = Gateway::start(&[], &extra);
+    let mut ticker = stalled_subscriber(gw.port, &conflated).await;
+    produce_sized(&conflated, 3000, 400).await;
+    eprintln!("conflate: produced");
+    let mut last_seq: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    let started = Instant::now();
+    let mut n = 0;
+    while !(0..10).all(|k| last_seq.get(&format!("k{k}")).is_some_and(|s| *s >= 2990)) {
+        assert!(
+            started.elapsed() < WAIT,
+            "latest values not delivered after {n} frames: {last_seq:?}"
+        );
+        let frame = tokio::time::timeout(Duration::from_secs(10), ticker.next()).await;
+        n += 1;
+        let text = match frame {
+            Ok(Some(Ok(Message::Text(text)))) => text,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("conflating reader after {n} frames, {last_seq:?}: {other:?}"),
+        };
+        let f: Value = serde_json::from_str(&text).unwrap();
+        if f["type"] == "event" {
+            let key = f["key"].as_str().unwrap().to_string();
+            let seq = f["data"]["seq"].as_i64().unwrap();
+            let prev = last_seq.insert(key, seq);
+            assert!(
+                prev.is_none_or(|p| p < seq),
+                "an older value after a newer one"
+            );
+        }
+    }
+    let s = stats(gw.port);
+    eprintln!("conflate: {n} frames, stats {s}");
+}
