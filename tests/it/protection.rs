@@ -107,22 +107,7 @@ async fn slow_readers_stay_bounded_and_fast_readers_get_everything() {
     // 100 clients subscribe, then stop reading, with a small receive buffer so the gateway feels it.
     let mut slow = Vec::new();
     for _ in 0..100 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let stream = socket
-            .connect(SocketAddr::from(([127, 0, 0, 1], port)))
-            .await
-            .unwrap();
-        let (mut ws, _) =
-            tokio_tungstenite::client_async(url.clone().into_client_request().unwrap(), stream)
-                .await
-                .unwrap();
-        ws.send(Message::Text(
-            json!({"type":"subscribe","channel": t}).to_string().into(),
-        ))
-        .await
-        .unwrap();
-        slow.push(ws);
+        slow.push(stalled_subscriber(port, &t).await);
     }
     let rss_before = rss_kib(gw.proc.child.id());
     produce_sized(&t, RECORDS, 400).await;
