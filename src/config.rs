@@ -124,7 +124,7 @@ pub enum SlowConsumerPolicy {
     CatchUp,
     /// Keep only the latest queued record per key (tickers); older queued values are replaced.
     Conflate,
-    /// Close the connection with 4008 once the outbox has been full for `limits.slow_consumer_grace_ms`.
+    /// As `CatchUp`, but close with 4008 if not live again within `limits.slow_consumer_grace_ms`.
     Disconnect,
 }
 

@@ -280,8 +280,8 @@ mod tests {
             1 << 20,
         );
         let route = router.topic("prices").unwrap();
-        let all = Arc::new(Outbox::new(100, 1 << 20, std::time::Duration::from_secs(5)));
-        let aapl = Arc::new(Outbox::new(100, 1 << 20, std::time::Duration::from_secs(5)));
+        let all = Arc::new(Outbox::new(100, 1 << 20));
+        let aapl = Arc::new(Outbox::new(100, 1 << 20));
         let (all_id, live) =
             router.subscribe(route, &Channel::parse("prices", 64).unwrap(), all.clone());
         assert_eq!(live, vec![10, 20]);

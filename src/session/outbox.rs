@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -49,6 +49,8 @@ pub struct DroppedRange {
 pub struct Drained {
     /// Per (subscription, partition): the offsets that were dropped.
     pub dropped: Vec<((SubscriptionId, i32), DroppedRange)>,
+    /// When the first `Disconnect` record among them was refused.
+    pub refused_since: Option<Instant>,
 }
 
 /// A bounded (messages and bytes) queue the router fills and the connection drains.
@@ -56,11 +58,10 @@ pub struct Drained {
 pub struct Outbox {
     queue: Mutex<Queue>,
     notify: Notify,
-    /// Signalled when a `Disconnect` subscription's records were refused past the grace period.
-    disconnect: Notify,
+    /// Signalled when a `Disconnect` subscription's record is first refused since the last drain.
+    refused: Notify,
     max_messages: usize,
     max_bytes: usize,
-    grace: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -73,26 +74,33 @@ struct Queue {
     /// Sequence number of `items[0]`, so conflation can find a queued record by key.
     head_seq: u64,
     by_key: HashMap<(SubscriptionId, Bytes), u64>,
-    full_since: Option<Instant>,
+    /// Set when a push found the outbox full; cleared by the drain.
+    full: bool,
+    /// When a `Disconnect` subscription's record was first refused since the last drain.
+    refused_since: Option<Instant>,
     dropped: HashMap<(SubscriptionId, i32), DroppedRange>,
 }
 
 impl Outbox {
-    /// An empty outbox with the given limits; `grace` applies to `Disconnect` subscriptions.
-    pub fn new(max_messages: usize, max_bytes: usize, grace: Duration) -> Outbox {
+    /// An empty outbox with the given limits.
+    pub fn new(max_messages: usize, max_bytes: usize) -> Outbox {
         Outbox {
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
-            disconnect: Notify::new(),
+            refused: Notify::new(),
             max_messages,
             max_bytes,
-            grace,
         }
     }
 
-    /// Resolves when the connection must be closed as a slow consumer.
-    pub async fn disconnect_requested(&self) {
-        self.disconnect.notified().await
+    /// Since when records of a `Disconnect` subscription have been refused (none since the last drain: `None`).
+    pub fn refused_since(&self) -> Option<Instant> {
+        self.queue.lock().refused_since
+    }
+
+    /// Resolves when `refused_since` may have changed from `None`.
+    pub async fn refused(&self) {
+        self.refused.notified().await
     }
 
     /// Queues a delivery, conflating by key for `Conflate` subscriptions.
@@ -100,7 +108,7 @@ impl Outbox {
         let size = delivery.record.frame.len();
         let mut q = self.queue.lock();
         // Once full, nothing is queued (not even by conflation) until the drain: order holds.
-        if policy == SlowConsumerPolicy::Conflate && q.full_since.is_none() {
+        if policy == SlowConsumerPolicy::Conflate && !q.full {
             if let Some(key) = &delivery.record.key {
                 let slot = q.by_key.get(&(delivery.subscription, key.clone())).copied();
                 if let Some(seq) = slot.filter(|s| *s >= q.head_seq) {
@@ -120,14 +128,14 @@ impl Outbox {
                 }
             }
         }
-        let full = q.full_since.is_some()
+        q.full = q.full
             || q.count >= self.max_messages
             || (q.bytes + size > self.max_bytes && q.count > 0);
-        if full {
+        if q.full {
             let first_drop = q.dropped.is_empty();
-            let full_since = *q.full_since.get_or_insert_with(Instant::now);
-            if policy == SlowConsumerPolicy::Disconnect && full_since.elapsed() >= self.grace {
-                self.disconnect.notify_one();
+            if policy == SlowConsumerPolicy::Disconnect && q.refused_since.is_none() {
+                q.refused_since = Some(Instant::now());
+                self.refused.notify_one();
             }
             let offset = delivery.record.meta.offset;
             q.dropped
@@ -176,12 +184,16 @@ impl Outbox {
         q.count = 0;
         q.bytes = 0;
         q.by_key.clear();
-        q.full_since = None;
+        q.full = false;
+        let refused_since = q.refused_since.take();
         let dropped = q.dropped.drain().collect();
         drop(q);
         stats().outbox_messages.sub(n as u64);
         stats().outbox_bytes.sub(bytes as u64);
-        Drained { dropped }
+        Drained {
+            dropped,
+            refused_since,
+        }
     }
 
     /// Waits until something was queued or dropped since the last drain.
@@ -218,7 +230,7 @@ mod tests {
 
     #[test]
     fn bounded_by_messages_and_bytes_and_sticky_when_full() {
-        let outbox = Outbox::new(3, 1000, Duration::from_secs(5));
+        let outbox = Outbox::new(3, 1000);
         for i in 0..3 {
             assert_eq!(
                 outbox.push(delivery(i, 10, "k"), SlowConsumerPolicy::CatchUp),
@@ -241,7 +253,7 @@ mod tests {
             vec![((1, 0), DroppedRange { first: 3, last: 4 })]
         );
 
-        let outbox = Outbox::new(100, 25, Duration::from_secs(5));
+        let outbox = Outbox::new(100, 25);
         assert_eq!(
             outbox.push(delivery(0, 20, "k"), SlowConsumerPolicy::CatchUp),
             Push::Queued
@@ -256,7 +268,7 @@ mod tests {
             Push::Dropped
         );
         // A single record larger than the byte limit still passes when the queue is empty.
-        let outbox = Outbox::new(100, 5, Duration::from_secs(5));
+        let outbox = Outbox::new(100, 5);
         assert_eq!(
             outbox.push(delivery(0, 20, "k"), SlowConsumerPolicy::CatchUp),
             Push::Queued
@@ -265,7 +277,7 @@ mod tests {
 
     #[test]
     fn conflation_keeps_the_latest_value_per_key_in_place() {
-        let outbox = Outbox::new(2, 1000, Duration::from_secs(5));
+        let outbox = Outbox::new(2, 1000);
         let c = SlowConsumerPolicy::Conflate;
         assert_eq!(outbox.push(delivery(0, 10, "AAPL"), c), Push::Queued);
         assert_eq!(outbox.push(delivery(1, 10, "MSFT"), c), Push::Queued);
@@ -278,5 +290,28 @@ mod tests {
         // After a drain the index starts afresh.
         assert_eq!(outbox.push(delivery(4, 10, "AAPL"), c), Push::Queued);
         assert_eq!(outbox.push(delivery(5, 10, "AAPL"), c), Push::Conflated);
+    }
+
+    #[test]
+    fn only_disconnect_refusals_start_the_grace_clock_and_a_drain_reports_it() {
+        let outbox = Outbox::new(1, 1000);
+        outbox.push(delivery(0, 10, "k"), SlowConsumerPolicy::CatchUp);
+        outbox.push(delivery(1, 10, "k"), SlowConsumerPolicy::CatchUp);
+        assert_eq!(
+            outbox.refused_since(),
+            None,
+            "catch_up refusals never disconnect"
+        );
+        outbox.push(delivery(2, 10, "k"), SlowConsumerPolicy::Disconnect);
+        let first = outbox.refused_since().expect("clock started");
+        outbox.push(delivery(3, 10, "k"), SlowConsumerPolicy::Disconnect);
+        assert_eq!(
+            outbox.refused_since(),
+            Some(first),
+            "later refusals keep the first time"
+        );
+        let drained = outbox.drain_into(&mut VecDeque::new());
+        assert_eq!(drained.refused_since, Some(first));
+        assert_eq!(outbox.refused_since(), None);
     }
 }

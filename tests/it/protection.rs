@@ -604,3 +604,50 @@ async fn conflate_policy_keeps_the_latest_value_per_key() {
     let s = stats(gw.port);
     eprintln!("conflate: {n} frames, stats {s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_policy_closes_a_stalled_reader_after_its_grace() {
+    let t = topic("disconnect");
+    // The write timeout is far longer than the grace, so only the policy can close the reader.
+    let extra = format!(
+        "[[topics]]\nname = \"{t}\"\npartitions = 1\nslow_consumer = \"disconnect\"\n\n\
+         [websocket]\noutbox_max_messages = 200\noutbox_max_bytes = 262144\nwrite_timeout_secs = 120\n\n\
+         [limits]\nslow_consumer_grace_ms = 1000\n"
+    );
+    let gw = Gateway::start(&[], &extra);
+    // 8 MB: more than the kernel buffers (4 MiB send buffer at most) can hide from the gateway.
+    const RECORDS: usize = 8000;
+    let mut healthy = subscribed_client(&gw.ws_url(), &t, json!("latest")).await;
+    let healthy = tokio::spawn(async move {
+        by_partition(&read_events(&mut healthy, RECORDS, Duration::from_secs(120)).await)
+    });
+    let mut stalled = stalled_subscriber(gw.port, &t).await;
+    let started = Instant::now();
+    produce_sized(&t, RECORDS, 1000).await;
+    let mut want = Received::new();
+    want.insert(0, (0..RECORDS as i64).collect());
+    assert_eq!(healthy.await.expect("healthy reader"), want);
+    // Wait for the policy before reading: a reader that drains its socket is no longer stalled.
+    let mut s = stats(gw.port);
+    while s["slow_consumer"]["disconnected"] != 1 {
+        assert!(
+            started.elapsed() < WAIT,
+            "stalled reader not disconnected: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s = stats(gw.port);
+    }
+    eprintln!(
+        "disconnect: stalled reader closed {} ms after production started; stats {s}",
+        started.elapsed().as_millis()
+    );
+    let close = loop {
+        match tokio::time::timeout(WAIT, stalled.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("stalled reader: expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close, Some(4008), "closed as a slow consumer");
+    assert!(s["slow_consumer"]["catch_up"].as_u64() >= Some(1), "{s}");
+}

@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityE
 use super::Socket;
 use super::throttle::Throttle;
 use crate::codec::EncodedRecord;
+use crate::config::SlowConsumerPolicy;
 use crate::gateway::Gateway;
 use crate::kafka::replay::{Addressed, ReplayHandle, ReplayRequest};
 use crate::limits::Ticket;
@@ -43,9 +44,32 @@ async fn taken_over(session: &Option<(String, Arc<Notify>)>) {
     }
 }
 
+/// Resolves when the connection must close as a slow consumer: a `disconnect`-policy
+/// subscription has been behind (records refused by the outbox, not yet drained, or
+/// caught up from `behind_since` on) for `grace`.
+async fn slow_consumer(outbox: &Outbox, behind_since: Option<Instant>, grace: Duration) {
+    loop {
+        // `notify_one` leaves a permit, so a refusal between this read and the wait is not missed.
+        let refused = outbox.refused();
+        let since = behind_since.into_iter().chain(outbox.refused_since()).min();
+        match since {
+            Some(since) => tokio::select! {
+                _ = tokio::time::sleep_until((since + grace).into()) => return,
+                _ = refused => {}
+            },
+            None => refused.await,
+        }
+    }
+}
+
 /// A subscription plus the replays feeding it.
 struct Active {
     sub: Subscription,
+    /// The topic's slow-consumer policy is `disconnect`.
+    disconnect_when_behind: bool,
+    /// Since when the subscription has been off the live path because the outbox dropped
+    /// its records; cleared when it is live again.
+    behind_since: Option<Instant>,
     /// The channel name as the client wrote it (the session store's key).
     name: String,
     replays: Vec<ReplayHandle>,
@@ -106,6 +130,8 @@ pub(super) struct Connection {
     idle_since: Option<Instant>,
     /// When the next throttled value is due.
     next_flush: Option<Instant>,
+    /// How long a `disconnect`-policy subscription may stay behind.
+    grace: Duration,
 }
 
 impl Connection {
@@ -117,11 +143,7 @@ impl Connection {
         let ws = &gateway.config.websocket;
         let limits = &gateway.config.limits;
         let grace = Duration::from_millis(limits.slow_consumer_grace_ms);
-        let outbox = Arc::new(Outbox::new(
-            ws.outbox_max_messages,
-            ws.outbox_max_bytes,
-            grace,
-        ));
+        let outbox = Arc::new(Outbox::new(ws.outbox_max_messages, ws.outbox_max_bytes));
         let (replay_tx, replay_rx) = mpsc::channel(256);
         let commands = RateLimiter::direct(crate::limits::quota(
             limits.commands_per_sec,
@@ -146,6 +168,7 @@ impl Connection {
             last_heard: Instant::now(),
             idle_since: Some(Instant::now()),
             next_flush: None,
+            grace,
         }
     }
 
@@ -166,6 +189,8 @@ impl Connection {
                 break End::Close(CloseCode::GoingAway);
             }
             let flush_at = self.next_flush.map(tokio::time::Instant::from_std);
+            let behind_since = self.behind_since();
+            let outbox = self.outbox.clone();
             tokio::select! {
                 message = socket.next() => {
                     self.last_heard = Instant::now();
@@ -222,10 +247,8 @@ impl Connection {
                 _ = async { tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)).await }, if flush_at.is_some() => {
                     self.flush_throttles();
                 }
-                _ = self.outbox.disconnect_requested() => {
-                    tracing::info!(conn, "closing: slow consumer past its grace period");
-                    stats().slow_consumer_disconnected.add(1);
-                    break End::Close(CloseCode::SlowConsumer);
+                _ = slow_consumer(&outbox, behind_since, self.grace) => {
+                    break self.slow_consumer_close();
                 }
                 _ = shutdown.changed() => {}
                 _ = taken_over(&self.session) => {
@@ -271,17 +294,29 @@ impl Connection {
         };
         // A blocked write still gives way to a slow-consumer disconnect.
         let outbox = self.outbox.clone();
+        let behind_since = self.behind_since();
         tokio::select! {
             r = tokio::time::timeout(timeout, write) => match r {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) => Err(End::Gone),
                 Err(_) => Err(End::Close(CloseCode::WriteTimeout)),
             },
-            _ = outbox.disconnect_requested() => {
-                stats().slow_consumer_disconnected.add(1);
-                Err(End::Close(CloseCode::SlowConsumer))
-            }
+            _ = slow_consumer(&outbox, behind_since, self.grace) => Err(self.slow_consumer_close()),
         }
+    }
+
+    /// Since when the longest-behind `disconnect`-policy subscription has been behind.
+    fn behind_since(&self) -> Option<Instant> {
+        self.subs.values().filter_map(|a| a.behind_since).min()
+    }
+
+    fn slow_consumer_close(&self) -> End {
+        tracing::info!(
+            conn = self.guard.id,
+            "closing: slow consumer past its grace period"
+        );
+        stats().slow_consumer_disconnected.add(1);
+        End::Close(CloseCode::SlowConsumer)
     }
 
     fn error(&mut self, id: Option<&Value>, code: ErrorCode, message: &str) {
@@ -310,6 +345,10 @@ impl Connection {
             let Some(active) = self.subs.get_mut(&id) else {
                 continue;
             };
+            if active.disconnect_when_behind && active.behind_since.is_none() {
+                // The grace clock started at the first refusal, not at this drain.
+                active.behind_since = Some(report.refused_since.unwrap_or(now).min(now));
+            }
             // Off the live path: re-read from the ring or Kafka at the client's pace.
             if let Some(start) = active.sub.fall_behind(partition, range.last) {
                 stats().slow_consumer_catch_up.add(1);
@@ -414,6 +453,9 @@ impl Connection {
             ReplayStep::Live => {
                 if let Some(handle) = active.replays.get(partition as usize) {
                     handle.cancel();
+                }
+                if active.sub.is_live() {
+                    active.behind_since = None;
                 }
             }
             ReplayStep::Restart(from) => {
@@ -723,6 +765,8 @@ impl Connection {
         self.push_text(protocol::subscribed_frame(id.as_ref(), name, &live));
         let mut active = Active {
             sub,
+            disconnect_when_behind: route.slow_consumer() == SlowConsumerPolicy::Disconnect,
+            behind_since: None,
             name: name.to_string(),
             replays: handles,
             throttle: max_rate.map(Throttle::new),
