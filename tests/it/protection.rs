@@ -310,6 +310,10 @@ async fn silent_peers_and_idle_connections_are_closed() {
         ))
         .await
         .unwrap();
+    // A peer behind a link that goes dark: both directions stop, no FIN, no RST.
+    let (dark_url, go_dark) = blackhole_proxy(gw.port).await;
+    let dark = subscribed_client(&dark_url, &t, json!("latest")).await;
+    go_dark.store(true, std::sync::atomic::Ordering::SeqCst);
     // A live subscriber answers pings (tungstenite does while reading) and stays.
     let mut live = subscribed_client(&gw.ws_url(), &t, json!("latest")).await;
     // A connection that never subscribes is closed as idle.
@@ -329,10 +333,10 @@ async fn silent_peers_and_idle_connections_are_closed() {
     assert_eq!(closed_with(&mut idle).await, Some(4012));
     assert!(started.elapsed() >= Duration::from_secs(4));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while stats(gw.port)["heartbeat"]["timeouts"] != 1 {
+    while stats(gw.port)["heartbeat"]["timeouts"] != 2 {
         assert!(
             Instant::now() < deadline,
-            "silent peer not detected: {}",
+            "silent and blackholed peers not detected: {}",
             stats(gw.port)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -340,8 +344,8 @@ async fn silent_peers_and_idle_connections_are_closed() {
     let (_live, r) = live_task.await.unwrap();
     assert_eq!(
         stats(gw.port)["heartbeat"]["timeouts"],
-        1,
-        "only the silent peer timed out"
+        2,
+        "only the silent and blackholed peers timed out"
     );
     assert!(
         matches!(r, Err(kgate::client::ClientError::Timeout(_))),
@@ -350,9 +354,51 @@ async fn silent_peers_and_idle_connections_are_closed() {
     assert_eq!(
         stats(gw.port)["connections"],
         1,
-        "the silent peer's resources were freed"
+        "the silent and blackholed peers' resources were freed"
     );
-    drop(silent);
+    drop((silent, dark));
+}
+
+/// A TCP proxy to the gateway on `port` whose link goes dark when the flag is set:
+/// it stops moving bytes both ways but keeps both sockets open (no FIN, no RST).
+async fn blackhole_proxy(port: u16) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/v1/ws", listener.local_addr().unwrap());
+    let dark = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = dark.clone();
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let server = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let pipe = |mut from: tokio::net::tcp::OwnedReadHalf,
+                    mut to: tokio::net::tcp::OwnedWriteHalf,
+                    dark: std::sync::Arc<AtomicBool>| async move {
+            let mut buf = vec![0u8; 16384];
+            loop {
+                let Ok(n) = from.read(&mut buf).await else {
+                    break;
+                };
+                if n == 0 {
+                    break;
+                }
+                if dark.load(Ordering::SeqCst) {
+                    // Swallow this and everything after; hold the sockets open.
+                    std::future::pending::<()>().await;
+                }
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            (from, to)
+        };
+        let (cr, cw) = client.into_split();
+        let (sr, sw) = server.into_split();
+        let _ = tokio::join!(pipe(cr, sw, flag.clone()), pipe(sr, cw, flag));
+    });
+    (url, dark)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
