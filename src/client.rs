@@ -48,6 +48,11 @@ pub struct Client {
 impl Client {
     /// Connects to `url` (e.g. `ws://127.0.0.1:8080/v1/ws`), offering the v1 subprotocol.
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
+        Self::connect_with_token(url, None).await
+    }
+
+    /// Connects with `token` (if any) in the Authorization header.
+    pub async fn connect_with_token(url: &str, token: Option<&str>) -> Result<Client, ClientError> {
         let connect_err = |source| ClientError::Connect {
             url: url.to_string(),
             source,
@@ -57,6 +62,11 @@ impl Client {
             "sec-websocket-protocol",
             HeaderValue::from_static(SUBPROTOCOL),
         );
+        if let Some(token) = token {
+            let value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|e| connect_err(WsError::HttpFormat(e.into())))?;
+            request.headers_mut().insert("authorization", value);
+        }
         let (socket, _) = tokio_tungstenite::connect_async(request)
             .await
             .map_err(connect_err)?;

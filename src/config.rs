@@ -8,6 +8,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+mod security;
+pub use security::{AuthConfig, AuthMode, KeyAlgorithm, KeyConfig, PublishConfig, TlsConfig};
+
 /// Environment variable prefix; `KGATE_KAFKA__BOOTSTRAP_SERVERS` sets `kafka.bootstrap_servers`.
 pub const ENV_PREFIX: &str = "KGATE_";
 
@@ -34,6 +37,9 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    pub publish: PublishConfig,
     pub kafka: KafkaConfig,
     pub embedded_broker: EmbeddedBrokerConfig,
     pub topics: Vec<TopicConfig>,
@@ -254,6 +260,9 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             server: ServerConfig::default(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            publish: PublishConfig::default(),
             kafka: KafkaConfig::default(),
             embedded_broker: EmbeddedBrokerConfig::default(),
             topics: vec![TopicConfig::json("prices"), TopicConfig::json("telemetry")],
@@ -375,7 +384,20 @@ impl Default for LogConfig {
 impl Config {
     /// Loads defaults, then `file` (required when given explicitly), then `KGATE_*` variables.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        Self::load_over(Config::default(), file)
+    }
+
+    /// The defaults of `serve --demo`: local development, so `auth.mode = "none"` unless
+    /// the file or the environment says otherwise.
+    pub fn demo_defaults() -> Config {
+        let mut config = Config::default();
+        config.auth.mode = AuthMode::None;
+        config
+    }
+
+    /// As [`Config::load`], on top of `defaults`.
+    pub fn load_over(defaults: Config, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(defaults));
         if let Some(path) = file {
             if !path.exists() {
                 return Err(ConfigError::Missing {
@@ -586,6 +608,7 @@ impl Config {
                 "at most websocket.max_message_bytes",
             ));
         }
+        self.validate_security()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",
@@ -671,6 +694,31 @@ mod tests {
     }
 
     #[test]
+    fn auth_is_required_unless_turned_off_and_keys_are_checked() {
+        let err = Config::from_toml("").unwrap_err().to_string();
+        assert!(
+            err.contains("auth.keys") && err.contains("auth.mode = \"none\""),
+            "{err}"
+        );
+        assert!(Config::from_toml("[auth]\nmode = \"none\"").is_ok());
+        let short = "[[auth.keys]]\nalg = \"HS256\"\nkey = \"short\"";
+        let err = Config::from_toml(short).unwrap_err().to_string();
+        assert!(
+            err.contains("auth.keys.key") && err.contains("32 bytes"),
+            "{err}"
+        );
+        let both = "[[auth.keys]]\nalg = \"RS256\"\nkey = \"x\"\nkey_file = \"y\"";
+        let err = Config::from_toml(both).unwrap_err().to_string();
+        assert!(err.contains("exactly one of key and key_file"), "{err}");
+        let origin = "[auth]\nmode = \"none\"\nallowed_origins = [\"app.example.com\"]";
+        let err = Config::from_toml(origin).unwrap_err().to_string();
+        assert!(err.contains("auth.allowed_origins"), "{err}");
+        let tls = "[auth]\nmode = \"none\"\n[tls]\ncert_file = \"c.pem\"";
+        let err = Config::from_toml(tls).unwrap_err().to_string();
+        assert!(err.contains("tls.key_file"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_is_refused() {
         let err = Config::from_toml("[server]\nlisten_adress = \"1.2.3.4:5\"").unwrap_err();
         assert!(err.to_string().contains("listen_adress"), "{err}");
@@ -694,8 +742,10 @@ mod tests {
         let config = Config::default();
         assert!(config.uses_embedded_broker());
         assert_eq!(config.bootstrap_servers(), "127.0.0.1:19092");
-        let config =
-            Config::from_toml("[kafka]\nbootstrap_servers = \"k1:9092, k2:9092\"").unwrap();
+        let config = Config::from_toml(
+            "[kafka]\nbootstrap_servers = \"k1:9092, k2:9092\"\n[auth]\nmode = \"none\"",
+        )
+        .unwrap();
         assert!(!config.uses_embedded_broker());
         assert_eq!(config.bootstrap_servers(), "k1:9092, k2:9092");
     }

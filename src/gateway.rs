@@ -31,6 +31,10 @@ pub enum StartError {
     Ingest(#[from] IngestError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::KeyError),
+    #[error("cannot create the publish producer: {0}")]
+    Producer(rdkafka::error::KafkaError),
 }
 
 /// State shared by every connection.
@@ -41,6 +45,9 @@ pub struct Gateway {
     pub replay: Arc<ReplayPool>,
     pub sessions: Arc<SessionStore>,
     pub admission: Arc<crate::limits::Admission>,
+    pub auth: crate::auth::Authenticator,
+    /// Produces for `POST /v1/publish/{topic}` (`None` when `publish.enabled` is off).
+    pub producer: Option<crate::kafka::producer::Producer>,
     /// Sessions attached to a connection: connection id and the signal that detaches it.
     attached: Mutex<std::collections::HashMap<String, (u64, Arc<Notify>)>>,
     connections: AtomicUsize,
@@ -58,6 +65,14 @@ pub struct Running {
 impl Gateway {
     /// Starts the embedded broker if configured, waits for Kafka, prepares topics and starts ingest.
     pub async fn start(mut config: Config) -> Result<Running, StartError> {
+        // Keys first: a bad key file fails in milliseconds, not after Kafka is reached.
+        let auth = crate::auth::Authenticator::new(&config.auth)?;
+        if !auth.required() {
+            tracing::warn!(
+                "authentication is off (auth.mode = \"none\"): any client may subscribe, publish and \
+                 administer sessions. For local development only"
+            );
+        }
         let data_dir = config.server.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
             path: data_dir.clone(),
@@ -134,6 +149,12 @@ impl Gateway {
         let replay = ReplayPool::new(config.clone(), cluster.clone(), router.clone());
         let (shutdown, _) = watch::channel(false);
         let admission = crate::limits::Admission::new(&config.limits);
+        let producer = match config.publish.enabled {
+            true => {
+                Some(crate::kafka::producer::Producer::new(&config).map_err(StartError::Producer)?)
+            }
+            false => None,
+        };
         let gateway = Arc::new(Gateway {
             config,
             router,
@@ -141,6 +162,8 @@ impl Gateway {
             replay,
             sessions,
             admission,
+            auth,
+            producer,
             attached: Mutex::new(std::collections::HashMap::new()),
             connections: AtomicUsize::new(0),
             next_connection_id: AtomicU64::new(1),

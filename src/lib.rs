@@ -3,6 +3,7 @@
 //! The path of a record: [`kafka::ingest`] → [`codec`] → [`router`] →
 //! [`session`] → [`transport`].
 
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod client;

@@ -29,7 +29,7 @@ pub struct Admission {
     attempts: DefaultKeyedRateLimiter<IpAddr>,
     checks: AtomicU64,
     open: AtomicUsize,
-    per_identity: Mutex<HashMap<IpAddr, usize>>,
+    per_identity: Mutex<HashMap<String, usize>>,
     max_total: usize,
     max_per_identity: usize,
 }
@@ -37,7 +37,7 @@ pub struct Admission {
 /// Holds a connection's place; released when dropped.
 pub struct Ticket {
     admission: Arc<Admission>,
-    identity: IpAddr,
+    identity: String,
 }
 
 /// A quota of `per_sec` with `burst`, both at least 1.
@@ -63,8 +63,8 @@ impl Admission {
         })
     }
 
-    /// Admits a connection from `ip`, or says why not (and counts the refusal).
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, Refusal> {
+    /// Counts a connection attempt from `ip` against its rate, before any costly check.
+    pub fn attempt(&self, ip: IpAddr) -> Result<(), Refusal> {
         // Forget idle keys now and then so the limiter's memory stays bounded.
         if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
             self.attempts.retain_recent();
@@ -73,13 +73,19 @@ impl Admission {
             stats().refused_attempt_rate.add(1);
             return Err(Refusal::AttemptRate);
         }
+        Ok(())
+    }
+
+    /// Admits a connection of `identity` (the token subject, or the client IP without
+    /// authentication), or says why not (and counts the refusal).
+    pub fn admit(self: &Arc<Self>, identity: String) -> Result<Ticket, Refusal> {
         if self.open.fetch_add(1, Ordering::AcqRel) >= self.max_total {
             self.open.fetch_sub(1, Ordering::AcqRel);
             stats().refused_max_connections.add(1);
             return Err(Refusal::MaxConnections);
         }
         let mut per = self.per_identity.lock();
-        let count = per.entry(ip).or_insert(0);
+        let count = per.entry(identity.clone()).or_insert(0);
         if *count >= self.max_per_identity {
             drop(per);
             self.open.fetch_sub(1, Ordering::AcqRel);
@@ -89,7 +95,7 @@ impl Admission {
         *count += 1;
         Ok(Ticket {
             admission: self.clone(),
-            identity: ip,
+            identity,
         })
     }
 
@@ -128,18 +134,22 @@ mod tests {
         let a = Admission::new(&limits);
         let ip1: IpAddr = [127, 0, 0, 1].into();
         let ip2: IpAddr = [127, 0, 0, 2].into();
-        let t1 = a.admit(ip1).unwrap();
-        let _t2 = a.admit(ip1).unwrap();
-        assert_eq!(a.admit(ip1).err(), Some(Refusal::IdentityConnections));
+        let admit = |ip: IpAddr, who: &str| a.attempt(ip).and_then(|()| a.admit(who.to_string()));
+        let t1 = admit(ip1, "alice").unwrap();
+        let _t2 = admit(ip1, "alice").unwrap();
         assert_eq!(
-            a.admit(ip1).err(),
+            admit(ip1, "alice").err(),
+            Some(Refusal::IdentityConnections)
+        );
+        assert_eq!(
+            admit(ip1, "bob").err(),
             Some(Refusal::AttemptRate),
             "burst of 3 used up"
         );
-        let _t3 = a.admit(ip2).unwrap();
-        assert_eq!(a.admit(ip2).err(), Some(Refusal::MaxConnections));
+        let _t3 = admit(ip2, "bob").unwrap();
+        assert_eq!(admit(ip2, "bob").err(), Some(Refusal::MaxConnections));
         drop(t1);
         assert_eq!(a.open(), 2);
-        assert!(a.admit(ip2).is_ok());
+        assert!(admit(ip2, "bob").is_ok());
     }
 }

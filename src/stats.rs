@@ -51,6 +51,14 @@ pub struct Stats {
     pub oversize_messages_closed: Counter,
     pub heartbeat_timeouts: Counter,
     pub idle_timeouts: Counter,
+    /// Security: tokens refused (401), permissions refused (403 and `forbidden` errors),
+    /// browser origins refused, connections closed at token expiry.
+    pub auth_failures: Counter,
+    pub auth_forbidden: Counter,
+    pub refused_origin: Counter,
+    pub token_expired_closes: Counter,
+    /// Records produced through `POST /v1/publish/{topic}`.
+    pub published: Counter,
 }
 
 /// The process's counters.
@@ -87,6 +95,13 @@ impl Stats {
                 "timeouts": self.heartbeat_timeouts.get(),
                 "idle_timeouts": self.idle_timeouts.get(),
             },
+            "auth": {
+                "failures": self.auth_failures.get(),
+                "forbidden": self.auth_forbidden.get(),
+                "origin_refused": self.refused_origin.get(),
+                "expired_closes": self.token_expired_closes.get(),
+            },
+            "published": self.published.get(),
         })
     }
 }

@@ -128,6 +128,7 @@ impl GatewayProc {
             ));
         }
         toml.push_str(extra);
+        toml.push_str("\n[auth]\nmode = \"none\"\n");
         // The load clients all connect from one address.
         toml.push_str("\n[limits]\nconnection_attempts_per_ip_per_sec = 1000000\nconnection_attempts_burst = 1000000\nmax_connections_per_identity = 1000000\n");
         std::fs::write(dir.join("kgate.toml"), toml)?;

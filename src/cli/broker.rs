@@ -23,7 +23,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let config = args.config.load()?;
+    let config = args.config.load_clientless()?;
     crate::logging::init(&config.log);
     let listen = args.listen.unwrap_or(config.embedded_broker.listen);
     let data_dir = args.data_dir.unwrap_or(config.server.data_dir);

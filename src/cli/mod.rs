@@ -32,7 +32,16 @@ struct ConfigArgs {
 
 impl ConfigArgs {
     fn load(&self) -> anyhow::Result<Config> {
-        Config::load(self.config.as_deref()).context("configuration rejected")
+        self.load_over(Config::default())
+    }
+
+    /// For commands that serve no clients (`broker`, `demo`): `[auth]` does not apply to them.
+    fn load_clientless(&self) -> anyhow::Result<Config> {
+        self.load_over(Config::demo_defaults())
+    }
+
+    fn load_over(&self, defaults: Config) -> anyhow::Result<Config> {
+        Config::load_over(defaults, self.config.as_deref()).context("configuration rejected")
     }
 }
 

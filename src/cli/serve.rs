@@ -23,8 +23,19 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let config = args.config.load()?;
+    let config = match args.demo {
+        true => args
+            .config
+            .load_over(crate::config::Config::demo_defaults())?,
+        false => args.config.load()?,
+    };
     crate::logging::init(&config.log);
+    let tls = crate::transport::server::tls_acceptor(&config.tls)?;
+    let scheme = if tls.is_some() {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
     let listen = config.server.listen;
     let shutdown_timeout = Duration::from_secs(config.server.shutdown_timeout_secs);
     // Bind first: a port already in use is the most common startup error.
@@ -37,7 +48,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let gateway = running.gateway.clone();
     let addr = listener.local_addr().unwrap_or(listen);
-    tracing::info!("kgate listening on http://{addr} (WebSocket: ws://{addr}/v1/ws)");
+    tracing::info!(
+        "kgate listening on {}://{addr} (WebSocket: {}://{addr}/v1/ws)",
+        scheme.0,
+        scheme.1
+    );
     if args.demo {
         let producer = Producer::new(&gateway.config).context("cannot create the demo producer")?;
         tokio::spawn(async move {
@@ -52,6 +67,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::transport::http::serve(
         listener,
+        tls,
         gateway.clone(),
         async move {
             let _ = stop_rx.await;

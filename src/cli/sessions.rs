@@ -19,6 +19,9 @@ pub struct Args {
     /// Open the store in this data directory instead (the gateway must be stopped).
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// A token with the `admin` claim (needed when the gateway's auth.mode is "jwt").
+    #[arg(long, global = true, env = "KGATE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -40,7 +43,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             })
             .await??
         }
-        None => tokio::task::spawn_blocking(move || online(&args.url, &args.action)).await??,
+        None => {
+            tokio::task::spawn_blocking(move || {
+                online(&args.url, args.token.as_deref(), &args.action)
+            })
+            .await??
+        }
     };
     println!(
         "{}",
@@ -74,16 +82,23 @@ fn offline(dir: &std::path::Path, action: &Action) -> anyhow::Result<Value> {
     })
 }
 
-fn online(url: &str, action: &Action) -> anyhow::Result<Value> {
+fn online(url: &str, token: Option<&str>, action: &Action) -> anyhow::Result<Value> {
     let base = format!("{}/v1/admin/sessions", url.trim_end_matches('/'));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .into();
+    let bearer = token.map(|t| format!("Bearer {t}")).unwrap_or_default();
     let response = match action {
-        Action::List => agent.get(&base).call(),
-        Action::Show { id } => agent.get(&format!("{base}/{id}")).call(),
-        Action::Delete { id } => agent.delete(&format!("{base}/{id}")).call(),
+        Action::List => agent.get(&base).header("authorization", &bearer).call(),
+        Action::Show { id } => agent
+            .get(&format!("{base}/{id}"))
+            .header("authorization", &bearer)
+            .call(),
+        Action::Delete { id } => agent
+            .delete(&format!("{base}/{id}"))
+            .header("authorization", &bearer)
+            .call(),
     }
     .with_context(|| {
         format!("cannot reach the gateway at {url} (or use --data-dir with a stopped gateway)")

@@ -26,6 +26,9 @@ pub struct Args {
     /// Exit with an error if no frame arrives for this many seconds.
     #[arg(long)]
     idle_timeout_secs: Option<u64>,
+    /// A token for a gateway whose auth.mode is "jwt".
+    #[arg(long, env = "KGATE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 fn parse_from(text: &str) -> anyhow::Result<Value> {
@@ -60,7 +63,7 @@ fn parse_from(text: &str) -> anyhow::Result<Value> {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let from = parse_from(&args.from)?;
-    let mut client = Client::connect(&args.url).await?;
+    let mut client = Client::connect_with_token(&args.url, args.token.as_deref()).await?;
     client.subscribe(&args.channel, from).await?;
     let mut seen = 0u64;
     let stdout = std::io::stdout();

@@ -86,6 +86,8 @@ pub fn routes(
         .unify()
         .or(stats)
         .unify()
+        .or(crate::transport::publish::route(gateway.clone()))
+        .unify()
         .or(crate::transport::ws::route(gateway))
         .unify()
         .recover(|rejection: warp::Rejection| async move {
@@ -95,11 +97,20 @@ pub fn routes(
 }
 
 fn error_reply(status: StatusCode, code: &str, message: String) -> warp::reply::Response {
-    warp::reply::with_status(
-        warp::reply::json(&json!({"code": code, "message": message})),
-        status,
-    )
-    .into_response()
+    super::reply::error_reply(status, code, &message)
+}
+
+/// `None` when the request may use the admin routes; otherwise the refusal to send.
+fn admin_access(
+    gateway: Arc<Gateway>,
+) -> impl Filter<Extract = (Option<warp::reply::Response>,), Error = Infallible> + Clone {
+    super::access::request_parts().map(move |headers: http::HeaderMap, query: String| {
+        match super::access::identify(&gateway, &headers, &query) {
+            Ok(identity) if identity.permissions.admin => None,
+            Ok(_) => Some(super::access::forbidden("the token lacks the admin claim")),
+            Err(refusal) => Some(refusal),
+        }
+    })
 }
 
 /// `/v1/admin/sessions`: list, show and delete durable sessions.
@@ -115,7 +126,7 @@ fn sessions_admin(
     };
     let list = {
         let gw = gateway.clone();
-        warp::path!("v1" / "admin" / "sessions").and(warp::get()).map(move || match gw.sessions.list() {
+        warp::path!("v1" / "admin" / "sessions").and(warp::get()).and(admin_access(gw.clone())).map(move |denied: Option<warp::reply::Response>| if let Some(refusal) = denied { refusal } else { match gw.sessions.list() {
             Ok(list) => {
                 let sessions: Vec<_> = list
                     .into_iter()
@@ -124,29 +135,40 @@ fn sessions_admin(
                 warp::reply::json(&json!({"sessions": sessions})).into_response()
             }
             Err(e) => store_error(e),
-        })
+        }})
     };
     let show = {
         let gw = gateway.clone();
         warp::path!("v1" / "admin" / "sessions" / String)
             .and(warp::get())
-            .map(move |id: String| match gw.sessions.load(&id) {
-                Ok(Some(record)) => {
-                    let mut value = serde_json::to_value(&record).unwrap_or_default();
-                    value["attached"] = gw.is_attached(&id).into();
-                    warp::reply::json(&value).into_response()
+            .and(admin_access(gw.clone()))
+            .map(move |id: String, denied: Option<warp::reply::Response>| {
+                if let Some(refusal) = denied {
+                    refusal
+                } else {
+                    match gw.sessions.load(&id) {
+                        Ok(Some(record)) => {
+                            let mut value = serde_json::to_value(&record).unwrap_or_default();
+                            value["attached"] = gw.is_attached(&id).into();
+                            warp::reply::json(&value).into_response()
+                        }
+                        Ok(None) => error_reply(
+                            StatusCode::NOT_FOUND,
+                            "session_not_found",
+                            format!("no session {id:?}"),
+                        ),
+                        Err(e) => store_error(e),
+                    }
                 }
-                Ok(None) => error_reply(
-                    StatusCode::NOT_FOUND,
-                    "session_not_found",
-                    format!("no session {id:?}"),
-                ),
-                Err(e) => store_error(e),
             })
     };
     let delete = warp::path!("v1" / "admin" / "sessions" / String)
         .and(warp::delete())
-        .map(move |id: String| {
+        .and(admin_access(gateway.clone()))
+        .map(move |id: String, denied: Option<warp::reply::Response>| {
+            if let Some(refusal) = denied {
+                return refusal;
+            }
             gateway.kick(&id);
             match gateway.sessions.delete(&id) {
                 Ok(true) => warp::reply::json(&json!({"deleted": id})).into_response(),
@@ -173,15 +195,12 @@ fn rejection_reply(rejection: warp::Rejection) -> warp::reply::Response {
     warp::reply::with_status(body, status).into_response()
 }
 
-/// Serves HTTP on `listener` until `shutdown` completes.
+/// Serves HTTP (or HTTPS with `tls`) on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    warp::serve(routes(gateway))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    super::server::serve(listener, tls, routes(gateway), shutdown).await;
 }

@@ -48,6 +48,10 @@ pub enum ErrorCode {
     StoreFailed,
     /// More commands than `limits.commands_per_sec` allows; the command was not executed.
     RateLimited,
+    /// The token does not permit this channel; nothing was subscribed.
+    Forbidden,
+    /// A refreshed token was refused; the message names the reason code (`token_expired`, ...).
+    InvalidToken,
 }
 
 impl ErrorCode {
@@ -72,6 +76,8 @@ impl ErrorCode {
             ErrorCode::NoSession => "no_session",
             ErrorCode::StoreFailed => "store_failed",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::InvalidToken => "invalid_token",
         }
     }
 }
@@ -85,6 +91,8 @@ pub enum CloseCode {
     MessageTooBig,
     /// 1011: an internal error ended the connection.
     InternalError,
+    /// 4001: the token expired and no fresh one was sent with an `auth` command.
+    TokenExpired,
     /// 4008: the client did not read fast enough and its outbox filled.
     SlowConsumer,
     /// 4009: a socket write did not complete within `websocket.write_timeout_secs`.
@@ -106,6 +114,7 @@ impl CloseCode {
             CloseCode::GoingAway => 1001,
             CloseCode::MessageTooBig => 1009,
             CloseCode::InternalError => 1011,
+            CloseCode::TokenExpired => 4001,
             CloseCode::SlowConsumer => 4008,
             CloseCode::WriteTimeout => 4009,
             CloseCode::SessionTakenOver => 4010,
@@ -121,6 +130,7 @@ impl CloseCode {
             CloseCode::GoingAway => "server shutting down; reconnect",
             CloseCode::MessageTooBig => "message too big",
             CloseCode::InternalError => "internal error",
+            CloseCode::TokenExpired => "token expired; reconnect with a fresh token",
             CloseCode::SlowConsumer => "slow consumer: outbox full",
             CloseCode::WriteTimeout => "write timeout",
             CloseCode::SessionTakenOver => "session attached by another connection",
@@ -168,6 +178,11 @@ pub enum Command {
         topic: String,
         partition: i32,
         offset: i64,
+    },
+    /// A fresh token for the same subject, sent before the current one expires.
+    Auth {
+        id: Option<Value>,
+        token: String,
     },
 }
 
@@ -223,6 +238,16 @@ struct AckFields {
     topic: String,
     partition: u16,
     offset: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthFields {
+    #[serde(rename = "type")]
+    _kind: String,
+    #[serde(rename = "id")]
+    _id: Option<Value>,
+    token: String,
 }
 
 /// Session ids: 1-128 characters of `[A-Za-z0-9._:@-]`.
@@ -337,11 +362,16 @@ pub fn parse_command(text: &str, max_bytes: usize) -> Result<Command, CommandErr
                 offset: i64::try_from(f.offset).unwrap_or(i64::MAX),
             })
         }
+        "auth" => {
+            let f: AuthFields =
+                serde_json::from_value(value.clone()).map_err(|e| invalid(&id, e))?;
+            Ok(Command::Auth { id, token: f.token })
+        }
         other => Err(fail(
             id.clone(),
             ErrorCode::UnknownType,
             format!(
-                "unknown command type {other:?}; expected subscribe, unsubscribe, attach, ack or ping"
+                "unknown command type {other:?}; expected subscribe, unsubscribe, attach, ack, auth or ping"
             ),
         )),
     }
@@ -401,6 +431,14 @@ pub fn subscribed_frame(id: Option<&Value>, channel: &str, live: &[i64]) -> Stri
         .collect();
     with_id(
         json!({"type": "subscribed", "channel": channel, "live_offsets": partitions}),
+        id,
+    )
+}
+
+/// The reply to an accepted `auth` command.
+pub fn authenticated_frame(id: Option<&Value>, expires_at: Option<u64>) -> String {
+    with_id(
+        json!({"type": "authenticated", "expires_at": expires_at}),
         id,
     )
 }

@@ -135,6 +135,13 @@ fn invalid_config_names_key_value_and_expectation() {
         "{err}"
     );
 
+    // Authentication is on unless turned off explicitly: no keys is an error, not an open door.
+    let err = serve_fails(&[], &[]);
+    assert!(
+        err.contains("auth.keys") && err.contains("auth.mode = \"none\""),
+        "{err}"
+    );
+
     let err = serve_fails(&[], &["--config", "/no/such/kgate.toml"]);
     assert!(
         err.contains("/no/such/kgate.toml") && err.contains("does not exist"),
@@ -157,6 +164,7 @@ fn unreachable_kafka_is_retried_with_backoff_not_a_panic() {
             ),
             ("KGATE_KAFKA__REQUEST_TIMEOUT_MS", "300".into()),
             ("KGATE_KAFKA__RETRY_INITIAL_MS", "100".into()),
+            ("KGATE_AUTH__MODE", "none".into()),
         ],
         &dir.path().join("serve.log"),
     );

@@ -190,6 +190,9 @@ impl Gateway {
             ));
         }
         toml.push_str(extra);
+        if !extra.contains("[auth]") {
+            toml.push_str("\n[auth]\nmode = \"none\"\n");
+        }
         if !extra.contains("[limits]") {
             // Every test client connects from 127.0.0.1: lift the per-address limits.
             toml.push_str("\n[limits]\nconnection_attempts_per_ip_per_sec = 100000\nconnection_attempts_burst = 100000\nmax_connections_per_identity = 100000\n");
@@ -202,8 +205,26 @@ impl Gateway {
             dir,
             restarts: 0,
         };
-        gw.wait_ready(Duration::from_secs(60));
+        if extra.contains("[tls]") {
+            // Plain HTTP cannot poll /readyz on a TLS port: wait for the listening line.
+            gw.wait_log("kgate listening on https", Duration::from_secs(60));
+        } else {
+            gw.wait_ready(Duration::from_secs(60));
+        }
         gw
+    }
+
+    /// Waits until the gateway's log contains `text`.
+    pub fn wait_log(&self, text: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.proc.log_text().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in the log within {limit:?}:\n{}",
+                self.proc.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn spawn(dir: &Path, n: u32) -> Proc {

@@ -4,5 +4,6 @@
 mod cli;
 mod harness;
 mod protection;
+mod security;
 mod sessions;
 mod streaming;

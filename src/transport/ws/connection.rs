@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityE
 
 use super::Socket;
 use super::throttle::Throttle;
+use crate::auth::Identity;
 use crate::codec::EncodedRecord;
 use crate::config::SlowConsumerPolicy;
 use crate::gateway::Gateway;
@@ -111,6 +112,8 @@ pub(super) struct Connection {
     guard: crate::gateway::ConnectionGuard,
     _ticket: Ticket,
     remote: Option<SocketAddr>,
+    /// Who the client is and what it may subscribe to; replaced by an `auth` command.
+    identity: Identity,
     outbox: Arc<Outbox>,
     subs: HashMap<SubscriptionId, Active>,
     by_channel: HashMap<String, SubscriptionId>,
@@ -139,6 +142,7 @@ impl Connection {
         gateway: Arc<Gateway>,
         remote: Option<SocketAddr>,
         ticket: Ticket,
+        identity: Identity,
     ) -> Connection {
         let ws = &gateway.config.websocket;
         let limits = &gateway.config.limits;
@@ -154,6 +158,7 @@ impl Connection {
             gateway,
             _ticket: ticket,
             remote,
+            identity,
             outbox,
             subs: HashMap::new(),
             by_channel: HashMap::new(),
@@ -191,6 +196,7 @@ impl Connection {
             let flush_at = self.next_flush.map(tokio::time::Instant::from_std);
             let behind_since = self.behind_since();
             let outbox = self.outbox.clone();
+            let token_deadline = self.token_deadline();
             tokio::select! {
                 message = socket.next() => {
                     self.last_heard = Instant::now();
@@ -250,6 +256,11 @@ impl Connection {
                 _ = slow_consumer(&outbox, behind_since, self.grace) => {
                     break self.slow_consumer_close();
                 }
+                _ = async { tokio::time::sleep_until(token_deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if token_deadline.is_some() => {
+                    tracing::info!(conn, "closing: token expired");
+                    stats().token_expired_closes.add(1);
+                    break End::Close(CloseCode::TokenExpired);
+                }
                 _ = shutdown.changed() => {}
                 _ = taken_over(&self.session) => {
                     tracing::info!(conn, "closing: session attached elsewhere");
@@ -308,6 +319,13 @@ impl Connection {
     /// Since when the longest-behind `disconnect`-policy subscription has been behind.
     fn behind_since(&self) -> Option<Instant> {
         self.subs.values().filter_map(|a| a.behind_since).min()
+    }
+
+    /// When the token (plus the configured clock leeway) runs out.
+    fn token_deadline(&self) -> Option<tokio::time::Instant> {
+        let exp = self.identity.expires_at? + self.gateway.config.auth.leeway_secs;
+        let left = exp.saturating_sub(crate::auth::now_secs());
+        Some(tokio::time::Instant::now() + Duration::from_secs(left))
     }
 
     fn slow_consumer_close(&self) -> End {
@@ -513,6 +531,7 @@ impl Connection {
             Err(e) => self.error(e.id.as_ref(), e.code, &e.message),
             Ok(Command::Ping { id }) => self.push_text(protocol::pong_frame(id.as_ref())),
             Ok(Command::Attach { id, session }) => self.attach(id, session).await,
+            Ok(Command::Auth { id, token }) => self.refresh_token(id.as_ref(), &token),
             Ok(Command::Ack {
                 id,
                 topic,
@@ -551,6 +570,59 @@ impl Connection {
         Ok(())
     }
 
+    /// Replaces the connection's token with a fresh one for the same subject; subscriptions
+    /// the new token no longer permits are removed.
+    fn refresh_token(&mut self, id: Option<&Value>, token: &str) {
+        let identity = self
+            .gateway
+            .auth
+            .authenticate(Some(token))
+            .and_then(|identity| match identity.subject == self.identity.subject {
+                true => Ok(identity),
+                false => Err(crate::auth::AuthError::SubjectChanged),
+            });
+        let identity = match identity {
+            Ok(identity) => identity,
+            Err(e) => {
+                stats().auth_failures.add(1);
+                let message = format!(
+                    "{}: {e}; the current token stays in force until it expires",
+                    e.code()
+                );
+                return self.error(id, ErrorCode::InvalidToken, &message);
+            }
+        };
+        self.identity = identity;
+        let revoked: Vec<(String, Option<Value>)> = self
+            .subs
+            .values()
+            .filter(|a| !self.identity.permissions.can_subscribe(&a.sub.channel))
+            .map(|a| (a.name.clone(), a.sub.request_id.clone()))
+            .collect();
+        for (name, request_id) in revoked {
+            self.remove_subscription(&name, false);
+            stats().auth_forbidden.add(1);
+            self.error(
+                request_id.as_ref(),
+                ErrorCode::Forbidden,
+                &format!("the new token does not permit {name:?}; unsubscribed"),
+            );
+        }
+        self.push_text(protocol::authenticated_frame(id, self.identity.expires_at));
+    }
+
+    /// Refuses a channel the token does not permit.
+    fn permit(&self, channel: &Channel, name: &str) -> Result<(), (ErrorCode, String)> {
+        if self.identity.permissions.can_subscribe(channel) {
+            return Ok(());
+        }
+        stats().auth_forbidden.add(1);
+        Err((
+            ErrorCode::Forbidden,
+            format!("the token does not permit channel {name:?}"),
+        ))
+    }
+
     /// Attaches a durable session and resumes its stored subscriptions from their positions.
     async fn attach(&mut self, id: Option<Value>, session: String) {
         if self.session.is_some() || !self.subs.is_empty() {
@@ -560,16 +632,18 @@ impl Connection {
                 "attach must be the first command of a connection, and only once",
             );
         }
+        // Ids are per token subject: two users' sessions never meet.
+        let scoped = self.identity.scoped_session(&session);
         let store = self.gateway.sessions.clone();
-        let name = session.clone();
+        let name = scoped.clone();
         let record = match tokio::task::spawn_blocking(move || store.touch(&name)).await {
             Ok(Ok(record)) => record,
             Ok(Err(e)) => return self.error(id.as_ref(), ErrorCode::StoreFailed, &e.to_string()),
             Err(e) => return self.error(id.as_ref(), ErrorCode::StoreFailed, &e.to_string()),
         };
-        let kick = self.gateway.attach(&session, self.guard.id);
-        tracing::debug!(conn = self.guard.id, %session, "session attached");
-        self.session = Some((session.clone(), kick));
+        let kick = self.gateway.attach(&scoped, self.guard.id);
+        tracing::debug!(conn = self.guard.id, session = %scoped, "session attached");
+        self.session = Some((scoped, kick));
         let channels: Vec<String> = record
             .subscriptions
             .iter()
@@ -591,6 +665,7 @@ impl Connection {
             let max = self.gateway.config.websocket.max_channel_bytes;
             let registered = Channel::parse(&stored.channel, max)
                 .map_err(|e| (ErrorCode::InvalidChannel, e.to_string()))
+                .and_then(|channel| self.permit(&channel, &stored.channel).map(|()| channel))
                 .and_then(|channel| {
                     self.register(
                         None,
@@ -643,6 +718,7 @@ impl Connection {
         let limits = &self.gateway.config.websocket;
         let channel = Channel::parse(name, limits.max_channel_bytes)
             .map_err(|e| (ErrorCode::InvalidChannel, e.to_string()))?;
+        self.permit(&channel, name)?;
         let gateway = self.gateway.clone();
         let Some(route) = gateway.router.topic(&channel.topic) else {
             let served: Vec<&str> = gateway.router.topics().map(|t| &**t.name()).collect();

@@ -13,11 +13,13 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use warp::Filter;
-use warp::reply::Reply;
 
+use crate::auth::Identity;
 use crate::gateway::Gateway;
 use crate::limits::Refusal;
+use crate::transport::access::{check_origin, identify, request_parts};
 use crate::transport::protocol::SUBPROTOCOL;
+use crate::transport::reply::error_reply as refuse;
 use connection::Connection;
 
 /// The server side of one upgraded WebSocket.
@@ -29,19 +31,17 @@ pub fn route(
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
     warp::path!("v1" / "ws")
         .and(warp::get())
-        .and(warp::header::headers_cloned())
+        .and(request_parts())
         .and(warp::ext::optional::<OnUpgrade>())
-        .and(warp::addr::remote())
+        .and(crate::transport::server::remote_addr())
         .map(
-            move |headers: HeaderMap, upgrade: Option<OnUpgrade>, remote: Option<SocketAddr>| {
-                handshake(gateway.clone(), &headers, upgrade, remote)
+            move |headers: HeaderMap,
+                  query: String,
+                  upgrade: Option<OnUpgrade>,
+                  remote: Option<SocketAddr>| {
+                handshake(gateway.clone(), &headers, &query, upgrade, remote)
             },
         )
-}
-
-fn refuse(status: StatusCode, code: &str, message: &str) -> warp::reply::Response {
-    let body = warp::reply::json(&serde_json::json!({"code": code, "message": message}));
-    warp::reply::with_status(body, status).into_response()
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
@@ -54,6 +54,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
 fn handshake(
     gateway: Arc<Gateway>,
     headers: &HeaderMap,
+    query: &str,
     upgrade: Option<OnUpgrade>,
     remote: Option<SocketAddr>,
 ) -> warp::reply::Response {
@@ -84,41 +85,75 @@ fn handshake(
     let offered = header(headers, "sec-websocket-protocol");
     let protocol_ok = offered.is_empty() || has_token(offered, SUBPROTOCOL);
     if !protocol_ok {
+        // Never echo a bearer entry: it holds a token.
+        let shown: Vec<&str> = offered
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.starts_with(crate::auth::BEARER_SUBPROTOCOL_PREFIX))
+            .collect();
         return refuse(
             StatusCode::BAD_REQUEST,
             "unsupported_subprotocol",
-            &format!("offered subprotocols {offered:?} do not include {SUBPROTOCOL}"),
+            &format!("offered subprotocols {shown:?} do not include {SUBPROTOCOL}"),
         );
     }
-    // Admission last, so a malformed request costs no rate-limit budget.
+    if let Err(response) = check_origin(&gateway, headers) {
+        return response;
+    }
+    // A malformed request costs no rate-limit budget; a token check does.
     let ip = remote.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |r| r.ip());
-    let ticket = match gateway.admission.admit(ip) {
-        Ok(ticket) => ticket,
-        Err(Refusal::AttemptRate) => {
-            return refuse(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many connection attempts from this address; retry later",
-            );
-        }
-        Err(Refusal::MaxConnections) => {
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too_many_connections",
-                "the gateway is at its connection limit; retry later or elsewhere",
-            );
-        }
-        Err(Refusal::IdentityConnections) => {
-            return refuse(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_connections_for_identity",
-                &format!(
-                    "at most {} open connections per identity",
-                    gateway.config.limits.max_connections_per_identity
-                ),
-            );
-        }
+    if let Err(refusal) = gateway.admission.attempt(ip) {
+        return admission_refused(&gateway, refusal);
+    }
+    let identity = match identify(&gateway, headers, query) {
+        Ok(identity) => identity,
+        Err(response) => return response,
     };
+    // Connections count per token subject, or per client address without authentication.
+    let who = match identity.subject.is_empty() {
+        true => ip.to_string(),
+        false => identity.subject.clone(),
+    };
+    let ticket = match gateway.admission.admit(who) {
+        Ok(ticket) => ticket,
+        Err(refusal) => return admission_refused(&gateway, refusal),
+    };
+    upgrade_to(gateway, key, offered, upgrade, remote, ticket, identity)
+}
+
+fn admission_refused(gateway: &Gateway, refusal: Refusal) -> warp::reply::Response {
+    match refusal {
+        Refusal::AttemptRate => refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many connection attempts from this address; retry later",
+        ),
+        Refusal::MaxConnections => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "the gateway is at its connection limit; retry later or elsewhere",
+        ),
+        Refusal::IdentityConnections => refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections_for_identity",
+            &format!(
+                "at most {} open connections per identity",
+                gateway.config.limits.max_connections_per_identity
+            ),
+        ),
+    }
+}
+
+/// Answers 101 and runs the connection once hyper hands over the socket.
+fn upgrade_to(
+    gateway: Arc<Gateway>,
+    key: &str,
+    offered: &str,
+    upgrade: OnUpgrade,
+    remote: Option<SocketAddr>,
+    ticket: crate::limits::Ticket,
+    identity: Identity,
+) -> warp::reply::Response {
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut response = warp::reply::Response::default();
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -154,7 +189,9 @@ fn handshake(
                     Some(config),
                 )
                 .await;
-                Connection::new(gateway, remote, ticket).run(socket).await;
+                Connection::new(gateway, remote, ticket, identity)
+                    .run(socket)
+                    .await;
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
