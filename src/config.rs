@@ -719,6 +719,20 @@ mod tests {
     }
 
     #[test]
+    fn production_config_is_valid_and_authenticated() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.toml");
+        let text = std::fs::read_to_string(&path).expect("config/production.toml is readable");
+        let config = Config::from_toml(&text).expect("config/production.toml is valid");
+        assert_eq!(
+            config.auth.mode,
+            AuthMode::Jwt,
+            "never auth.mode = \"none\" in production"
+        );
+        assert!(config.tls.cert_file.is_some() && config.tls.key_file.is_some());
+        assert!(!config.auth.allowed_origins.is_empty());
+    }
+
+    #[test]
     fn unknown_key_is_refused() {
         let err = Config::from_toml("[server]\nlisten_adress = \"1.2.3.4:5\"").unwrap_err();
         assert!(err.to_string().contains("listen_adress"), "{err}");

@@ -616,3 +616,91 @@ mod tests {
         );
     }
 }
+
+/// Hostile input: the parser answers every frame with a command or an error, never a panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// JSON values of any shape, a few levels deep.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            ".{0,20}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                proptest::collection::btree_map(".{0,8}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Commands with a known type and fields drawn from the real field names.
+    fn command_like() -> impl Strategy<Value = String> {
+        let kind = prop_oneof![
+            Just("subscribe"),
+            Just("unsubscribe"),
+            Just("ping"),
+            Just("attach"),
+            Just("ack"),
+            Just("auth"),
+            Just("bogus"),
+        ];
+        let field = prop_oneof![
+            Just("id"),
+            Just("channel"),
+            Just("from"),
+            Just("max_rate"),
+            Just("session"),
+            Just("topic"),
+            Just("partition"),
+            Just("offset"),
+            Just("token"),
+            Just("offsets"),
+        ];
+        (
+            kind,
+            proptest::collection::btree_map(field, json_value(), 0..6),
+        )
+            .prop_map(|(kind, fields)| {
+                let mut object: serde_json::Map<String, Value> = fields
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect();
+                object.insert("type".into(), Value::from(kind));
+                Value::Object(object).to_string()
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in ".{0,300}") {
+            let _ = parse_command(&text, 4096);
+        }
+
+        #[test]
+        fn arbitrary_json_never_panics(value in json_value()) {
+            let _ = parse_command(&value.to_string(), 4096);
+        }
+
+        #[test]
+        fn command_shaped_frames_never_panic(text in command_like()) {
+            let _ = parse_command(&text, 4096);
+        }
+
+        #[test]
+        fn arbitrary_channel_names_never_panic(name in ".{0,600}") {
+            let _ = crate::router::Channel::parse(&name, 512);
+        }
+    }
+}
