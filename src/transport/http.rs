@@ -9,6 +9,7 @@ use serde_json::json;
 use warp::Filter;
 use warp::reply::Reply;
 
+use super::reply::error_reply;
 use crate::gateway::Gateway;
 
 /// Every route the gateway serves.
@@ -96,10 +97,6 @@ pub fn routes(
         .unify()
 }
 
-fn error_reply(status: StatusCode, code: &str, message: String) -> warp::reply::Response {
-    super::reply::error_reply(status, code, &message)
-}
-
 /// `None` when the request may use the admin routes; otherwise the refusal to send.
 fn admin_access(
     gateway: Arc<Gateway>,
@@ -121,7 +118,7 @@ fn sessions_admin(
         error_reply(
             StatusCode::INTERNAL_SERVER_ERROR,
             "store_failed",
-            e.to_string(),
+            &e.to_string(),
         )
     };
     let list = {
@@ -155,7 +152,7 @@ fn sessions_admin(
                         Ok(None) => error_reply(
                             StatusCode::NOT_FOUND,
                             "session_not_found",
-                            format!("no session {id:?}"),
+                            &format!("no session {id:?}"),
                         ),
                         Err(e) => store_error(e),
                     }
@@ -175,7 +172,7 @@ fn sessions_admin(
                 Ok(false) => error_reply(
                     StatusCode::NOT_FOUND,
                     "session_not_found",
-                    format!("no session {id:?}"),
+                    &format!("no session {id:?}"),
                 ),
                 Err(e) => store_error(e),
             }
@@ -191,8 +188,7 @@ fn rejection_reply(rejection: warp::Rejection) -> warp::reply::Response {
     } else {
         (StatusCode::BAD_REQUEST, "bad_request")
     };
-    let body = warp::reply::json(&json!({"code": code, "message": format!("{rejection:?}")}));
-    warp::reply::with_status(body, status).into_response()
+    error_reply(status, code, &format!("{rejection:?}"))
 }
 
 /// Serves HTTP (or HTTPS with `tls`) on `listener` until `shutdown` completes.
