@@ -50,11 +50,7 @@ async fn publish(
     query: &str,
     body: Result<Bytes, ()>,
 ) -> warp::reply::Response {
-    let Some(producer) = gateway
-        .producer
-        .as_ref()
-        .filter(|_| gateway.config.publish.enabled)
-    else {
+    let Some(producer) = &gateway.producer else {
         return error_reply(
             StatusCode::NOT_FOUND,
             "publish_disabled",
