@@ -40,6 +40,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub auth: AuthConfig,
     pub publish: PublishConfig,
+    pub poll: PollConfig,
     pub kafka: KafkaConfig,
     pub embedded_broker: EmbeddedBrokerConfig,
     pub topics: Vec<TopicConfig>,
@@ -61,6 +62,25 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Seconds to wait for connections to close on shutdown.
     pub shutdown_timeout_secs: u64,
+}
+
+/// `GET /v1/poll`: long-polling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PollConfig {
+    /// Longest a poll waits for a record when none is there (a request's `wait_ms` is capped here).
+    pub max_wait_ms: u64,
+    /// Most events one poll answers with (a request's `max` is capped here).
+    pub max_events: usize,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        PollConfig {
+            max_wait_ms: 25_000,
+            max_events: 1_000,
+        }
+    }
 }
 
 /// How kgate reaches Kafka.
@@ -263,6 +283,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             publish: PublishConfig::default(),
+            poll: PollConfig::default(),
             kafka: KafkaConfig::default(),
             embedded_broker: EmbeddedBrokerConfig::default(),
             topics: vec![TopicConfig::json("prices"), TopicConfig::json("telemetry")],
@@ -529,6 +550,8 @@ impl Config {
                 ws.write_timeout_secs as usize,
             ),
             ("websocket.max_channel_bytes", ws.max_channel_bytes),
+            ("poll.max_wait_ms", self.poll.max_wait_ms as usize),
+            ("poll.max_events", self.poll.max_events),
             ("replay.max_kafka_readers", self.replay.max_kafka_readers),
             (
                 "replay.handoff_buffer_records",

@@ -7,6 +7,7 @@ use warp::Filter;
 use super::reply::error_reply;
 use crate::auth::{Identity, token_from_request};
 use crate::gateway::Gateway;
+use crate::limits::{Refusal, Ticket};
 use crate::stats::stats;
 
 /// A request's headers and raw query string (empty when there is none).
@@ -57,4 +58,55 @@ pub fn check_origin(gateway: &Gateway, headers: &HeaderMap) -> Result<(), warp::
         "origin_not_allowed",
         &format!("origin {origin:?} is not in auth.allowed_origins"),
     ))
+}
+
+/// Admits a client of a streaming transport (WebSocket, SSE, long-poll): its Origin,
+/// the per-address attempt rate (before the token check, so guessing tokens is
+/// rate limited), its token, then the connection counts (per token subject, or per
+/// address without authentication).
+pub fn admit(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    query: &str,
+    remote: Option<std::net::SocketAddr>,
+) -> Result<(Ticket, Identity), warp::reply::Response> {
+    check_origin(gateway, headers)?;
+    let ip = remote.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |r| r.ip());
+    gateway
+        .admission
+        .attempt(ip)
+        .map_err(|refusal| admission_refused(gateway, refusal))?;
+    let identity = identify(gateway, headers, query)?;
+    let who = match identity.subject.is_empty() {
+        true => ip.to_string(),
+        false => identity.subject.clone(),
+    };
+    let ticket = gateway
+        .admission
+        .admit(who)
+        .map_err(|refusal| admission_refused(gateway, refusal))?;
+    Ok((ticket, identity))
+}
+
+fn admission_refused(gateway: &Gateway, refusal: Refusal) -> warp::reply::Response {
+    match refusal {
+        Refusal::AttemptRate => error_reply(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many connection attempts from this address; retry later",
+        ),
+        Refusal::MaxConnections => error_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "the gateway is at its connection limit; retry later or elsewhere",
+        ),
+        Refusal::IdentityConnections => error_reply(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections_for_identity",
+            &format!(
+                "at most {} open connections per identity",
+                gateway.config.limits.max_connections_per_identity
+            ),
+        ),
+    }
 }

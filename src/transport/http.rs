@@ -12,6 +12,19 @@ use warp::reply::Reply;
 use super::reply::error_reply;
 use crate::gateway::Gateway;
 
+/// The browser SDK, served at `/sdk/kgate.js` (built into the binary; no build step).
+const SDK: &str = include_str!("../../clients/js/kgate.js");
+/// The live demo page served at `/`.
+const DEMO_PAGE: &str = include_str!("../../clients/demo/index.html");
+
+fn static_file(body: &'static str, content_type: &'static str) -> warp::reply::Response {
+    let mut response = warp::reply::Response::new(body.into());
+    response
+        .headers_mut()
+        .insert("content-type", http::HeaderValue::from_static(content_type));
+    response
+}
+
 /// Every route the gateway serves.
 pub fn routes(
     gateway: Arc<Gateway>,
@@ -66,16 +79,29 @@ pub fn routes(
         })
     };
     let admin = sessions_admin(gateway.clone());
-    let index = warp::path::end().and(warp::get()).map(|| {
+    let describe = warp::path!("v1").and(warp::get()).map(|| {
         warp::reply::json(&json!({
             "service": "kgate",
             "version": env!("CARGO_PKG_VERSION"),
             "websocket": "/v1/ws",
             "subprotocol": crate::transport::protocol::SUBPROTOCOL,
+            "sse": "/v1/sse",
+            "poll": "/v1/poll",
+            "publish": "/v1/publish/{topic}",
             "topics": "/v1/topics",
+            "sdk": "/sdk/kgate.js",
         }))
         .into_response()
     });
+    let index = warp::path::end()
+        .and(warp::get())
+        .map(|| static_file(DEMO_PAGE, "text/html; charset=utf-8"))
+        .or(describe)
+        .unify()
+        .or(warp::path!("sdk" / "kgate.js")
+            .and(warp::get())
+            .map(|| static_file(SDK, "text/javascript; charset=utf-8")))
+        .unify();
     health
         .or(ready)
         .unify()
@@ -88,6 +114,10 @@ pub fn routes(
         .or(stats)
         .unify()
         .or(crate::transport::publish::route(gateway.clone()))
+        .unify()
+        .or(crate::transport::sse::route(gateway.clone()))
+        .unify()
+        .or(crate::transport::poll::route(gateway.clone()))
         .unify()
         .or(crate::transport::ws::route(gateway))
         .unify()

@@ -148,6 +148,9 @@ pub enum From {
     Earliest,
     /// Explicit offsets by partition; partitions not named start at the live end.
     Offsets(BTreeMap<i32, i64>),
+    /// Explicit offsets by partition; partitions not named start at the earliest record
+    /// (`"others": "earliest"`: a resume that must not skip partitions it has no position for).
+    OffsetsElseEarliest(BTreeMap<i32, i64>),
     /// Milliseconds since the epoch, resolved with Kafka's offsets-for-times.
     Timestamp(i64),
 }
@@ -393,7 +396,20 @@ fn parse_from(from: Option<&Value>) -> Result<From, String> {
                 )),
             }
         }
-        Value::Object(o) if o.len() == 1 && o.contains_key("offsets") => {
+        Value::Object(o)
+            if o.contains_key("offsets")
+                && (o.len() == 1 || (o.len() == 2 && o.contains_key("others"))) =>
+        {
+            let earliest = match o.get("others").map(|v| v.as_str()) {
+                None | Some(Some("latest")) => false,
+                Some(Some("earliest")) => true,
+                Some(_) => {
+                    return Err(format!(
+                        "`from.others` must be \"latest\" or \"earliest\", not {}",
+                        o["others"]
+                    ));
+                }
+            };
             let Some(map) = o["offsets"].as_object() else {
                 return Err("`from.offsets` must be an object of partition to offset".into());
             };
@@ -408,7 +424,10 @@ fn parse_from(from: Option<&Value>) -> Result<From, String> {
                 })?;
                 offsets.insert(partition, offset);
             }
-            Ok(From::Offsets(offsets))
+            Ok(match earliest {
+                true => From::OffsetsElseEarliest(offsets),
+                false => From::Offsets(offsets),
+            })
         }
         other => Err(format!("{FROM_HELP}; got {other}")),
     }

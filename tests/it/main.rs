@@ -3,6 +3,7 @@
 
 mod cli;
 mod harness;
+mod http_transports;
 mod protection;
 mod security;
 mod sessions;

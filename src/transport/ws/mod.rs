@@ -1,8 +1,8 @@
 //! The WebSocket transport: the upgrade (admission limits, kgate's own buffer
-//! sizes) here; the per-connection loop in [`connection`].
+//! sizes) here; the [`Link`](crate::transport::link::Link) in [`link`]; the
+//! connection logic shared by every transport in [`crate::transport::connection`].
 
-mod connection;
-mod throttle;
+mod link;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,11 +16,11 @@ use warp::Filter;
 
 use crate::auth::Identity;
 use crate::gateway::Gateway;
-use crate::limits::Refusal;
-use crate::transport::access::{check_origin, identify, request_parts};
+use crate::transport::access::{admit, request_parts};
+use crate::transport::connection::Connection;
 use crate::transport::protocol::SUBPROTOCOL;
 use crate::transport::reply::error_reply as refuse;
-use connection::Connection;
+use link::WsLink;
 
 /// The server side of one upgraded WebSocket.
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -97,51 +97,11 @@ fn handshake(
             &format!("offered subprotocols {shown:?} do not include {SUBPROTOCOL}"),
         );
     }
-    if let Err(response) = check_origin(&gateway, headers) {
-        return response;
-    }
-    // A malformed request costs no rate-limit budget; a token check does.
-    let ip = remote.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |r| r.ip());
-    if let Err(refusal) = gateway.admission.attempt(ip) {
-        return admission_refused(&gateway, refusal);
-    }
-    let identity = match identify(&gateway, headers, query) {
-        Ok(identity) => identity,
+    let (ticket, identity) = match admit(&gateway, headers, query, remote) {
+        Ok(admitted) => admitted,
         Err(response) => return response,
     };
-    // Connections count per token subject, or per client address without authentication.
-    let who = match identity.subject.is_empty() {
-        true => ip.to_string(),
-        false => identity.subject.clone(),
-    };
-    let ticket = match gateway.admission.admit(who) {
-        Ok(ticket) => ticket,
-        Err(refusal) => return admission_refused(&gateway, refusal),
-    };
     upgrade_to(gateway, key, offered, upgrade, remote, ticket, identity)
-}
-
-fn admission_refused(gateway: &Gateway, refusal: Refusal) -> warp::reply::Response {
-    match refusal {
-        Refusal::AttemptRate => refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many connection attempts from this address; retry later",
-        ),
-        Refusal::MaxConnections => refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_connections",
-            "the gateway is at its connection limit; retry later or elsewhere",
-        ),
-        Refusal::IdentityConnections => refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_connections_for_identity",
-            &format!(
-                "at most {} open connections per identity",
-                gateway.config.limits.max_connections_per_identity
-            ),
-        ),
-    }
 }
 
 /// Answers 101 and runs the connection once hyper hands over the socket.
@@ -190,7 +150,7 @@ fn upgrade_to(
                 )
                 .await;
                 Connection::new(gateway, remote, ticket, identity)
-                    .run(socket)
+                    .run(WsLink(socket))
                     .await;
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),

@@ -7,15 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, RateLimiter};
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
 
-use super::Socket;
+use super::link::{Inbound, Link, Outbound};
 use super::throttle::Throttle;
 use crate::auth::Identity;
 use crate::codec::EncodedRecord;
@@ -72,23 +68,31 @@ struct Active {
     /// its records; cleared when it is live again.
     behind_since: Option<Instant>,
     /// The channel name as the client wrote it (the session store's key).
-    name: String,
+    name: Arc<str>,
     replays: Vec<ReplayHandle>,
     throttle: Option<Throttle>,
+    /// Records the throttle released, before they are tagged with the channel (reused).
+    released: Vec<Arc<EncodedRecord>>,
 }
 
 impl Active {
     /// Passes records the subscription released through its throttle, if it has one.
-    fn emit(
-        &mut self,
-        records: Vec<Arc<EncodedRecord>>,
-        now: Instant,
-        out: &mut Vec<Arc<EncodedRecord>>,
-    ) {
+    fn emit(&mut self, records: Vec<Arc<EncodedRecord>>, now: Instant, out: &mut Vec<Outbound>) {
         match &mut self.throttle {
-            None => out.extend(records),
-            Some(t) => records.into_iter().for_each(|r| t.offer(r, now, out)),
+            None => self.released.extend(records),
+            Some(t) => records
+                .into_iter()
+                .for_each(|r| t.offer(r, now, &mut self.released)),
         }
+        self.tag_released(out);
+    }
+
+    /// Moves released records to `out` as events of this subscription's channel.
+    fn tag_released(&mut self, out: &mut Vec<Outbound>) {
+        out.extend(self.released.drain(..).map(|record| Outbound::Event {
+            channel: self.name.clone(),
+            record,
+        }));
     }
 }
 
@@ -106,8 +110,8 @@ enum End {
     Close(CloseCode),
 }
 
-/// One connection's state, owned by its task.
-pub(super) struct Connection {
+/// One connection's state, owned by its task; the transport is a [`Link`].
+pub struct Connection {
     gateway: Arc<Gateway>,
     guard: crate::gateway::ConnectionGuard,
     _ticket: Ticket,
@@ -122,8 +126,8 @@ pub(super) struct Connection {
     /// The durable session attached to this connection, and the signal that takes it away.
     session: Option<(String, Arc<Notify>)>,
     /// Frames waiting to be written, in order.
-    pending: Vec<Message>,
-    scratch: Vec<Arc<EncodedRecord>>,
+    pending: Vec<Outbound>,
+    scratch: Vec<Outbound>,
     drained: VecDeque<Delivery>,
     commands: DefaultDirectRateLimiter,
     rate_limited_streak: u32,
@@ -138,7 +142,8 @@ pub(super) struct Connection {
 }
 
 impl Connection {
-    pub(super) fn new(
+    /// The state of a newly admitted client.
+    pub fn new(
         gateway: Arc<Gateway>,
         remote: Option<SocketAddr>,
         ticket: Ticket,
@@ -177,7 +182,9 @@ impl Connection {
         }
     }
 
-    pub(super) async fn run(mut self, mut socket: Socket) {
+    /// Serves the client over `link` until either side ends the connection.
+    /// Returns the link, for transports that answer with what it collected (long-poll).
+    pub async fn run<L: Link>(mut self, mut link: L) -> L {
         let conn = self.guard.id;
         tracing::debug!(conn, remote = ?self.remote, "connection opened");
         let mut shutdown = self.gateway.shutdown_signal();
@@ -187,7 +194,7 @@ impl Connection {
         heartbeat.reset();
         self.push_text(protocol::welcome_frame(conn));
         let end = loop {
-            if let Err(end) = self.flush(&mut socket).await {
+            if let Err(end) = self.flush(&mut link).await {
                 break end;
             }
             if *shutdown.borrow() {
@@ -198,26 +205,22 @@ impl Connection {
             let outbox = self.outbox.clone();
             let token_deadline = self.token_deadline();
             tokio::select! {
-                message = socket.next() => {
+                inbound = link.recv() => {
                     self.last_heard = Instant::now();
-                    match message {
-                        None => break End::Gone,
-                        Some(Ok(Message::Text(text))) => {
+                    match inbound {
+                        Inbound::Gone => break End::Gone,
+                        Inbound::Command(text) => {
                             if let Err(end) = self.on_command(&text).await {
                                 break end;
                             }
                         }
-                        Some(Ok(Message::Binary(_))) => self.error(None, ErrorCode::BinaryNotSupported,
+                        Inbound::Binary => self.error(None, ErrorCode::BinaryNotSupported,
                             "binary frames carry no commands in protocol v1; send JSON text"),
-                        Some(Ok(_)) => {} // ping/pong/close are answered by tungstenite
-                        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                            tracing::info!(conn, size, max_size, "closing: inbound message too big");
+                        Inbound::Alive => {}
+                        Inbound::TooBig { size, max } => {
+                            tracing::info!(conn, size, max, "closing: inbound message too big");
                             stats().oversize_messages_closed.add(1);
                             break End::Close(CloseCode::MessageTooBig);
-                        }
-                        Some(Err(e)) => {
-                            tracing::debug!(conn, error = %e, "socket error");
-                            break End::Gone;
                         }
                     }
                 }
@@ -238,7 +241,7 @@ impl Connection {
                 }
                 _ = heartbeat.tick() => {
                     let now = Instant::now();
-                    if now.duration_since(self.last_heard) > Duration::from_secs(hb.timeout_secs) {
+                    if L::ANSWERS_PINGS && now.duration_since(self.last_heard) > Duration::from_secs(hb.timeout_secs) {
                         tracing::info!(conn, "closing: heartbeat timeout");
                         stats().heartbeat_timeouts.add(1);
                         break End::Close(CloseCode::HeartbeatTimeout);
@@ -248,7 +251,7 @@ impl Connection {
                         stats().idle_timeouts.add(1);
                         break End::Close(CloseCode::IdleTimeout);
                     }
-                    self.pending.push(Message::Ping(Default::default()));
+                    self.pending.push(Outbound::Ping);
                 }
                 _ = async { tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)).await }, if flush_at.is_some() => {
                     self.flush_throttles();
@@ -277,32 +280,24 @@ impl Connection {
             }
         }
         if let End::Close(code) = end {
-            let frame = CloseFrame {
-                code: WsCloseCode::from(code.code()),
-                reason: code.reason().into(),
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(Some(frame))).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), link.close(code)).await;
         }
         tracing::debug!(conn, "connection closed");
+        link
     }
 
     fn push_text(&mut self, text: String) {
-        self.pending.push(Message::Text(text.into()));
+        self.pending.push(Outbound::Control(text));
     }
 
     /// Writes every pending frame, then flushes once.
-    async fn flush(&mut self, socket: &mut Socket) -> Result<(), End> {
+    async fn flush<L: Link>(&mut self, link: &mut L) -> Result<(), End> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let timeout = Duration::from_secs(self.gateway.config.websocket.write_timeout_secs);
         let frames = std::mem::take(&mut self.pending);
-        let write = async {
-            for frame in frames {
-                socket.feed(frame).await?;
-            }
-            socket.flush().await
-        };
+        let write = link.send(frames);
         // A blocked write still gives way to a slow-consumer disconnect.
         let outbox = self.outbox.clone();
         let behind_since = self.behind_since();
@@ -420,10 +415,11 @@ impl Connection {
             if let Some(due) = active
                 .throttle
                 .as_mut()
-                .and_then(|t| t.flush_due(now, &mut out))
+                .and_then(|t| t.flush_due(now, &mut active.released))
             {
                 next = Some(next.map_or(due, |n| n.min(due)));
             }
+            active.tag_released(&mut out);
         }
         self.scratch = out;
         self.emit_scratch();
@@ -460,7 +456,7 @@ impl Connection {
             _ => {}
         }
         self.pending
-            .extend(notices.into_iter().map(|n| Message::Text(n.into())));
+            .extend(notices.into_iter().map(Outbound::Control));
         let mut emitted = Vec::new();
         let step = active.sub.on_replay(partition, event, &mut emitted);
         let mut out = std::mem::take(&mut self.scratch);
@@ -500,11 +496,7 @@ impl Connection {
     }
 
     fn emit_scratch(&mut self) {
-        self.pending.extend(
-            self.scratch
-                .drain(..)
-                .map(|r| Message::Text(r.frame.clone())),
-        );
+        self.pending.append(&mut self.scratch);
     }
 
     async fn on_command(&mut self, text: &str) -> Result<(), End> {
@@ -593,7 +585,7 @@ impl Connection {
             }
         };
         self.identity = identity;
-        let revoked: Vec<(String, Option<Value>)> = self
+        let revoked: Vec<(Arc<str>, Option<Value>)> = self
             .subs
             .values()
             .filter(|a| !self.identity.permissions.can_subscribe(&a.sub.channel))
@@ -750,20 +742,28 @@ impl Connection {
         let starts: Vec<Start> = match from {
             From::Latest => vec![Start::Latest; partitions as usize],
             From::Earliest => vec![Start::Earliest; partitions as usize],
-            From::Offsets(offsets) => {
-                if let Some((p, _)) = offsets.iter().find(|(p, _)| **p >= partitions) {
-                    return Err((
-                        ErrorCode::InvalidPosition,
-                        format!(
-                            "topic {:?} has {partitions} partitions; there is no partition {p}",
-                            &*channel.topic
-                        ),
-                    ));
-                }
-                (0..partitions)
-                    .map(|p| offsets.get(&p).map_or(Start::Latest, |o| Start::Offset(*o)))
-                    .collect()
+            From::Offsets(offsets) | From::OffsetsElseEarliest(offsets)
+                if offsets.keys().any(|p| *p >= partitions) =>
+            {
+                let p = offsets.keys().max().copied().unwrap_or(0);
+                return Err((
+                    ErrorCode::InvalidPosition,
+                    format!(
+                        "topic {:?} has {partitions} partitions; there is no partition {p}",
+                        &*channel.topic
+                    ),
+                ));
             }
+            From::OffsetsElseEarliest(offsets) => (0..partitions)
+                .map(|p| {
+                    offsets
+                        .get(&p)
+                        .map_or(Start::Earliest, |o| Start::Offset(*o))
+                })
+                .collect(),
+            From::Offsets(offsets) => (0..partitions)
+                .map(|p| offsets.get(&p).map_or(Start::Latest, |o| Start::Offset(*o)))
+                .collect(),
             From::Timestamp(ts) => gateway
                 .cluster
                 .offsets_for_time(&channel.topic, partitions, ts)
@@ -843,7 +843,8 @@ impl Connection {
             sub,
             disconnect_when_behind: route.slow_consumer() == SlowConsumerPolicy::Disconnect,
             behind_since: None,
-            name: name.to_string(),
+            name: Arc::from(name),
+            released: Vec::new(),
             replays: handles,
             throttle: max_rate.map(Throttle::new),
         };

@@ -1,0 +1,354 @@
+/*
+ * kgate browser client: WebSocket first, Server-Sent Events and long-polling as
+ * fallbacks; automatic reconnect with resume and duplicate drop. No build step:
+ *   <script src="/sdk/kgate.js"></script>
+ *   const client = new KGate.Client({ url: location.origin, channels: ["prices:AAPL"] });
+ *   client.on("data", (event) => ...);
+ *   client.connect();
+ * See clients/js/README.md for every option and event.
+ */
+(function (root) {
+  "use strict";
+
+  var DEFAULTS = {
+    url: "",                      // gateway base URL (http(s)://host:port); default: the page's origin
+    channels: [],                 // channel names: "topic" or "topic:key"
+    from: "latest",               // where channels without a position start: "latest" or "earliest"
+    token: null,                  // a JWT, or a function returning one (called on every connect)
+    session: null,                // a durable session id (WebSocket only): positions kept by the gateway too
+    transports: ["websocket", "sse", "poll"], // tried in this order
+    ack: true,                    // acknowledge delivered events (with a session)
+    backoff: { initialMs: 500, maxMs: 30000, resetAfterMs: 60000, maxAttempts: Infinity },
+    heartbeat: { intervalMs: 15000, timeoutMs: 45000 },
+    connectTimeoutMs: 8000,       // a transport that has not opened by then counts as failed
+    pollWaitMs: 20000,
+  };
+
+  function merge(base, extra) {
+    var out = {};
+    Object.keys(base).forEach(function (k) { out[k] = base[k]; });
+    Object.keys(extra || {}).forEach(function (k) {
+      out[k] = (base[k] && typeof base[k] === "object" && !Array.isArray(base[k]))
+        ? merge(base[k], extra[k]) : extra[k];
+    });
+    return out;
+  }
+
+  // ---- resume cursor (the same format as the gateway's src/codec/cursor.rs) ----
+  function putVarint(bytes, value) {
+    while (value >= 128) { bytes.push((value % 128) + 128); value = Math.floor(value / 128); }
+    bytes.push(value);
+  }
+  function base64url(bytes) {
+    var s = ""; for (var i = 0; i < bytes.length; i++) s += String.fromCharCode(bytes[i]);
+    return btoa(s).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+  /** positions: [{channel: index, partition, next}] -> "p1.<base64url>" */
+  function encodeCursor(positions) {
+    var sorted = positions.slice().sort(function (a, b) {
+      return a.channel - b.channel || a.partition - b.partition;
+    });
+    var bytes = [], last = null;
+    sorted.forEach(function (p) {
+      var base = (last && last.channel === p.channel) ? last.partition : 0;
+      putVarint(bytes, p.channel); putVarint(bytes, p.partition - base); putVarint(bytes, p.next);
+      last = p;
+    });
+    return "p1." + base64url(bytes);
+  }
+
+  // ---- the client ----
+  function Client(options) {
+    this.options = merge(DEFAULTS, options);
+    if (!this.options.url) this.options.url = root.location ? root.location.origin : "";
+    this.listeners = {};
+    this.positions = {};        // channel -> { partition: next offset }
+    this.state = "idle";
+    this.transport = null;      // "websocket" | "sse" | "poll" while connected
+    this.reconnects = 0;
+    this.replayedSinceReconnect = 0;
+    this.attempt = 0;
+    this.stopped = true;
+    this._conn = null;
+    this._timers = [];
+  }
+
+  Client.prototype.on = function (type, fn) {
+    (this.listeners[type] = this.listeners[type] || []).push(fn); return this;
+  };
+  Client.prototype._emit = function (type, payload) {
+    (this.listeners[type] || []).forEach(function (fn) {
+      try { fn(payload); } catch (e) { if (root.console) console.error(e); }
+    });
+  };
+  Client.prototype._setState = function (state, detail) {
+    this.state = state;
+    this._emit("state", { state: state, transport: this.transport, reconnects: this.reconnects, detail: detail || null });
+  };
+
+  /** Starts connecting (and reconnecting until close()). */
+  Client.prototype.connect = function () {
+    this.stopped = false;
+    this._open(0);
+    return this;
+  };
+
+  /** Closes for good. */
+  Client.prototype.close = function () {
+    this.stopped = true;
+    this._clearTimers();
+    if (this._conn) this._conn.close();
+    this._conn = null;
+    this.transport = null;
+    this._setState("closed");
+  };
+
+  /** Drops the current connection as if the network failed (the client reconnects and resumes). */
+  Client.prototype.dropConnection = function () {
+    if (this._conn) this._conn.fail("dropped on request");
+  };
+
+  Client.prototype._clearTimers = function () {
+    this._timers.forEach(function (t) { clearTimeout(t); clearInterval(t); });
+    this._timers = [];
+  };
+
+  Client.prototype._token = function () {
+    var t = this.options.token;
+    return typeof t === "function" ? t() : t;
+  };
+
+  /** Where channel `name` starts: its held positions, else the configured `from`. */
+  Client.prototype._from = function (name) {
+    var held = this.positions[name];
+    if (held && Object.keys(held).length) return { offsets: held, others: "earliest" };
+    return this.options.from;
+  };
+
+  Client.prototype._cursor = function () {
+    var self = this, positions = [];
+    this.options.channels.forEach(function (name, index) {
+      var held = self.positions[name] || {};
+      Object.keys(held).forEach(function (p) {
+        positions.push({ channel: index, partition: Number(p), next: held[p] });
+      });
+    });
+    return positions.length ? encodeCursor(positions) : null;
+  };
+
+  /** Handles one protocol frame from any transport. */
+  Client.prototype._frame = function (frame) {
+    switch (frame.type) {
+      case "event": {
+        var name = this._channelOf(frame);
+        var held = this.positions[name] = this.positions[name] || {};
+        var next = held[frame.partition];
+        if (next !== undefined && frame.offset < next) return; // duplicate: already delivered
+        held[frame.partition] = frame.offset + 1;
+        if (this._replaying) this.replayedSinceReconnect++;
+        this._emit("data", frame);
+        if (this.options.ack && this.options.session && this._conn && this._conn.ack) {
+          this._conn.ack(frame);
+        }
+        break;
+      }
+      case "subscribed": {
+        // A latest start is at the live offsets: hold them, so a resume skips nothing.
+        var holdFor = this.positions[frame.channel] = this.positions[frame.channel] || {};
+        if (!this._heldBefore(frame.channel) && this.options.from === "latest") {
+          Object.keys(frame.live_offsets || {}).forEach(function (p) {
+            if (holdFor[p] === undefined) holdFor[p] = frame.live_offsets[p];
+          });
+        }
+        break;
+      }
+      case "live": this._replaying = false; this._emit("live", frame); break;
+      case "gap": this._emit("gap", frame); break;
+      case "error": this._emit("error", frame); break;
+      case "close": break;
+      default: this._emit("frame", frame);
+    }
+  };
+
+  Client.prototype._heldBefore = function (name) {
+    return this._resumedChannels && this._resumedChannels[name];
+  };
+
+  /** The subscribed channel an event belongs to (by topic and key). */
+  Client.prototype._channelOf = function (frame) {
+    var chans = this.options.channels, best = null;
+    for (var i = 0; i < chans.length; i++) {
+      var c = chans[i], colon = c.indexOf(":");
+      var topic = colon < 0 ? c : c.slice(0, colon), key = colon < 0 ? null : c.slice(colon + 1);
+      if (topic !== frame.topic) continue;
+      if (key !== null && key === frame.key) return c;
+      if (key === null) best = c;
+    }
+    return best || frame.topic;
+  };
+
+  Client.prototype._open = function (index) {
+    if (this.stopped) return;
+    var self = this, kinds = this.options.transports;
+    var kind = kinds[index % kinds.length];
+    this._resumedChannels = {};
+    this.options.channels.forEach(function (c) {
+      if (self.positions[c] && Object.keys(self.positions[c]).length) self._resumedChannels[c] = true;
+    });
+    this._replaying = this.reconnects > 0;
+    this.replayedSinceReconnect = 0;
+    this._setState("connecting", kind);
+    var opened = false;
+    var conn = TRANSPORTS[kind](this, {
+      open: function () {
+        opened = true;
+        self.transport = kind;
+        self._connectedAt = Date.now();
+        self._setState("connected");
+      },
+      frame: function (f) { self._frame(f); },
+      closed: function (reason, fatal) {
+        if (self._conn !== conn) return;
+        self._conn = null;
+        self._clearTimers();
+        self.transport = null;
+        if (self.stopped) return;
+        if (fatal) { self._setState("failed", reason); self.stopped = true; return; }
+        // A transport that never opened: try the next one at once (fallback).
+        if (!opened && index + 1 < kinds.length * 2 && (index + 1) % kinds.length !== 0) {
+          return self._open(index + 1);
+        }
+        self._retry(opened ? 0 : index + 1, reason);
+      },
+    });
+    this._conn = conn;
+    this._timers.push(setTimeout(function () {
+      if (!opened && self._conn === conn) conn.fail("connect timeout");
+    }, this.options.connectTimeoutMs));
+  };
+
+  Client.prototype._retry = function (nextIndex, reason) {
+    var b = this.options.backoff;
+    // A connection that stayed up long enough resets the backoff.
+    if (this._connectedAt && Date.now() - this._connectedAt >= b.resetAfterMs) this.attempt = 0;
+    this._connectedAt = null;
+    this.attempt++;
+    if (this.attempt > b.maxAttempts) { this._setState("failed", "gave up after " + b.maxAttempts + " attempts"); this.stopped = true; return; }
+    this.reconnects++;
+    // Full jitter: a random delay up to the exponential cap.
+    var cap = Math.min(b.maxMs, b.initialMs * Math.pow(2, this.attempt - 1));
+    var delay = Math.floor(Math.random() * cap);
+    this._setState("reconnecting", { reason: reason, delayMs: delay });
+    var self = this;
+    this._timers.push(setTimeout(function () { self._open(nextIndex % self.options.transports.length); }, delay));
+  };
+
+  function withParams(base, params) {
+    var q = Object.keys(params).filter(function (k) { return params[k] !== null && params[k] !== undefined; })
+      .map(function (k) {
+        var v = params[k];
+        return Array.isArray(v)
+          ? v.map(function (x) { return encodeURIComponent(k) + "=" + encodeURIComponent(x); }).join("&")
+          : encodeURIComponent(k) + "=" + encodeURIComponent(v);
+      }).join("&");
+    return base + (q ? (base.indexOf("?") < 0 ? "?" : "&") + q : "");
+  }
+
+  var TRANSPORTS = {
+    websocket: function (client, cb) {
+      var o = client.options, token = client._token();
+      var url = o.url.replace(/^http/, "ws") + "/v1/ws";
+      var protocols = ["kgate.v1.json"];
+      if (token) protocols.push("kgate.bearer." + token);
+      var ws, failed = false, lastHeard = Date.now(), timers = [];
+      try { ws = new WebSocket(url, protocols); } catch (e) { setTimeout(function () { cb.closed(String(e)); }); return { close: function () {}, fail: function () {} }; }
+      function fail(reason, fatal) {
+        if (failed) return; failed = true;
+        timers.forEach(clearInterval);
+        try { ws.close(); } catch (e) { /* already closed */ }
+        cb.closed(reason, fatal);
+      }
+      ws.onopen = function () {
+        cb.open();
+        if (o.session) ws.send(JSON.stringify({ type: "attach", id: "attach", session: o.session }));
+        o.channels.forEach(function (c) {
+          ws.send(JSON.stringify({ type: "subscribe", id: c, channel: c, from: client._from(c) }));
+        });
+        // Browsers answer server pings without telling scripts, so probe at the protocol level.
+        timers.push(setInterval(function () {
+          if (Date.now() - lastHeard > o.heartbeat.timeoutMs) return fail("heartbeat timeout");
+          ws.send(JSON.stringify({ type: "ping" }));
+        }, o.heartbeat.intervalMs));
+      };
+      ws.onmessage = function (m) {
+        lastHeard = Date.now();
+        var f; try { f = JSON.parse(m.data); } catch (e) { return; }
+        cb.frame(f);
+      };
+      ws.onclose = function (e) {
+        // 4001 (token expired) reconnects with a fresh token; 4010 means another tab took the session.
+        fail("closed " + e.code + (e.reason ? " " + e.reason : ""), e.code === 4010);
+      };
+      ws.onerror = function () { /* onclose follows */ };
+      return {
+        close: function () { failed = true; timers.forEach(clearInterval); try { ws.close(1000); } catch (e) { /* ignore */ } },
+        fail: function (reason) { fail(reason); },
+        ack: function (f) {
+          if (ws.readyState === 1) ws.send(JSON.stringify({ type: "ack", topic: f.topic, partition: f.partition, offset: f.offset }));
+        },
+      };
+    },
+
+    sse: function (client, cb) {
+      var o = client.options;
+      if (typeof EventSource === "undefined") { setTimeout(function () { cb.closed("no EventSource"); }); return { close: function () {}, fail: function () {} }; }
+      var url = withParams(o.url + "/v1/sse", {
+        channel: o.channels, from: o.from, last_event_id: client._cursor(), access_token: client._token(),
+      });
+      var es = new EventSource(url), failed = false;
+      function fail(reason) { if (failed) return; failed = true; es.close(); cb.closed(reason); }
+      es.onopen = function () { cb.open(); };
+      es.onmessage = function (m) {
+        var f; try { f = JSON.parse(m.data); } catch (e) { return; }
+        if (f.type === "close") return fail("closed " + f.code + " " + f.reason);
+        cb.frame(f);
+      };
+      // EventSource would reconnect by itself with its own last id; the client resumes
+      // from the positions it holds instead, on whichever transport works.
+      es.onerror = function () { fail("SSE error"); };
+      return { close: function () { failed = true; es.close(); }, fail: fail };
+    },
+
+    poll: function (client, cb) {
+      var o = client.options, stopped = false, opened = false, controller = null;
+      function loop() {
+        if (stopped) return;
+        controller = typeof AbortController !== "undefined" ? new AbortController() : null;
+        var url = withParams(o.url + "/v1/poll", {
+          channel: o.channels, from: o.from, cursor: client._cursor(), wait_ms: o.pollWaitMs,
+        });
+        var headers = {}, token = client._token();
+        if (token) headers.Authorization = "Bearer " + token;
+        fetch(url, { headers: headers, signal: controller ? controller.signal : undefined })
+          .then(function (r) {
+            if (!r.ok) throw new Error("poll answered " + r.status);
+            return r.json();
+          })
+          .then(function (body) {
+            if (stopped) return;
+            if (!opened) { opened = true; cb.open(); }
+            (body.frames || []).forEach(function (f) { cb.frame(f); });
+            loop();
+          })
+          .catch(function (e) { if (!stopped) { stopped = true; cb.closed(String(e)); } });
+      }
+      loop();
+      return {
+        close: function () { stopped = true; if (controller) controller.abort(); },
+        fail: function (reason) { if (stopped) return; stopped = true; if (controller) controller.abort(); cb.closed(reason); },
+      };
+    },
+  };
+
+  root.KGate = { Client: Client, encodeCursor: encodeCursor, version: "1" };
+})(typeof window !== "undefined" ? window : this);

@@ -1,0 +1,141 @@
+//! Long-polling: `GET /v1/poll?channel=A&cursor=C&wait_ms=N&max=M` answers
+//! `{"frames": [...], "cursor": "..."}` as soon as records after the cursor exist,
+//! or after `wait_ms` with none. The frames are protocol frames (`event`, and
+//! `subscribed`, `gap`, `skipped`, `error`); the cursor is the same as SSE's event id.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderMap;
+use serde_json::{Value, json};
+use warp::Filter;
+use warp::reply::Reply;
+
+use super::access::{admit, request_parts};
+use super::connection::Connection;
+use super::link::{Gone, Inbound, Link, Outbound};
+use super::protocol::CloseCode;
+use super::resume::Resume;
+use super::sse::Request;
+use crate::gateway::Gateway;
+
+/// Collects one poll's answer.
+struct PollLink {
+    commands: std::vec::IntoIter<String>,
+    resume: Resume,
+    /// Frames for the client: events, and notices such as `gap`, `skipped` or `error`.
+    frames: Vec<Value>,
+    events: usize,
+    max_events: usize,
+    deadline: tokio::time::Instant,
+    /// Something worth answering with was collected.
+    due: bool,
+}
+
+impl Link for PollLink {
+    const ANSWERS_PINGS: bool = false;
+
+    async fn recv(&mut self) -> Inbound {
+        if let Some(command) = self.commands.next() {
+            return Inbound::Command(command);
+        }
+        // The answer is due once anything was collected, or at the deadline.
+        if !self.due {
+            tokio::time::sleep_until(self.deadline).await;
+        }
+        Inbound::Gone
+    }
+
+    async fn send(&mut self, batch: Vec<Outbound>) -> Result<(), Gone> {
+        for item in batch {
+            match item {
+                Outbound::Control(text) => {
+                    self.resume.on_control(&text);
+                    let frame: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                    // `subscribed` is kept: it tells a client where a `latest` start is.
+                    let routine = ["welcome", "live", "pong"];
+                    if routine.iter().any(|t| frame["type"] == *t) {
+                        continue;
+                    }
+                    self.due |= frame["type"] != "subscribed";
+                    self.frames.push(frame);
+                }
+                // Past the limit, records are left for the next poll (the cursor stops before them).
+                Outbound::Event { channel, record } if self.events < self.max_events => {
+                    self.resume.on_event(&channel, &record);
+                    self.frames
+                        .push(serde_json::from_str(record.frame.as_str()).unwrap_or(Value::Null));
+                    self.events += 1;
+                    self.due = true;
+                }
+                Outbound::Event { .. } | Outbound::Ping => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self, _code: CloseCode) {}
+}
+
+/// `GET /v1/poll`.
+pub fn route(
+    gateway: Arc<Gateway>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    warp::path!("v1" / "poll")
+        .and(warp::get())
+        .and(request_parts())
+        .and(super::server::remote_addr())
+        .then(
+            move |headers: HeaderMap, query: String, remote: Option<SocketAddr>| {
+                let gateway = gateway.clone();
+                async move { poll(gateway, &headers, &query, remote).await }
+            },
+        )
+}
+
+async fn poll(
+    gateway: Arc<Gateway>,
+    headers: &HeaderMap,
+    query: &str,
+    remote: Option<SocketAddr>,
+) -> warp::reply::Response {
+    let request = match Request::parse(query, "cursor") {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    let resume = match request.resume() {
+        Ok(resume) => resume,
+        Err(response) => return response,
+    };
+    let (ticket, identity) = match admit(&gateway, headers, query, remote) {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
+    };
+    let number = |name: &str| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+    };
+    let limits = &gateway.config.poll;
+    let wait = number("wait_ms")
+        .unwrap_or(limits.max_wait_ms)
+        .min(limits.max_wait_ms);
+    let max_events = number("max")
+        .map_or(limits.max_events, |m| m as usize)
+        .clamp(1, limits.max_events);
+    let link = PollLink {
+        commands: resume.commands().into_iter(),
+        resume,
+        frames: Vec::new(),
+        events: 0,
+        due: false,
+        max_events,
+        deadline: tokio::time::Instant::now() + Duration::from_millis(wait),
+    };
+    let link = Connection::new(gateway, remote, ticket, identity)
+        .run(link)
+        .await;
+    warp::reply::json(&json!({"frames": link.frames, "cursor": link.resume.cursor()}))
+        .into_response()
+}

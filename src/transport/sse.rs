@@ -1,0 +1,211 @@
+//! Server-Sent Events: `GET /v1/sse?channel=A&channel=B[&from=..]`. Every frame is
+//! one SSE message whose data is the protocol frame; `event` and `subscribed`
+//! frames carry an `id` that is the client's cursor, so a reconnect with
+//! `Last-Event-ID` (or `?last_event_id=`) resumes exactly there.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue, StatusCode};
+use tokio::sync::mpsc;
+use warp::Filter;
+use warp::reply::Reply;
+use warp::sse::Event;
+
+use super::access::{admit, request_parts};
+use super::connection::Connection;
+use super::link::{Gone, Inbound, Link, Outbound};
+use super::protocol::CloseCode;
+use super::reply::error_reply;
+use super::resume::Resume;
+use crate::gateway::Gateway;
+
+/// Frames buffered between the connection and the HTTP body; a full buffer holds the
+/// connection back (its outbox and slow-consumer policy then apply).
+const BUFFER_EVENTS: usize = 256;
+
+/// The SSE link: protocol frames out, no commands in (the channels come from the URL).
+struct SseLink {
+    tx: mpsc::Sender<Result<Event, Infallible>>,
+    commands: std::vec::IntoIter<String>,
+    resume: Resume,
+}
+
+impl Link for SseLink {
+    const ANSWERS_PINGS: bool = false;
+
+    async fn recv(&mut self) -> Inbound {
+        match self.commands.next() {
+            Some(command) => Inbound::Command(command),
+            None => {
+                self.tx.closed().await;
+                Inbound::Gone
+            }
+        }
+    }
+
+    async fn send(&mut self, batch: Vec<Outbound>) -> Result<(), Gone> {
+        for item in batch {
+            let event = match item {
+                Outbound::Control(text) => {
+                    self.resume.on_control(&text);
+                    let event = Event::default();
+                    // A subscribe reply carries the cursor too: a client that disconnects
+                    // before its first event still resumes from its start positions.
+                    let event = match text.contains(r#""type":"subscribed""#) {
+                        true => event.id(self.resume.cursor()),
+                        false => event,
+                    };
+                    event.data(text)
+                }
+                Outbound::Event { channel, record } => {
+                    self.resume.on_event(&channel, &record);
+                    Event::default()
+                        .id(self.resume.cursor())
+                        .data(record.frame.as_str())
+                }
+                Outbound::Ping => Event::default().comment("ping"),
+            };
+            self.tx.send(Ok(event)).await.map_err(|_| Gone)?;
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self, code: CloseCode) {
+        let frame =
+            serde_json::json!({"type": "close", "code": code.code(), "reason": code.reason()});
+        let _ = self
+            .tx
+            .send(Ok(Event::default().data(frame.to_string())))
+            .await;
+    }
+}
+
+/// The channels, start and cursor an SSE or long-poll request names.
+pub(super) struct Request {
+    pub channels: Vec<String>,
+    pub from: serde_json::Value,
+    pub cursor: Option<String>,
+}
+
+impl Request {
+    /// Reads `channel` (repeated, or comma-separated), `from` and the cursor parameter.
+    pub fn parse(query: &str, cursor_param: &str) -> Result<Request, warp::reply::Response> {
+        let mut channels = Vec::new();
+        let mut from = serde_json::Value::from("latest");
+        let mut cursor = None;
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            match &*k {
+                "channel" => {
+                    channels.extend(v.split(',').filter(|c| !c.is_empty()).map(str::to_string))
+                }
+                "from" => {
+                    from = match &*v {
+                        "latest" | "earliest" => serde_json::Value::from(&*v),
+                        other => match other
+                            .strip_prefix("ts:")
+                            .and_then(|t| t.parse::<i64>().ok())
+                        {
+                            Some(ts) => serde_json::json!({"timestamp": ts}),
+                            None => {
+                                return Err(error_reply(
+                                    StatusCode::BAD_REQUEST,
+                                    "invalid_position",
+                                    "`from` must be latest, earliest or ts:<epoch ms>",
+                                ));
+                            }
+                        },
+                    }
+                }
+                k if k == cursor_param => cursor = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        if channels.is_empty() {
+            return Err(error_reply(
+                StatusCode::BAD_REQUEST,
+                "invalid_channel",
+                "name at least one channel: ?channel=prices:AAPL&channel=telemetry",
+            ));
+        }
+        Ok(Request {
+            channels,
+            from,
+            cursor,
+        })
+    }
+
+    /// The resume state, or the 400 answer for a bad cursor.
+    pub fn resume(&self) -> Result<Resume, warp::reply::Response> {
+        Resume::new(&self.channels, self.from.clone(), self.cursor.as_deref())
+            .map_err(|e| error_reply(StatusCode::BAD_REQUEST, "invalid_cursor", &e.to_string()))
+    }
+}
+
+/// `GET /v1/sse`.
+pub fn route(
+    gateway: Arc<Gateway>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    warp::path!("v1" / "sse")
+        .and(warp::get())
+        .and(request_parts())
+        .and(super::server::remote_addr())
+        .map(
+            move |headers: HeaderMap, query: String, remote: Option<SocketAddr>| {
+                open(gateway.clone(), &headers, &query, remote)
+            },
+        )
+}
+
+fn open(
+    gateway: Arc<Gateway>,
+    headers: &HeaderMap,
+    query: &str,
+    remote: Option<SocketAddr>,
+) -> warp::reply::Response {
+    let mut request = match Request::parse(query, "last_event_id") {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    // EventSource sends the last id it saw as a header when it reconnects by itself.
+    if let Some(id) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        request.cursor = Some(id.to_string());
+    }
+    let resume = match request.resume() {
+        Ok(resume) => resume,
+        Err(response) => return response,
+    };
+    let (ticket, identity) = match admit(&gateway, headers, query, remote) {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
+    };
+    let (tx, rx) = mpsc::channel(BUFFER_EVENTS);
+    let link = SseLink {
+        tx,
+        commands: resume.commands().into_iter(),
+        resume,
+    };
+    tokio::spawn(async move {
+        Connection::new(gateway, remote, ticket, identity)
+            .run(link)
+            .await;
+    });
+    let stream = tokio_stream_from(rx);
+    let mut response = warp::sse::reply(stream).into_response();
+    let h = response.headers_mut();
+    // Proxies must pass events through as they come.
+    h.insert(
+        "cache-control",
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// The receiving end of the link as a `Stream` for the HTTP body.
+fn tokio_stream_from(
+    rx: mpsc::Receiver<Result<Event, Infallible>>,
+) -> impl futures_util::Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
+}

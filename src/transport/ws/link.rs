@@ -1,0 +1,57 @@
+//! The WebSocket [`Link`]: text messages both ways, pings, close frames.
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
+
+use super::Socket;
+use crate::transport::link::{Gone, Inbound, Link, Outbound};
+use crate::transport::protocol::CloseCode;
+
+/// An upgraded WebSocket.
+pub(super) struct WsLink(pub(super) Socket);
+
+impl Link for WsLink {
+    const ANSWERS_PINGS: bool = true;
+
+    async fn recv(&mut self) -> Inbound {
+        match self.0.next().await {
+            None => Inbound::Gone,
+            Some(Ok(Message::Text(text))) => Inbound::Command(text.to_string()),
+            Some(Ok(Message::Binary(_))) => Inbound::Binary,
+            // Pings, pongs and close frames are answered by tungstenite.
+            Some(Ok(_)) => Inbound::Alive,
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                Inbound::TooBig {
+                    size,
+                    max: max_size,
+                }
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "socket error");
+                Inbound::Gone
+            }
+        }
+    }
+
+    async fn send(&mut self, batch: Vec<Outbound>) -> Result<(), Gone> {
+        for item in batch {
+            let message = match item {
+                Outbound::Control(text) => Message::Text(text.into()),
+                Outbound::Event { record, .. } => Message::Text(record.frame.clone()),
+                Outbound::Ping => Message::Ping(Default::default()),
+            };
+            self.0.feed(message).await.map_err(|_| Gone)?;
+        }
+        self.0.flush().await.map_err(|_| Gone)
+    }
+
+    async fn close(&mut self, code: CloseCode) {
+        let frame = CloseFrame {
+            code: WsCloseCode::from(code.code()),
+            reason: code.reason().into(),
+        };
+        let _ = self.0.close(Some(frame)).await;
+    }
+}
