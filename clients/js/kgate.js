@@ -71,6 +71,7 @@
     this.stopped = true;
     this._conn = null;
     this._timers = [];
+    this._awaitingLive = {};
   }
 
   Client.prototype.on = function (type, fn) {
@@ -145,7 +146,7 @@
         var next = held[frame.partition];
         if (next !== undefined && frame.offset < next) return; // duplicate: already delivered
         held[frame.partition] = frame.offset + 1;
-        if (this._replaying) this.replayedSinceReconnect++;
+        if (this._awaitingLive[name]) this.replayedSinceReconnect++;
         this._emit("data", frame);
         if (this.options.ack && this.options.session && this._conn && this._conn.ack) {
           this._conn.ack(frame);
@@ -162,7 +163,7 @@
         }
         break;
       }
-      case "live": this._replaying = false; this._emit("live", frame); break;
+      case "live": delete this._awaitingLive[frame.channel]; this._emit("live", frame); break;
       case "gap": this._emit("gap", frame); break;
       case "error": this._emit("error", frame); break;
       case "close": break;
@@ -195,7 +196,9 @@
     this.options.channels.forEach(function (c) {
       if (self.positions[c] && Object.keys(self.positions[c]).length) self._resumedChannels[c] = true;
     });
-    this._replaying = this.reconnects > 0;
+    // After a reconnect, a channel's events before its `live` marker are the replay.
+    this._awaitingLive = {};
+    if (this.reconnects > 0) this.options.channels.forEach(function (c) { self._awaitingLive[c] = true; });
     this.replayedSinceReconnect = 0;
     this._setState("connecting", kind);
     var opened = false;
@@ -325,7 +328,8 @@
         if (stopped) return;
         controller = typeof AbortController !== "undefined" ? new AbortController() : null;
         var url = withParams(o.url + "/v1/poll", {
-          channel: o.channels, from: o.from, cursor: client._cursor(), wait_ms: o.pollWaitMs,
+          // The first poll answers at once: it opens the transport and fixes the start positions.
+          channel: o.channels, from: o.from, cursor: client._cursor(), wait_ms: opened ? o.pollWaitMs : 0,
         });
         var headers = {}, token = client._token();
         if (token) headers.Authorization = "Bearer " + token;

@@ -1,6 +1,7 @@
 //! Integration tests: a real broker (kgate's embedded tansu, in its own
 //! process, over TCP), real gateway processes, real WebSocket clients.
 
+mod browser;
 mod cli;
 mod harness;
 mod http_transports;

@@ -1,0 +1,133 @@
+// Browser tests of the SDK and the demo page in Debian's chromium, driven by
+// playwright-core. Run by tests/it/browser.rs against a live gateway:
+//   node tests/browser/run.mjs <gateway base URL> <prices topic> <telemetry topic> <artifact dir>
+// Exits 0 when every check passed; prints one line per check.
+import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+
+const [base, prices, telemetry, artifacts] = process.argv.slice(2);
+const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
+let symbolSeq = 0;
+
+function fail(message) {
+  console.error("FAIL: " + message);
+  process.exit(1);
+}
+
+/** Publishes `n` ticker records through the gateway; returns "partition:offset" of each. */
+async function publish(n) {
+  const landed = [];
+  for (let i = 0; i < n; i++) {
+    const symbol = ["AAPL", "MSFT", "NVDA", "AMZN"][symbolSeq++ % 4];
+    const price = 100 + (symbolSeq % 17);
+    const body = { symbol, price, change: 0.5, change_pct: 0.5, bid: price - 0.05, ask: price + 0.05, volume: i };
+    const r = await fetch(`${base}/v1/publish/${prices}?key=${symbol}`, {
+      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
+    });
+    if (!r.ok) fail(`publish answered ${r.status}: ${await r.text()}`);
+    const { partition, offset } = await r.json();
+    landed.push(`${partition}:${offset}`);
+  }
+  return landed;
+}
+
+/** The "partition:offset" of every prices event the page has received. */
+async function received(page) {
+  return page.evaluate((topic) =>
+    window.kgateEvents.filter((e) => e[0] === topic).map((e) => `${e[1]}:${e[2]}`), prices);
+}
+
+async function waitFor(what, fn, ms = 30000) {
+  const until = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > until) fail(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function openDemo(browser, query, init) {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 760 } });
+  page.on("pageerror", (e) => fail("page error: " + e.message));
+  if (init) await page.addInitScript(init);
+  await page.goto(`${base}/?prices=${prices}&telemetry=${telemetry}${query}`);
+  await waitFor("the client to connect", () => page.evaluate(() => window.kgateClient && window.kgateClient.state === "connected"));
+  // Subscribed: the live marker of both channels has been handled.
+  await page.waitForTimeout(500);
+  return page;
+}
+
+function checkAll(label, got, want) {
+  const missing = want.filter((x) => !got.includes(x));
+  const dupes = got.length - new Set(got).size;
+  if (missing.length || dupes) fail(`${label}: ${missing.length} missing (${missing.slice(0, 5)}), ${dupes} duplicates`);
+}
+
+const browser = await chromium.launch({ executablePath: chromiumPath, args: ["--no-sandbox"] });
+try {
+  // 1. Live data over WebSocket.
+  const page = await openDemo(browser, "");
+  const transport = await page.evaluate(() => window.kgateClient.transport);
+  if (transport !== "websocket") fail(`expected the websocket transport, got ${transport}`);
+  const first = await publish(20);
+  await waitFor("20 live records", async () => (await received(page)).length >= 20);
+  checkAll("live", await received(page), first);
+  console.log(`ok: the page received ${first.length} live records over ${transport}`);
+
+  // 2. Cut the connection; records published meanwhile arrive after the resume.
+  // Hold the reconnect for about four seconds, so the records land while the page is away.
+  await page.evaluate(() => {
+    window.kgateClient.options.backoff.initialMs = 4000;
+    Math.random = () => 0.99;
+  });
+  await page.click("#drop");
+  const during = await publish(30);
+  const away = await page.evaluate(() => window.kgateClient.state);
+  if (away !== "reconnecting") fail(`expected the page to be away while publishing, it was ${away}`);
+  await waitFor("the resume", () => page.evaluate(() => window.kgateClient.reconnects >= 1 && window.kgateClient.state === "connected"));
+  const all = first.concat(during);
+  await waitFor("every record after the resume", async () => (await received(page)).length >= all.length);
+  await page.waitForTimeout(500);
+  checkAll("resume", await received(page), all);
+  const replayed = await page.evaluate(() => window.kgateClient.replayedSinceReconnect);
+  if (replayed === 0) fail("the records published while away were not replayed on reconnect");
+  console.log(`ok: after the drop the page resumed with all ${all.length} records, no duplicate (${replayed} replayed after the reconnect)`);
+  mkdirSync(artifacts, { recursive: true });
+  await page.screenshot({ path: `${artifacts}/demo-page.png`, fullPage: true });
+  console.log(`ok: screenshot saved to ${artifacts}/demo-page.png`);
+
+  // 3. WebSocket blocked (as by a proxy that refuses upgrades): the SDK falls back to SSE.
+  const blocked = await openDemo(browser, "", () => {
+    window.WebSocket = function () {
+      const fake = { readyState: 3, send() {}, close() {} };
+      setTimeout(() => fake.onclose && fake.onclose({ code: 1006, reason: "blocked" }), 10);
+      return fake;
+    };
+  });
+  const fallback = await blocked.evaluate(() => window.kgateClient.transport);
+  if (fallback !== "sse") fail(`expected the sse fallback, got ${fallback}`);
+  const viaSse = await publish(25);
+  await waitFor("25 records over SSE", async () => {
+    const got = await received(blocked);
+    return viaSse.every((x) => got.includes(x));
+  });
+  checkAll("sse", await received(blocked), viaSse);
+  console.log(`ok: with WebSocket blocked the SDK used ${fallback} and received all ${viaSse.length} records`);
+
+  // 4. Neither WebSocket nor SSE: long-polling.
+  const pollOnly = await openDemo(browser, "&transports=websocket,poll", () => {
+    window.WebSocket = function () { throw new Error("blocked"); };
+  });
+  const polling = await pollOnly.evaluate(() => window.kgateClient.transport);
+  if (polling !== "poll") fail(`expected the poll fallback, got ${polling}`);
+  const viaPoll = await publish(15);
+  await waitFor("15 records by long-polling", async () => {
+    const got = await received(pollOnly);
+    return viaPoll.every((x) => got.includes(x));
+  });
+  checkAll("poll", await received(pollOnly), viaPoll);
+  console.log(`ok: with WebSocket blocked and SSE not offered the SDK long-polled and received all ${viaPoll.length} records`);
+} finally {
+  await browser.close();
+}
