@@ -31,7 +31,14 @@ fn sdk_and_demo_page_in_chromium() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stdout}{stderr}");
-    assert!(out.status.success(), "browser checks failed:\n{stdout}\n{stderr}");
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok:")).count(), 5, "{stdout}");
+    assert!(
+        out.status.success(),
+        "browser checks failed:\n{stdout}\n{stderr}"
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("ok:")).count(),
+        5,
+        "{stdout}"
+    );
     assert!(artifacts.join("demo-page.png").exists(), "screenshot saved");
 }

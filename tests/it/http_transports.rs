@@ -9,14 +9,14 @@ use crate::harness::*;
 
 /// One SSE message: its id (if any) and its data as JSON.
 #[derive(Debug, Clone)]
-struct SseMessage {
-    id: Option<String>,
-    data: Value,
+pub struct SseMessage {
+    pub id: Option<String>,
+    pub data: Value,
 }
 
 /// Reads SSE messages from `url` (sending `last_id` as Last-Event-ID) until `stop` says so;
 /// returns them, the response headers, and the number of comment lines seen.
-fn read_sse(
+pub fn read_sse(
     url: &str,
     last_id: Option<&str>,
     mut stop: impl FnMut(&[SseMessage]) -> bool,
@@ -61,7 +61,7 @@ fn read_sse(
     (messages, headers, comments)
 }
 
-fn offsets(messages: &[SseMessage]) -> Vec<i64> {
+pub fn offsets(messages: &[SseMessage]) -> Vec<i64> {
     messages
         .iter()
         .filter(|m| m.data["type"] == "event")
@@ -69,7 +69,7 @@ fn offsets(messages: &[SseMessage]) -> Vec<i64> {
         .collect()
 }
 
-async fn produce(topic: &str, range: std::ops::Range<i64>) {
+pub async fn produce(topic: &str, range: std::ops::Range<i64>) {
     let producer = producer();
     for i in range {
         let body = format!(r#"{{"seq":{i}}}"#);

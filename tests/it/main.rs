@@ -6,6 +6,7 @@ mod cli;
 mod harness;
 mod http_transports;
 mod protection;
+mod proxy;
 mod security;
 mod sessions;
 mod streaming;
