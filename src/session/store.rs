@@ -66,6 +66,8 @@ pub struct SessionStore {
 
 const META: u8 = b'm';
 const POSITION: u8 = b'p';
+/// Resume-cursor checkpoints of the HTTP transports: created time, then encoded positions.
+const CHECKPOINT: u8 = b'c';
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -351,6 +353,62 @@ impl SessionStore {
         Ok(())
     }
 
+    /// Stores a resume-cursor checkpoint (positions encoded by `codec::cursor`).
+    pub fn put_checkpoint(&self, id: &str, positions: &[u8]) -> Result<(), StoreError> {
+        let mut key = vec![CHECKPOINT];
+        push_str(&mut key, id);
+        let mut value = now_ms().to_be_bytes().to_vec();
+        value.extend_from_slice(positions);
+        self.db
+            .put_opt(key, value, &self.write_opts())
+            .map_err(|source| StoreError::Db {
+                op: "write",
+                source,
+            })
+    }
+
+    /// A checkpoint's encoded positions, if it exists.
+    pub fn checkpoint(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut key = vec![CHECKPOINT];
+        push_str(&mut key, id);
+        let value = self
+            .db
+            .get(&key)
+            .map_err(|source| StoreError::Db { op: "read", source })?;
+        Ok(value.map(|v| v.get(8..).unwrap_or_default().to_vec()))
+    }
+
+    /// Deletes checkpoints older than `ttl`; returns how many.
+    pub fn expire_checkpoints(&self, ttl: Duration) -> Result<usize, StoreError> {
+        let cutoff = now_ms() - ttl.as_millis() as i64;
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&[CHECKPOINT], Direction::Forward))
+        {
+            let (key, value) = item.map_err(|source| StoreError::Db { op: "scan", source })?;
+            if key.first() != Some(&CHECKPOINT) {
+                break;
+            }
+            let created = value
+                .get(..8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, i64::from_be_bytes);
+            if created < cutoff {
+                batch.delete(&key);
+                n += 1;
+            }
+        }
+        self.db
+            .write_opt(batch, &self.write_opts())
+            .map_err(|source| StoreError::Db {
+                op: "write",
+                source,
+            })?;
+        Ok(n)
+    }
+
     /// Every session id with its last-seen time, in id order.
     pub fn list(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let mut out = Vec::new();
@@ -420,8 +478,21 @@ pub fn spawn_background(
             tick.tick().await;
             let store = store.clone();
             let attached = attached.clone();
-            match tokio::task::spawn_blocking(move || store.expire(ttl, &*attached)).await {
-                Ok(Ok(n)) if n > 0 => tracing::info!(expired = n, "expired idle sessions"),
+            let expired = tokio::task::spawn_blocking(move || {
+                // Cursor checkpoints live as long as an idle session would.
+                store
+                    .expire(ttl, &*attached)
+                    .and_then(|n| Ok((n, store.expire_checkpoints(ttl)?)))
+            })
+            .await;
+            match expired {
+                Ok(Ok((sessions, checkpoints))) if sessions + checkpoints > 0 => {
+                    tracing::info!(
+                        sessions,
+                        checkpoints,
+                        "expired idle sessions and cursor checkpoints"
+                    )
+                }
                 Ok(Err(e)) => tracing::warn!(error = %e, "session expiry failed"),
                 _ => {}
             }

@@ -104,7 +104,7 @@ async fn poll(
         Ok(request) => request,
         Err(response) => return response,
     };
-    let resume = match request.resume() {
+    let resume = match request.resume(&gateway) {
         Ok(resume) => resume,
         Err(response) => return response,
     };
@@ -133,7 +133,7 @@ async fn poll(
         max_events,
         deadline: tokio::time::Instant::now() + Duration::from_millis(wait),
     };
-    let link = Connection::new(gateway, remote, ticket, identity)
+    let mut link = Connection::new(gateway, remote, ticket, identity)
         .run(link)
         .await;
     warp::reply::json(&json!({"frames": link.frames, "cursor": link.resume.cursor()}))

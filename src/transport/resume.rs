@@ -5,6 +5,13 @@
 //! next offset of every partition of every channel that has one (see
 //! [`crate::codec::cursor`]). A partition without a position (an `earliest` start
 //! with nothing delivered yet) resumes from the earliest record, so nothing is skipped.
+//!
+//! Size bound: while all positions fit in [`INLINE_LIMIT`] bytes the cursor carries
+//! them inline. Past that, the positions are stored as a checkpoint in the session
+//! store and the cursor names it plus the positions changed since; when those
+//! outgrow [`DELTA_LIMIT`], a new checkpoint is written. A cursor therefore never
+//! exceeds about `INLINE_LIMIT` characters, and a client reading many partitions
+//! costs one small store write every few dozen events.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +19,13 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::codec::EncodedRecord;
-use crate::codec::cursor::{Cursor, CursorError, Position};
+use crate::codec::cursor::{Cursor, CursorError, Position, decode_positions, encode_positions};
+use crate::session::store::SessionStore;
+
+/// Bytes of encoded positions a cursor carries inline before a checkpoint is used.
+pub const INLINE_LIMIT: usize = 384;
+/// Bytes of changed positions a checkpoint cursor carries before a new checkpoint.
+pub const DELTA_LIMIT: usize = 192;
 
 /// How a channel without a cursor position starts.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,10 +37,12 @@ pub enum Start {
 }
 
 /// The positions of one client across its channels.
-#[derive(Debug)]
 pub struct Resume {
     channels: Vec<(Arc<str>, Start)>,
     positions: BTreeMap<(u32, i32), i64>,
+    store: Arc<SessionStore>,
+    /// The last checkpoint written or resumed from, and the positions it holds.
+    checkpoint: Option<(String, BTreeMap<(u32, i32), i64>)>,
 }
 
 impl Resume {
@@ -36,6 +51,7 @@ impl Resume {
         channels: &[String],
         from: Value,
         cursor: Option<&str>,
+        store: Arc<SessionStore>,
     ) -> Result<Resume, CursorError> {
         let mut resume = Resume {
             channels: channels
@@ -43,14 +59,32 @@ impl Resume {
                 .map(|c| (Arc::from(c.as_str()), Start::From(from.clone())))
                 .collect(),
             positions: BTreeMap::new(),
+            store,
+            checkpoint: None,
         };
         let Some(text) = cursor else {
             return Ok(resume);
         };
         let positions = match Cursor::decode(text)? {
             Cursor::Inline(positions) => positions,
-            // Session cursors are issued only by gateways that keep positions server-side.
-            Cursor::Session(_) => return Err(CursorError::UnknownForm),
+            Cursor::Checkpoint { id, delta } => {
+                let stored = match resume.store.checkpoint(&id) {
+                    Ok(Some(bytes)) => decode_positions(&bytes)?,
+                    Ok(None) => return Err(CursorError::UnknownCheckpoint),
+                    Err(e) => {
+                        tracing::warn!(checkpoint = %id, error = %e, "cannot read a cursor checkpoint");
+                        return Err(CursorError::UnknownCheckpoint);
+                    }
+                };
+                let base: BTreeMap<(u32, i32), i64> = stored
+                    .iter()
+                    .map(|p| ((p.channel, p.partition), p.next))
+                    .collect();
+                resume.checkpoint = Some((id, base.clone()));
+                let mut merged = base;
+                merged.extend(delta.iter().map(|p| ((p.channel, p.partition), p.next)));
+                to_positions(merged.iter())
+            }
         };
         for p in positions {
             let Some((_, start)) = resume.channels.get_mut(p.channel as usize) else {
@@ -126,18 +160,43 @@ impl Resume {
         }
     }
 
-    /// The cursor that resumes right after everything recorded so far.
-    pub fn cursor(&self) -> String {
-        let positions = self
-            .positions
-            .iter()
-            .map(|(&(channel, partition), &next)| Position {
-                channel,
-                partition,
-                next,
-            })
-            .collect();
-        Cursor::Inline(positions).encode()
+    /// The cursor that resumes right after everything recorded so far (bounded in size:
+    /// see the module docs).
+    pub fn cursor(&mut self) -> String {
+        let all = to_positions(self.positions.iter());
+        if let Some((id, base)) = &self.checkpoint {
+            let changed = self
+                .positions
+                .iter()
+                .filter(|(k, v)| base.get(k) != Some(v));
+            let delta = to_positions(changed);
+            if encode_positions(&delta).len() <= DELTA_LIMIT {
+                return Cursor::Checkpoint {
+                    id: id.clone(),
+                    delta,
+                }
+                .encode();
+            }
+        } else if encode_positions(&all).len() <= INLINE_LIMIT {
+            return Cursor::Inline(all).encode();
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        if let Err(e) = self.store.put_checkpoint(&id, &encode_positions(&all)) {
+            // Correct but long: the inline form.
+            tracing::warn!(error = %e, "cannot store a cursor checkpoint; sending positions inline");
+            return Cursor::Inline(all).encode();
+        }
+        self.checkpoint = Some((id.clone(), self.positions.clone()));
+        Cursor::Checkpoint {
+            id,
+            delta: Vec::new(),
+        }
+        .encode()
+    }
+
+    #[cfg(test)]
+    fn positions(&self) -> &BTreeMap<(u32, i32), i64> {
+        &self.positions
     }
 
     fn index(&self, channel: &str) -> Option<u32> {
@@ -145,5 +204,88 @@ impl Resume {
             .iter()
             .position(|(c, _)| &**c == channel)
             .map(|i| i as u32)
+    }
+}
+
+fn to_positions<'a>(entries: impl Iterator<Item = (&'a (u32, i32), &'a i64)>) -> Vec<Position> {
+    entries
+        .map(|(&(channel, partition), &next)| Position {
+            channel,
+            partition,
+            next,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::RecordMeta;
+
+    fn record(partition: i32, offset: i64) -> EncodedRecord {
+        EncodedRecord {
+            meta: RecordMeta {
+                topic: "t".into(),
+                partition,
+                offset,
+            },
+            key: None,
+            frame: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn cursors_stay_small_with_many_partitions_and_resume_exactly() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(SessionStore::open(dir.path(), false).expect("store"));
+        let channels = vec!["t".to_string()];
+        let mut resume = Resume::new(&channels, "latest".into(), None, store.clone()).expect("new");
+        let mut longest = 0;
+        // 2,000 partitions, each at an offset in the millions: inline that is over 10 KB.
+        for round in 0..3 {
+            for p in 0..2_000 {
+                resume.on_event("t", &record(p, 5_000_000 + round * 10 + i64::from(p % 7)));
+                if p % 97 == 0 {
+                    longest = longest.max(resume.cursor().len());
+                }
+            }
+        }
+        let cursor = resume.cursor();
+        assert!(
+            longest <= INLINE_LIMIT * 4 / 3 + 80,
+            "a cursor of {longest} characters"
+        );
+        let resumed =
+            Resume::new(&channels, "latest".into(), Some(&cursor), store).expect("resume");
+        assert_eq!(
+            resumed.positions(),
+            resume.positions(),
+            "resumes exactly where it was"
+        );
+        assert_eq!(resumed.positions().len(), 2_000);
+    }
+
+    #[test]
+    fn few_partitions_stay_inline_and_unknown_checkpoints_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(SessionStore::open(dir.path(), false).expect("store"));
+        let channels = vec!["a".to_string(), "b".to_string()];
+        let mut resume = Resume::new(&channels, "latest".into(), None, store.clone()).expect("new");
+        resume.on_event("b", &record(2, 41));
+        let cursor = resume.cursor();
+        assert!(cursor.starts_with("p1."), "{cursor}");
+        let resumed =
+            Resume::new(&channels, "latest".into(), Some(&cursor), store.clone()).expect("resume");
+        assert_eq!(resumed.positions(), &BTreeMap::from([((1, 2), 42)]));
+        let commands = resumed.commands();
+        assert!(
+            commands[1].contains(r#""others":"earliest""#),
+            "{}",
+            commands[1]
+        );
+        assert_eq!(
+            Resume::new(&channels, "latest".into(), Some("c1.nosuch.AAAA"), store).err(),
+            Some(CursorError::UnknownCheckpoint)
+        );
     }
 }

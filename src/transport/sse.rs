@@ -137,9 +137,15 @@ impl Request {
     }
 
     /// The resume state, or the 400 answer for a bad cursor.
-    pub fn resume(&self) -> Result<Resume, warp::reply::Response> {
-        Resume::new(&self.channels, self.from.clone(), self.cursor.as_deref())
-            .map_err(|e| error_reply(StatusCode::BAD_REQUEST, "invalid_cursor", &e.to_string()))
+    pub fn resume(&self, gateway: &Gateway) -> Result<Resume, warp::reply::Response> {
+        let store = gateway.sessions.clone();
+        Resume::new(
+            &self.channels,
+            self.from.clone(),
+            self.cursor.as_deref(),
+            store,
+        )
+        .map_err(|e| error_reply(StatusCode::BAD_REQUEST, "invalid_cursor", &e.to_string()))
     }
 }
 
@@ -172,7 +178,7 @@ fn open(
     if let Some(id) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         request.cursor = Some(id.to_string());
     }
-    let resume = match request.resume() {
+    let resume = match request.resume(&gateway) {
         Ok(resume) => resume,
         Err(response) => return response,
     };
