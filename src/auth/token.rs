@@ -11,7 +11,8 @@ pub const BEARER_SUBPROTOCOL_PREFIX: &str = "kgate.bearer.";
 /// entry, then the query parameter `param`.
 pub fn token_from_request(headers: &HeaderMap, query: &str, param: &str) -> Option<String> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(auth) = header("authorization") {
+    // An empty header (some clients send one) counts as none.
+    if let Some(auth) = header("authorization").filter(|a| !a.trim().is_empty()) {
         let (scheme, token) = auth.trim().split_once(' ')?;
         return scheme
             .eq_ignore_ascii_case("bearer")

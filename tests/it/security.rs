@@ -653,3 +653,50 @@ async fn stats_tls(connector: &TlsConnector, port: u16) -> Value {
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     serde_json::from_str(body).unwrap_or(Value::Null)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_and_poll_use_the_same_token_checks() {
+    let t = topic("authn-http");
+    let secret_topic = topic("authn-secret");
+    let gw = Gateway::start(&[(&t, 1), (&secret_topic, 1)], &auth_toml(""));
+    let token = hs256(&claims("frank", json!({"channels": [t.clone()]})));
+    let expired = hs256(&claims(
+        "frank",
+        json!({"exp": now() - 60, "channels": ["*"]}),
+    ));
+    let base = format!("http://127.0.0.1:{}", gw.port);
+    // Long-poll: no token, an expired one, then a good one (header or query parameter).
+    let poll = format!("{base}/v1/poll?channel={t}&wait_ms=0");
+    let (status, body) = request("GET", &poll, None, None);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("token_missing"))
+    );
+    let (status, body) = request("GET", &poll, Some(&expired), None);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("token_expired"))
+    );
+    let (status, body) = request("GET", &poll, Some(&token), None);
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = request("GET", &format!("{poll}&access_token={token}"), None, None);
+    assert_eq!(
+        status, 200,
+        "the query parameter works for clients that cannot set headers"
+    );
+    // A channel outside the token's claims: a `forbidden` frame and no data.
+    let (status, body) = request(
+        "GET",
+        &format!("{base}/v1/poll?channel={secret_topic}&wait_ms=0"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(body["frames"][0]["code"], "forbidden", "{body}");
+    // SSE: refused before any stream starts without a token.
+    let (status, body) = request("GET", &format!("{base}/v1/sse?channel={t}"), None, None);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("token_missing"))
+    );
+}
