@@ -128,6 +128,63 @@ try {
   });
   checkAll("poll", await received(pollOnly), viaPoll);
   console.log(`ok: with WebSocket blocked and SSE not offered the SDK long-polled and received all ${viaPoll.length} records`);
+
+  // 5. Reconnect policy, heartbeat timeout and acknowledgements, on the SDK directly.
+  const sdk = await openDemo(browser, "");
+  const delays = await sdk.evaluate(() => new Promise((resolve) => {
+    Math.random = () => 0.999;
+    const c = new KGate.Client({
+      url: "http://127.0.0.1:9", channels: ["x"], transports: ["websocket"],
+      backoff: { initialMs: 100, maxMs: 300, resetAfterMs: 60000, maxAttempts: 4 },
+    });
+    const seen = [];
+    c.on("state", (s) => {
+      if (s.state === "reconnecting") seen.push(s.detail.delayMs);
+      if (s.state === "failed") resolve({ seen, reconnects: c.reconnects });
+    });
+    c.connect();
+  }));
+  if (JSON.stringify(delays.seen) !== JSON.stringify([99, 199, 299, 299]) || delays.reconnects !== 4) {
+    fail(`backoff: expected full-jitter delays capped at 300 ms and a stop after 4 attempts, got ${JSON.stringify(delays)}`);
+  }
+  console.log(`ok: backoff delays ${JSON.stringify(delays.seen)} ms (exponential, capped), then failed after 4 attempts`);
+  const silent = await sdk.evaluate(() => new Promise((resolve) => {
+    const Real = window.WebSocket;
+    // A socket that opens and then hears nothing, as behind a dead proxy.
+    window.WebSocket = function () {
+      const fake = { readyState: 1, send() {}, close() {} };
+      setTimeout(() => fake.onopen && fake.onopen(), 10);
+      return fake;
+    };
+    const c = new KGate.Client({ channels: ["x"], transports: ["websocket"], heartbeat: { intervalMs: 100, timeoutMs: 300 } });
+    c.on("state", (s) => {
+      if (s.state === "reconnecting") { c.close(); window.WebSocket = Real; resolve(s.detail.reason); }
+    });
+    c.connect();
+  }));
+  if (silent !== "heartbeat timeout") fail(`expected a heartbeat timeout, got ${silent}`);
+  console.log("ok: a connection that goes silent is dropped by the heartbeat timeout");
+  const session = "browser-" + Date.now();
+  await sdk.evaluate(({ topic, session }) => {
+    window.acked = [];
+    const c = new KGate.Client({ channels: [topic], session, transports: ["websocket"] });
+    c.on("data", (e) => window.acked.push(e.offset));
+    window.sessionClient = c;
+    c.connect();
+  }, { topic: prices, session });
+  await waitFor("the session client", () => sdk.evaluate(() => window.sessionClient.state === "connected"));
+  await sdk.waitForTimeout(500);
+  const acked = await publish(8);
+  await waitFor("8 records on the session client", () => sdk.evaluate(() => window.acked.length >= 8));
+  await sdk.waitForTimeout(300); // the gateway commits acks every 20 ms
+  const stored = await (await fetch(`${base}/v1/admin/sessions/${session}`)).json();
+  const positions = stored.subscriptions && stored.subscriptions[0] && stored.subscriptions[0].positions;
+  const want = {};
+  acked.forEach((x) => { const [p, o] = x.split(":").map(Number); want[p] = Math.max(want[p] || 0, o + 1); });
+  for (const [p, next] of Object.entries(want)) {
+    if (!positions || positions[p] !== next) fail(`session positions ${JSON.stringify(positions)} do not match the acknowledged ${JSON.stringify(want)}`);
+  }
+  console.log(`ok: the SDK acknowledged every event; the session's stored positions are ${JSON.stringify(positions)}`);
 } finally {
   await browser.close();
 }

@@ -37,7 +37,7 @@ fn sdk_and_demo_page_in_chromium() {
     );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok:")).count(),
-        5,
+        8,
         "{stdout}"
     );
     assert!(artifacts.join("demo-page.png").exists(), "screenshot saved");
