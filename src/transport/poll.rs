@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use warp::Filter;
 use warp::reply::Reply;
 
-use super::access::{admit, request_parts};
+use super::access::request_parts;
 use super::connection::Connection;
 use super::link::{Gone, Inbound, Link, Outbound};
 use super::protocol::CloseCode;
@@ -104,11 +104,7 @@ async fn poll(
         Ok(request) => request,
         Err(response) => return response,
     };
-    let resume = match request.resume(&gateway) {
-        Ok(resume) => resume,
-        Err(response) => return response,
-    };
-    let (ticket, identity) = match admit(&gateway, headers, query, remote) {
+    let (resume, ticket, identity) = match request.admit(&gateway, headers, query, remote) {
         Ok(admitted) => admitted,
         Err(response) => return response,
     };

@@ -19,7 +19,9 @@ use super::link::{Gone, Inbound, Link, Outbound};
 use super::protocol::CloseCode;
 use super::reply::error_reply;
 use super::resume::Resume;
+use crate::auth::Identity;
 use crate::gateway::Gateway;
+use crate::limits::Ticket;
 
 /// Frames buffered between the connection and the HTTP body; a full buffer holds the
 /// connection back (its outbox and slow-consumer policy then apply).
@@ -136,8 +138,20 @@ impl Request {
         })
     }
 
+    /// Admits the client (token, origin, limits), then builds its resume state.
+    pub fn admit(
+        &self,
+        gateway: &Gateway,
+        headers: &HeaderMap,
+        query: &str,
+        remote: Option<SocketAddr>,
+    ) -> Result<(Resume, Ticket, Identity), warp::reply::Response> {
+        let (ticket, identity) = admit(gateway, headers, query, remote)?;
+        Ok((self.resume(gateway)?, ticket, identity))
+    }
+
     /// The resume state, or the 400 answer for a bad cursor.
-    pub fn resume(&self, gateway: &Gateway) -> Result<Resume, warp::reply::Response> {
+    fn resume(&self, gateway: &Gateway) -> Result<Resume, warp::reply::Response> {
         let store = gateway.sessions.clone();
         Resume::new(
             &self.channels,
@@ -178,11 +192,7 @@ fn open(
     if let Some(id) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         request.cursor = Some(id.to_string());
     }
-    let resume = match request.resume(&gateway) {
-        Ok(resume) => resume,
-        Err(response) => return response,
-    };
-    let (ticket, identity) = match admit(&gateway, headers, query, remote) {
+    let (resume, ticket, identity) = match request.admit(&gateway, headers, query, remote) {
         Ok(admitted) => admitted,
         Err(response) => return response,
     };
