@@ -50,6 +50,9 @@ struct EventFrame<'a> {
     data: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data_b64: Option<String>,
+    /// A tombstone (null value): the key was deleted.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
 }
 
 struct Headers<'a>(&'a [(&'a str, Option<&'a [u8]>)]);
@@ -87,7 +90,8 @@ impl Serialize for Headers<'_> {
 ///
 /// JSON topics pass a valid JSON payload through verbatim as `data`; a payload that
 /// is not JSON (or a raw topic's payload) goes out base64-encoded as `data_b64`, so a
-/// frame is always valid JSON. A null payload (tombstone) has neither field.
+/// frame is always valid JSON. A null payload (tombstone) has neither field and is
+/// marked `"deleted": true`, with its key, so a client can drop that key's state.
 pub fn encode_event(
     meta: &RecordMeta,
     timestamp: Option<i64>,
@@ -120,6 +124,7 @@ pub fn encode_event(
         headers: Headers(headers),
         data: json,
         data_b64,
+        deleted: payload.is_none(),
     };
     // Serializing borrowed strings and numbers cannot fail.
     Frame::from(serde_json::to_string(&frame).unwrap_or_default())
@@ -192,5 +197,18 @@ mod tests {
         assert_eq!(v["key_b64"], "/wA=");
         assert_eq!(v["headers"], json!({"bin":{"b64":"/g=="},"none":null}));
         assert!(v.get("data").is_none() && v.get("data_b64").is_none());
+        assert_eq!(v["deleted"], true, "a tombstone is a delete event");
+        let live = decode(&encode_event(
+            &meta(),
+            None,
+            None,
+            &[],
+            Some(b"1"),
+            PayloadFormat::Json,
+        ));
+        assert!(
+            live.get("deleted").is_none(),
+            "only tombstones carry the flag"
+        );
     }
 }

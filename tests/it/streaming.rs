@@ -63,6 +63,23 @@ async fn subscribe_and_receive_full_event_frames() {
             .is_some_and(|ts| ts > 1_600_000_000_000),
         "{e}"
     );
+    assert!(e.get("deleted").is_none(), "{e}");
+    // A tombstone (null value) becomes a delete event that carries the key.
+    let d = producer
+        .send(&t, Some(b"AAPL"), None, None)
+        .await
+        .expect("produce a tombstone");
+    let events = read_events(&mut client, 1, WAIT).await;
+    let e = &events[0];
+    assert_eq!(
+        (e["offset"].as_i64(), e["key"].as_str()),
+        (Some(d.offset), Some("AAPL"))
+    );
+    assert_eq!(e["deleted"], true, "{e}");
+    assert!(
+        e.get("data").is_none() && e.get("data_b64").is_none(),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
