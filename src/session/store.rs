@@ -86,6 +86,12 @@ fn meta_key(session: &str) -> Vec<u8> {
     k
 }
 
+fn checkpoint_key(id: &str) -> Vec<u8> {
+    let mut k = vec![CHECKPOINT];
+    push_str(&mut k, id);
+    k
+}
+
 fn position_prefix(session: &str) -> Vec<u8> {
     let mut k = vec![POSITION];
     push_str(&mut k, session);
@@ -355,12 +361,10 @@ impl SessionStore {
 
     /// Stores a resume-cursor checkpoint (positions encoded by `codec::cursor`).
     pub fn put_checkpoint(&self, id: &str, positions: &[u8]) -> Result<(), StoreError> {
-        let mut key = vec![CHECKPOINT];
-        push_str(&mut key, id);
         let mut value = now_ms().to_be_bytes().to_vec();
         value.extend_from_slice(positions);
         self.db
-            .put_opt(key, value, &self.write_opts())
+            .put_opt(checkpoint_key(id), value, &self.write_opts())
             .map_err(|source| StoreError::Db {
                 op: "write",
                 source,
@@ -369,11 +373,9 @@ impl SessionStore {
 
     /// A checkpoint's encoded positions, if it exists.
     pub fn checkpoint(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut key = vec![CHECKPOINT];
-        push_str(&mut key, id);
         let value = self
             .db
-            .get(&key)
+            .get(checkpoint_key(id))
             .map_err(|source| StoreError::Db { op: "read", source })?;
         Ok(value.map(|v| v.get(8..).unwrap_or_default().to_vec()))
     }
