@@ -9,7 +9,11 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 mod security;
+mod topics;
 pub use security::{AuthConfig, AuthMode, KeyAlgorithm, KeyConfig, PublishConfig, TlsConfig};
+pub use topics::{
+    DecodeFailurePolicy, PayloadFormat, SchemaRegistryConfig, SlowConsumerPolicy, TopicConfig,
+};
 
 /// Environment variable prefix; `KGATE_KAFKA__BOOTSTRAP_SERVERS` sets `kafka.bootstrap_servers`.
 pub const ENV_PREFIX: &str = "KGATE_";
@@ -44,6 +48,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub embedded_broker: EmbeddedBrokerConfig,
     pub topics: Vec<TopicConfig>,
+    pub schema_registry: SchemaRegistryConfig,
     pub websocket: WebSocketConfig,
     pub replay: ReplayConfig,
     pub sessions: SessionsConfig,
@@ -111,65 +116,6 @@ pub struct EmbeddedBrokerConfig {
     pub listen: SocketAddr,
     /// How often the embedded broker applies retention (deletes records past retention.ms).
     pub retention_check_secs: u64,
-}
-
-/// How the payloads of a topic are decoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PayloadFormat {
-    /// JSON passed through as the event's `data`; invalid JSON falls back to `data_b64`.
-    Json,
-    /// Opaque bytes, delivered base64-encoded in `data_b64`.
-    Raw,
-}
-
-/// A Kafka topic the gateway serves.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TopicConfig {
-    /// Kafka topic name; also the channel name.
-    pub name: String,
-    /// Payload format.
-    #[serde(default = "TopicConfig::default_format")]
-    pub format: PayloadFormat,
-    /// Partition count used when kgate creates the topic.
-    #[serde(default = "TopicConfig::default_partitions")]
-    pub partitions: i32,
-    /// What happens to a subscriber of this topic whose connection cannot keep up.
-    #[serde(default)]
-    pub slow_consumer: SlowConsumerPolicy,
-}
-
-/// What kgate does with a subscription whose connection's outbox is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SlowConsumerPolicy {
-    /// Move the subscription off the live path; it continues from the ring or Kafka at the
-    /// client's pace. No record is lost.
-    #[default]
-    CatchUp,
-    /// Keep only the latest queued record per key (tickers); older queued values are replaced.
-    Conflate,
-    /// As `CatchUp`, but close with 4008 if not live again within `limits.slow_consumer_grace_ms`.
-    Disconnect,
-}
-
-impl TopicConfig {
-    fn default_format() -> PayloadFormat {
-        PayloadFormat::Json
-    }
-    fn default_partitions() -> i32 {
-        3
-    }
-    /// A JSON topic with the default partition count.
-    pub fn json(name: &str) -> Self {
-        TopicConfig {
-            name: name.to_string(),
-            format: PayloadFormat::Json,
-            partitions: Self::default_partitions(),
-            slow_consumer: SlowConsumerPolicy::default(),
-        }
-    }
 }
 
 /// WebSocket transport limits and buffer sizes.
@@ -287,6 +233,7 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             embedded_broker: EmbeddedBrokerConfig::default(),
             topics: vec![TopicConfig::json("prices"), TopicConfig::json("telemetry")],
+            schema_registry: SchemaRegistryConfig::default(),
             websocket: WebSocketConfig::default(),
             replay: ReplayConfig::default(),
             sessions: SessionsConfig::default(),
@@ -472,32 +419,7 @@ impl Config {
                 expected,
             }
         }
-        if self.topics.is_empty() {
-            return Err(invalid("topics", "[]", "at least one topic"));
-        }
-        for (i, topic) in self.topics.iter().enumerate() {
-            if !is_valid_topic_name(&topic.name) {
-                return Err(invalid(
-                    "topics.name",
-                    format!("{:?} (topic #{})", topic.name, i + 1),
-                    "1-249 characters of [a-zA-Z0-9._-]",
-                ));
-            }
-            if self.topics[..i].iter().any(|t| t.name == topic.name) {
-                return Err(invalid(
-                    "topics.name",
-                    format!("{:?}", topic.name),
-                    "each topic listed once",
-                ));
-            }
-            if !(1..=10_000).contains(&topic.partitions) {
-                return Err(invalid(
-                    "topics.partitions",
-                    topic.partitions,
-                    "an integer from 1 to 10000",
-                ));
-            }
-        }
+        topics::validate(&self.topics, &self.schema_registry)?;
         for server in self.kafka.bootstrap_servers.split(',').map(str::trim) {
             if !server.is_empty() && !server.contains(':') {
                 return Err(invalid(

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 
+use crate::codec::{Registry, TopicCodec};
 use crate::config::Config;
 use crate::kafka::cluster::{Cluster, ClusterError};
 use crate::kafka::embedded::{EmbeddedBroker, EmbeddedBrokerError};
@@ -29,6 +30,10 @@ pub enum StartError {
     Cluster(#[from] ClusterError),
     #[error(transparent)]
     Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Schema(#[from] crate::codec::payload::SchemaFileError),
+    #[error("cannot start the snapshot load: {0}")]
+    Snapshot(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -130,7 +135,9 @@ impl Gateway {
             config.sessions.sync_writes,
         )?);
         let mut specs = Vec::new();
+        let registry = Arc::new(Registry::new(&config.schema_registry));
         for topic in &config.topics {
+            let codec = TopicCodec::for_topic(topic, &registry)?;
             let partitions = existing.get(&topic.name).copied().unwrap_or(0);
             let mut start_offsets = Vec::with_capacity(partitions as usize);
             for p in 0..partitions {
@@ -140,11 +147,16 @@ impl Gateway {
             specs.push(TopicSpec {
                 name: topic.name.clone(),
                 format: topic.format,
+                codec: Arc::new(codec),
                 slow_consumer: topic.slow_consumer,
+                max_rate: topic.max_rate,
+                snapshot: topic.snapshot,
                 start_offsets,
             });
         }
         let router = Arc::new(Router::new(specs, config.replay.ring_bytes_per_partition));
+        // Before ingest: the load reads up to the live start that ingest begins at.
+        crate::kafka::snapshot::spawn_load(&config, router.clone())?;
         let ingest = Ingest::start(&config, router.clone())?;
         let replay = ReplayPool::new(config.clone(), cluster.clone(), router.clone());
         let (shutdown, _) = watch::channel(false);

@@ -48,6 +48,8 @@ pub struct Stats {
     pub rate_limited_commands: Counter,
     pub rate_limit_disconnects: Counter,
     pub oversize_records_skipped: Counter,
+    /// Record values that did not decode in their topic's format (skipped or passed raw).
+    pub decode_failures: Counter,
     pub oversize_messages_closed: Counter,
     pub heartbeat_timeouts: Counter,
     pub idle_timeouts: Counter,
@@ -102,6 +104,7 @@ impl Stats {
                 "expired_closes": self.token_expired_closes.get(),
             },
             "published": self.published.get(),
+            "decode_failures": self.decode_failures.get(),
         })
     }
 }

@@ -8,7 +8,7 @@ use serde::ser::SerializeMap;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::config::PayloadFormat;
+use super::payload::Data;
 
 /// An encoded frame: UTF-8 text checked once, cloned by reference count.
 pub type Frame = Utf8Bytes;
@@ -27,8 +27,44 @@ pub struct EncodedRecord {
     pub meta: RecordMeta,
     /// The record key, kept raw for key-filter routing.
     pub key: Option<Bytes>,
+    /// The record headers, kept raw for header filters.
+    pub headers: Vec<(String, Option<Bytes>)>,
+    /// A tombstone: the value was null.
+    pub deleted: bool,
     /// The complete `event` frame (JSON text), shared by every recipient.
     pub frame: Frame,
+}
+
+impl EncodedRecord {
+    /// A record with no headers.
+    pub fn new(meta: RecordMeta, key: Option<Bytes>, frame: Frame) -> EncodedRecord {
+        EncodedRecord {
+            meta,
+            key,
+            headers: Vec::new(),
+            deleted: false,
+            frame,
+        }
+    }
+
+    /// The value of header `name` (the first, if repeated); `Some(None)` for a null value.
+    pub fn header(&self, name: &str) -> Option<Option<&[u8]>> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_deref())
+    }
+
+    /// Bytes this record holds in memory (frame, key and headers), for byte-bounded buffers.
+    pub fn size(&self) -> usize {
+        self.frame.len()
+            + self.key.as_ref().map_or(0, Bytes::len)
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.as_ref().map_or(0, Bytes::len))
+                .sum::<usize>()
+    }
 }
 
 #[derive(Serialize)]
@@ -50,6 +86,9 @@ struct EventFrame<'a> {
     data: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data_b64: Option<String>,
+    /// Why `data_b64` carries a value that should have decoded (policy `raw`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decode_error: Option<&'a str>,
     /// A tombstone (null value): the key was deleted.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     deleted: bool,
@@ -88,30 +127,29 @@ impl Serialize for Headers<'_> {
 
 /// Encodes one record into its `event` frame.
 ///
-/// JSON topics pass a valid JSON payload through verbatim as `data`; a payload that
-/// is not JSON (or a raw topic's payload) goes out base64-encoded as `data_b64`, so a
-/// frame is always valid JSON. A null payload (tombstone) has neither field and is
-/// marked `"deleted": true`, with its key, so a client can drop that key's state.
+/// JSON goes out as `data` (verbatim when the payload was JSON); bytes go out
+/// base64-encoded as `data_b64` (with `decode_error` when they should have decoded),
+/// so a frame is always valid JSON. A tombstone has neither field and is marked
+/// `"deleted": true`, with its key, so a client can drop that key's state.
 pub fn encode_event(
     meta: &RecordMeta,
     timestamp: Option<i64>,
     key: Option<&[u8]>,
     headers: &[(&str, Option<&[u8]>)],
-    payload: Option<&[u8]>,
-    format: PayloadFormat,
+    data: &Data<'_>,
 ) -> Frame {
     let (key_text, key_b64) = match key.map(std::str::from_utf8) {
         None => (None, None),
         Some(Ok(text)) => (Some(text), None),
         Some(Err(_)) => (None, key.map(|k| BASE64.encode(k))),
     };
-    let json: Option<&RawValue> = match (format, payload) {
-        (PayloadFormat::Json, Some(bytes)) => serde_json::from_slice(bytes).ok(),
-        _ => None,
-    };
-    let data_b64 = match (json, payload) {
-        (None, Some(bytes)) => Some(BASE64.encode(bytes)),
-        _ => None,
+    let (json, data_b64, decode_error) = match data {
+        Data::Verbatim(json) => (Some(*json), None, None),
+        // Decoder output is JSON text by construction; borrowing it re-checks, never copies.
+        Data::Decoded(text) => (serde_json::from_str(text).ok(), None, None),
+        Data::Bytes(bytes) => (None, Some(BASE64.encode(bytes)), None),
+        Data::Undecodable(bytes, why) => (None, Some(BASE64.encode(bytes)), Some(why.as_str())),
+        Data::Deleted => (None, None, None),
     };
     let frame = EventFrame {
         kind: "event",
@@ -124,7 +162,8 @@ pub fn encode_event(
         headers: Headers(headers),
         data: json,
         data_b64,
-        deleted: payload.is_none(),
+        decode_error,
+        deleted: matches!(data, Data::Deleted),
     };
     // Serializing borrowed strings and numbers cannot fail.
     Frame::from(serde_json::to_string(&frame).unwrap_or_default())
@@ -154,8 +193,7 @@ mod tests {
             Some(1_700_000_000_000),
             Some(b"AAPL"),
             &[("source", Some(b"demo"))],
-            Some(br#"{"price": 101.5}"#),
-            PayloadFormat::Json,
+            &Data::Verbatim(serde_json::from_str(r#"{"price": 101.5}"#).unwrap()),
         );
         assert_eq!(
             decode(&frame),
@@ -168,19 +206,28 @@ mod tests {
     }
 
     #[test]
-    fn invalid_json_and_raw_go_base64() {
+    fn undecodable_and_raw_go_base64() {
         let frame = encode_event(
             &meta(),
             None,
             None,
             &[],
-            Some(b"not json"),
-            PayloadFormat::Json,
+            &Data::Undecodable(b"not json", "not JSON: expected value".into()),
         );
         assert_eq!(decode(&frame)["data_b64"], "bm90IGpzb24=");
+        assert_eq!(decode(&frame)["decode_error"], "not JSON: expected value");
         assert!(decode(&frame).get("data").is_none());
-        let frame = encode_event(&meta(), None, None, &[], Some(b"{}"), PayloadFormat::Raw);
+        let frame = encode_event(&meta(), None, None, &[], &Data::Bytes(b"{}"));
         assert_eq!(decode(&frame)["data_b64"], "e30=");
+        assert!(decode(&frame).get("decode_error").is_none());
+        let frame = encode_event(
+            &meta(),
+            None,
+            None,
+            &[],
+            &Data::Decoded(r#"{"n":1}"#.into()),
+        );
+        assert_eq!(decode(&frame)["data"], json!({"n": 1}));
     }
 
     #[test]
@@ -190,22 +237,14 @@ mod tests {
             None,
             Some(&[0xff, 0x00]),
             &[("bin", Some(&[0xfe])), ("none", None)],
-            None,
-            PayloadFormat::Json,
+            &Data::Deleted,
         );
         let v = decode(&frame);
         assert_eq!(v["key_b64"], "/wA=");
         assert_eq!(v["headers"], json!({"bin":{"b64":"/g=="},"none":null}));
         assert!(v.get("data").is_none() && v.get("data_b64").is_none());
         assert_eq!(v["deleted"], true, "a tombstone is a delete event");
-        let live = decode(&encode_event(
-            &meta(),
-            None,
-            None,
-            &[],
-            Some(b"1"),
-            PayloadFormat::Json,
-        ));
+        let live = decode(&encode_event(&meta(), None, None, &[], &Data::Bytes(b"1")));
         assert!(
             live.get("deleted").is_none(),
             "only tombstones carry the flag"

@@ -1,9 +1,15 @@
-//! Record decoding (JSON pass-through, raw bytes) and outgoing frame encoding.
+//! Record decoding (JSON pass-through, raw bytes, Avro by schema file or schema
+//! registry) and outgoing frame encoding.
 //!
 //! A record is decoded and encoded into its event frame once, at ingest; every
 //! recipient then shares the same [`Frame`] buffer.
 
+pub mod avro;
 pub mod cursor;
 mod event;
+pub mod payload;
+pub mod registry;
 
 pub use event::{EncodedRecord, Frame, RecordMeta, encode_event};
+pub use payload::{Data, DecodeError, Decoded, TopicCodec};
+pub use registry::Registry;

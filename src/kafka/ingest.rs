@@ -113,7 +113,7 @@ fn run(
                 let record = Arc::new(super::encode_message(
                     route.name(),
                     &message,
-                    route.format(),
+                    route.codec(),
                     max_bytes,
                 ));
                 router.dispatch(route, record);

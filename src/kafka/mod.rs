@@ -6,12 +6,13 @@ pub mod embedded;
 pub mod ingest;
 pub mod producer;
 pub mod replay;
+pub mod snapshot;
 
 use rdkafka::ClientConfig;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
-use crate::codec::{EncodedRecord, RecordMeta, encode_event};
-use crate::config::{Config, PayloadFormat};
+use crate::codec::{Data, Decoded, EncodedRecord, RecordMeta, TopicCodec, encode_event};
+use crate::config::Config;
 
 /// Client settings shared by every rdkafka client kgate creates.
 pub fn client_config(config: &Config, role: &str) -> ClientConfig {
@@ -43,11 +44,12 @@ pub fn consumer_config(config: &Config, role: &str) -> ClientConfig {
 }
 
 /// Decodes and encodes one consumed message into the frame every recipient shares.
-/// A frame over `max_bytes` is replaced by a `skipped` notice (and counted).
+/// A value that fails to decode under policy `skip`, or a frame over `max_bytes`, is
+/// replaced by a `skipped` notice (counted and logged with its position).
 pub fn encode_message(
     topic: &std::sync::Arc<str>,
     message: &BorrowedMessage<'_>,
-    format: PayloadFormat,
+    codec: &TopicCodec,
     max_bytes: usize,
 ) -> EncodedRecord {
     let meta = RecordMeta {
@@ -61,28 +63,54 @@ pub fn encode_message(
             headers.push((h.key, h.value));
         }
     }
-    let mut frame = encode_event(
-        &meta,
-        message.timestamp().to_millis(),
-        message.key(),
-        &headers,
-        message.payload(),
-        format,
-    );
-    if frame.len() > max_bytes {
-        crate::stats::stats().oversize_records_skipped.add(1);
-        tracing::info!(topic = %meta.topic, partition = meta.partition, offset = meta.offset, bytes = frame.len(), "record too large to deliver; subscribers get a skipped notice");
-        frame = crate::transport::protocol::skipped_frame(
+    let skipped = |reason: &str, detail: serde_json::Value| {
+        crate::transport::protocol::skipped_frame(
             &meta.topic,
             meta.partition,
             meta.offset,
-            frame.len(),
+            reason,
+            detail,
         )
-        .into();
+        .into()
+    };
+    let mut frame = match codec.decode(message.payload()) {
+        Decoded::Deliver(data) => {
+            if let Data::Undecodable(_, why) = &data {
+                tracing::warn!(topic = %meta.topic, partition = meta.partition, offset = meta.offset, error = %why, "value does not decode; delivered raw (on_decode_error = \"raw\")");
+            }
+            encode_event(
+                &meta,
+                message.timestamp().to_millis(),
+                message.key(),
+                &headers,
+                &data,
+            )
+        }
+        Decoded::Skip(why) => {
+            tracing::warn!(topic = %meta.topic, partition = meta.partition, offset = meta.offset, error = %why, "value does not decode; skipped (on_decode_error = \"skip\")");
+            skipped(
+                "decode_failed",
+                serde_json::json!({"error": why.to_string()}),
+            )
+        }
+    };
+    if frame.len() > max_bytes {
+        crate::stats::stats().oversize_records_skipped.add(1);
+        tracing::info!(topic = %meta.topic, partition = meta.partition, offset = meta.offset, bytes = frame.len(), "record too large to deliver; subscribers get a skipped notice");
+        frame = skipped(
+            "record_too_large",
+            serde_json::json!({"bytes": frame.len()}),
+        );
     }
-    EncodedRecord {
+    let mut record = EncodedRecord::new(
         meta,
-        key: message.key().map(bytes::Bytes::copy_from_slice),
+        message.key().map(bytes::Bytes::copy_from_slice),
         frame,
-    }
+    );
+    record.deleted = message.payload().is_none();
+    record.headers = headers
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value.map(bytes::Bytes::copy_from_slice)))
+        .collect();
+    record
 }

@@ -15,7 +15,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::config::{Config, PayloadFormat};
+use crate::config::Config;
 use crate::kafka::cluster::Cluster;
 use crate::router::Router;
 use crate::session::outbox::SubscriptionId;
@@ -29,7 +29,6 @@ pub type Addressed = (SubscriptionId, i32, ReplayEvent);
 pub struct ReplayRequest {
     pub subscription: SubscriptionId,
     pub topic: Arc<str>,
-    pub format: PayloadFormat,
     pub partition: i32,
     pub start: Start,
     /// The subscription's live position: the replay is needed only below it.
@@ -293,10 +292,10 @@ impl ReplayPool {
     fn read(self: &Arc<Self>, key: &ScanKey, scan: &Arc<Scan>) -> Result<(), KafkaError> {
         let (topic, partition) = key;
         let from = scan.state.lock().position;
-        let format = self
-            .router
-            .topic(topic)
-            .map_or(PayloadFormat::Raw, |t| t.format());
+        let Some(route) = self.router.topic(topic) else {
+            self.finish(key, scan);
+            return Ok(());
+        };
         tracing::debug!(%topic, partition, from, tier = ?Tier::Kafka, "replay scan");
         let consumer = match self.idle.lock().pop() {
             Some(c) => c,
@@ -315,7 +314,7 @@ impl ReplayPool {
                         let record = Arc::new(super::encode_message(
                             topic,
                             &message,
-                            format,
+                            route.codec(),
                             self.config.limits.max_outbound_record_bytes,
                         ));
                         if !self.distribute(scan, record) {

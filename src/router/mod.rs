@@ -6,9 +6,13 @@
 //! the subscription, every record before it is the replay's job.
 
 mod channel;
+mod filter;
+mod latest;
 mod ring;
 
 pub use channel::{Channel, ChannelError};
+pub use filter::{FilterError, HeaderFilter};
+pub use latest::LastValues;
 pub use ring::Ring;
 
 use std::collections::HashMap;
@@ -18,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
-use crate::codec::EncodedRecord;
+use crate::codec::{EncodedRecord, TopicCodec};
 use crate::config::{PayloadFormat, SlowConsumerPolicy};
 use crate::session::outbox::{Delivery, Outbox, Push, SubscriptionId};
 
@@ -33,7 +37,11 @@ pub struct Router {
 pub struct TopicRoute {
     name: Arc<str>,
     format: PayloadFormat,
+    codec: Arc<TopicCodec>,
     slow_consumer: SlowConsumerPolicy,
+    max_rate: Option<f64>,
+    /// The latest record per key (snapshot topics only).
+    latest: Option<Mutex<LastValues>>,
     /// Next offset ingest will dispatch, per partition.
     live: Vec<AtomicI64>,
     /// High watermark per partition, from ingest's statistics (-1 until known).
@@ -45,16 +53,35 @@ pub struct TopicRoute {
 
 #[derive(Default)]
 struct Subscribers {
-    all: HashMap<SubscriptionId, Arc<Outbox>>,
-    by_key: HashMap<Bytes, HashMap<SubscriptionId, Arc<Outbox>>>,
+    all: HashMap<SubscriptionId, Target>,
+    by_key: HashMap<Bytes, HashMap<SubscriptionId, Target>>,
+}
+
+/// Where a subscription's records go, and which of them it wants.
+struct Target {
+    outbox: Arc<Outbox>,
+    filter: Option<Arc<HeaderFilter>>,
 }
 
 /// A topic to serve, with its partition count and the offsets ingest starts from.
 pub struct TopicSpec {
     pub name: String,
     pub format: PayloadFormat,
+    pub codec: Arc<TopicCodec>,
     pub slow_consumer: SlowConsumerPolicy,
+    /// Default per-key rate of subscriptions that set none.
+    pub max_rate: Option<f64>,
+    /// Keep a last-value cache for snapshots.
+    pub snapshot: bool,
     pub start_offsets: Vec<i64>,
+}
+
+/// A registered subscription: its id, the live position of every partition and,
+/// when asked for, the snapshot taken at exactly those positions.
+pub struct Registered {
+    pub id: SubscriptionId,
+    pub live: Vec<i64>,
+    pub snapshot: Vec<Arc<EncodedRecord>>,
 }
 
 impl Router {
@@ -67,7 +94,10 @@ impl Router {
                 let route = TopicRoute {
                     name: name.clone(),
                     format: spec.format,
+                    codec: spec.codec,
                     slow_consumer: spec.slow_consumer,
+                    max_rate: spec.max_rate,
+                    latest: spec.snapshot.then(Mutex::default),
                     high: spec
                         .start_offsets
                         .iter()
@@ -111,24 +141,33 @@ impl Router {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Registers a subscription; returns its id and the live position of every partition.
+    /// Registers a subscription. With `snapshot`, the latest record per selected key
+    /// is taken under the same lock as the live positions: the snapshot holds
+    /// everything below them and dispatch delivers everything from them on.
     pub fn subscribe(
         &self,
         route: &TopicRoute,
         channel: &Channel,
+        filter: Option<Arc<HeaderFilter>>,
         outbox: Arc<Outbox>,
-    ) -> (SubscriptionId, Vec<i64>) {
+        snapshot: bool,
+    ) -> Registered {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut subs = route.subscribers.write();
+        let snapshot = match (&route.latest, snapshot) {
+            (Some(latest), true) => latest.lock().snapshot(channel, filter.as_deref()),
+            _ => Vec::new(),
+        };
+        let target = Target { outbox, filter };
         match &channel.key {
             None => {
-                subs.all.insert(id, outbox);
+                subs.all.insert(id, target);
             }
             Some(key) => {
                 subs.by_key
                     .entry(key.clone())
                     .or_default()
-                    .insert(id, outbox);
+                    .insert(id, target);
             }
         }
         let live = route
@@ -136,7 +175,7 @@ impl Router {
             .iter()
             .map(|p| p.load(Ordering::Acquire))
             .collect();
-        (id, live)
+        Registered { id, live, snapshot }
     }
 
     /// Removes a subscription; deliveries already queued for it are ignored by the session.
@@ -167,9 +206,15 @@ impl Router {
         if let Some(ring) = route.rings.get(partition) {
             ring.lock().push(record.clone());
         }
+        if let Some(latest) = &route.latest {
+            latest.lock().update(&record);
+        }
         let mut dropped = 0;
         let policy = route.slow_consumer;
-        let mut send = |(id, outbox): (&SubscriptionId, &Arc<Outbox>)| {
+        let mut send = |(id, Target { outbox, filter }): (&SubscriptionId, &Target)| {
+            if filter.as_ref().is_some_and(|f| !f.matches(&record)) {
+                return;
+            }
             let delivery = Delivery {
                 subscription: *id,
                 record: record.clone(),
@@ -202,6 +247,21 @@ impl TopicRoute {
     /// How payloads of this topic are decoded.
     pub fn format(&self) -> PayloadFormat {
         self.format
+    }
+
+    /// The topic's decoder.
+    pub fn codec(&self) -> &TopicCodec {
+        &self.codec
+    }
+
+    /// The per-key rate of subscriptions that set none.
+    pub fn default_max_rate(&self) -> Option<f64> {
+        self.max_rate
+    }
+
+    /// The last-value cache, for snapshot topics.
+    pub fn latest(&self) -> Option<&Mutex<LastValues>> {
+        self.latest.as_ref()
     }
 
     /// Partition count.
@@ -257,15 +317,15 @@ mod tests {
     use std::collections::VecDeque;
 
     fn record(partition: i32, offset: i64, key: &str) -> Arc<EncodedRecord> {
-        Arc::new(EncodedRecord {
-            meta: RecordMeta {
+        Arc::new(EncodedRecord::new(
+            RecordMeta {
                 topic: "prices".into(),
                 partition,
                 offset,
             },
-            key: Some(Bytes::copy_from_slice(key.as_bytes())),
-            frame: "{}".into(),
-        })
+            Some(Bytes::copy_from_slice(key.as_bytes())),
+            "{}".into(),
+        ))
     }
 
     #[test]
@@ -274,7 +334,10 @@ mod tests {
             vec![TopicSpec {
                 name: "prices".into(),
                 format: PayloadFormat::Json,
+                codec: Arc::new(TopicCodec::plain(true)),
                 slow_consumer: SlowConsumerPolicy::CatchUp,
+                max_rate: None,
+                snapshot: false,
                 start_offsets: vec![10, 20],
             }],
             1 << 20,
@@ -282,11 +345,20 @@ mod tests {
         let route = router.topic("prices").unwrap();
         let all = Arc::new(Outbox::new(100, 1 << 20));
         let aapl = Arc::new(Outbox::new(100, 1 << 20));
-        let (all_id, live) =
-            router.subscribe(route, &Channel::parse("prices", 64).unwrap(), all.clone());
+        let Registered {
+            id: all_id, live, ..
+        } = router.subscribe(
+            route,
+            &Channel::parse("prices", 64).unwrap(),
+            None,
+            all.clone(),
+            false,
+        );
         assert_eq!(live, vec![10, 20]);
         let aapl_channel = Channel::parse("prices:AAPL", 64).unwrap();
-        let (aapl_id, _) = router.subscribe(route, &aapl_channel, aapl.clone());
+        let aapl_id = router
+            .subscribe(route, &aapl_channel, None, aapl.clone(), false)
+            .id;
 
         router.dispatch(route, record(0, 10, "AAPL"));
         router.dispatch(route, record(1, 20, "MSFT"));

@@ -31,13 +31,13 @@ impl Ring {
         if self.max_bytes == 0 {
             return;
         }
-        self.bytes += record.frame.len();
+        self.bytes += record.size();
         self.records.push_back(record);
         while self.bytes > self.max_bytes {
             let Some(old) = self.records.pop_front() else {
                 break;
             };
-            self.bytes -= old.frame.len();
+            self.bytes -= old.size();
             self.covered_from = old.meta.offset + 1;
         }
     }
@@ -64,15 +64,15 @@ mod tests {
     use crate::codec::RecordMeta;
 
     fn rec(offset: i64) -> Arc<EncodedRecord> {
-        Arc::new(EncodedRecord {
-            meta: RecordMeta {
+        Arc::new(EncodedRecord::new(
+            RecordMeta {
                 topic: "t".into(),
                 partition: 0,
                 offset,
             },
-            key: None,
-            frame: "0123456789".into(),
-        })
+            None,
+            "0123456789".into(),
+        ))
     }
 
     #[test]

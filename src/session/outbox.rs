@@ -216,15 +216,15 @@ mod tests {
     fn delivery(offset: i64, size: usize, key: &str) -> Delivery {
         Delivery {
             subscription: 1,
-            record: Arc::new(EncodedRecord {
-                meta: RecordMeta {
+            record: Arc::new(EncodedRecord::new(
+                RecordMeta {
                     topic: "t".into(),
                     partition: 0,
                     offset,
                 },
-                key: Some(Bytes::copy_from_slice(key.as_bytes())),
-                frame: "x".repeat(size).into(),
-            }),
+                Some(Bytes::copy_from_slice(key.as_bytes())),
+                "x".repeat(size).into(),
+            )),
         }
     }
 

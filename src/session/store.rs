@@ -6,14 +6,16 @@
 //! interval (through RocksDB's WAL, so a killed process loses nothing
 //! committed). Sessions idle longer than their TTL are swept.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use rocksdb::{DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use rocksdb::{DB, Direction, IteratorMode, Options as DbOptions, WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
+
+use super::subscription::Options;
 
 /// A failed store operation, naming what was attempted.
 #[derive(Debug, thiserror::Error)]
@@ -33,16 +35,18 @@ pub enum StoreError {
 }
 
 /// A subscription remembered by a session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredSubscription {
     /// The channel name as the client wrote it.
     pub channel: String,
+    /// Its rate and header filter, restored with it.
+    pub options: Options,
     /// Next offset to deliver per partition; `None` until the first position is known.
     pub positions: Vec<Option<i64>>,
 }
 
 /// Everything the store holds about one session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {
     pub id: String,
     pub created_ms: i64,
@@ -55,6 +59,9 @@ struct Meta {
     created_ms: i64,
     last_seen_ms: i64,
     channels: Vec<String>,
+    /// Options of channels that have any (absent in records written before they existed).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    options: BTreeMap<String, Options>,
 }
 
 /// The RocksDB-backed session store.
@@ -114,7 +121,7 @@ impl SessionStore {
     /// Opens (or creates) the store under `<data_dir>/sessions`.
     pub fn open(data_dir: &Path, sync: bool) -> Result<SessionStore, StoreError> {
         let path = data_dir.join("sessions");
-        let mut opts = Options::default();
+        let mut opts = DbOptions::default();
         opts.create_if_missing(true);
         // Small: positions are tiny and the default 64 MiB memtable would be mostly empty.
         opts.set_write_buffer_size(8 * 1024 * 1024);
@@ -200,6 +207,7 @@ impl SessionStore {
             }
             subscriptions.push(StoredSubscription {
                 channel: channel.clone(),
+                options: meta.options.get(channel).cloned().unwrap_or_default(),
                 positions,
             });
         }
@@ -223,6 +231,7 @@ impl SessionStore {
                 created_ms: now,
                 last_seen_ms: now,
                 channels: Vec::new(),
+                options: BTreeMap::new(),
             },
         };
         self.put_meta(session, &meta)?;
@@ -237,15 +246,22 @@ impl SessionStore {
         &self,
         session: &str,
         channel: &str,
+        options: &Options,
         positions: &[Option<i64>],
     ) -> Result<(), StoreError> {
         let mut meta = self.get_meta(session)?.unwrap_or(Meta {
             created_ms: now_ms(),
             last_seen_ms: now_ms(),
             channels: Vec::new(),
+            options: BTreeMap::new(),
         });
         if !meta.channels.iter().any(|c| c == channel) {
             meta.channels.push(channel.to_string());
+        }
+        if *options == Options::default() {
+            meta.options.remove(channel);
+        } else {
+            meta.options.insert(channel.to_string(), options.clone());
         }
         let mut batch = WriteBatch::default();
         batch.put(
@@ -271,6 +287,7 @@ impl SessionStore {
             return Ok(());
         };
         meta.channels.retain(|c| c != channel);
+        meta.options.remove(channel);
         let prefix = channel_prefix(session, channel);
         self.pending.lock().retain(|k, _| !k.starts_with(&prefix));
         let mut batch = WriteBatch::default();
@@ -512,8 +529,12 @@ mod tests {
         {
             let store = SessionStore::open(dir.path(), false).unwrap();
             store.touch("alice").unwrap();
+            let options = Options {
+                max_rate: Some(2.5),
+                filter: None,
+            };
             store
-                .add_subscription("alice", "prices:AAPL", &[Some(5), Some(7)])
+                .add_subscription("alice", "prices:AAPL", &options, &[Some(5), Some(7)])
                 .unwrap();
             store.ack("alice", "prices:AAPL", 0, 9);
             store.ack("alice", "prices:AAPL", 0, 8); // older ack: ignored
@@ -532,6 +553,10 @@ mod tests {
             s.subscriptions,
             vec![StoredSubscription {
                 channel: "prices:AAPL".into(),
+                options: Options {
+                    max_rate: Some(2.5),
+                    filter: None
+                },
                 positions: vec![Some(9), Some(7)],
             }]
         );
@@ -544,8 +569,12 @@ mod tests {
         let store = SessionStore::open(dir.path(), false).unwrap();
         for s in ["a", "ab", "b"] {
             store.touch(s).unwrap();
-            store.add_subscription(s, "t", &[Some(1)]).unwrap();
-            store.add_subscription(s, "u", &[Some(2)]).unwrap();
+            store
+                .add_subscription(s, "t", &Options::default(), &[Some(1)])
+                .unwrap();
+            store
+                .add_subscription(s, "u", &Options::default(), &[Some(2)])
+                .unwrap();
         }
         store.remove_subscription("a", "t").unwrap();
         let a = store.load("a").unwrap().unwrap();

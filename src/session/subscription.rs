@@ -9,8 +9,10 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::codec::EncodedRecord;
-use crate::router::Channel;
+use crate::router::{Channel, HeaderFilter};
 use crate::session::outbox::SubscriptionId;
 
 /// Where a partition of a new subscription starts.
@@ -22,6 +24,17 @@ pub enum Start {
     Earliest,
     /// An exact offset; a gap is reported if Kafka no longer holds it.
     Offset(i64),
+}
+
+/// What a subscription asked for besides its channel and start; sessions keep it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Options {
+    /// At most this many updates per second per key (latest value wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<f64>,
+    /// Only records whose headers match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Arc<HeaderFilter>>,
 }
 
 /// A partition's delivery state.
@@ -68,6 +81,8 @@ pub enum ReplayStep {
 pub struct Subscription {
     pub id: SubscriptionId,
     pub channel: Channel,
+    /// Only records whose headers match (replays apply it; the router filters live records).
+    pub filter: Option<Arc<HeaderFilter>>,
     /// The id of the subscribe request, echoed in the `live` marker.
     pub request_id: Option<serde_json::Value>,
     cursors: Vec<Cursor>,
@@ -81,6 +96,7 @@ impl Subscription {
     pub fn new(
         id: SubscriptionId,
         channel: Channel,
+        filter: Option<Arc<HeaderFilter>>,
         request_id: Option<serde_json::Value>,
         starts: &[Start],
         live: &[i64],
@@ -117,6 +133,7 @@ impl Subscription {
         let sub = Subscription {
             id,
             channel,
+            filter,
             request_id,
             cursors,
             buffer_cap,
@@ -171,7 +188,9 @@ impl Subscription {
             ReplayEvent::Record(record) => {
                 if next.is_none_or(|n| record.meta.offset >= n) {
                     *next = Some(record.meta.offset + 1);
-                    if self.channel.matches(record.key.as_deref()) {
+                    if self.channel.matches(record.key.as_deref())
+                        && self.filter.as_ref().is_none_or(|f| f.matches(&record))
+                    {
                         out.push(record);
                     }
                 }
@@ -290,15 +309,15 @@ mod tests {
     use bytes::Bytes;
 
     fn rec(partition: i32, offset: i64, key: &str) -> Arc<EncodedRecord> {
-        Arc::new(EncodedRecord {
-            meta: RecordMeta {
+        Arc::new(EncodedRecord::new(
+            RecordMeta {
                 topic: "t".into(),
                 partition,
                 offset,
             },
-            key: Some(Bytes::copy_from_slice(key.as_bytes())),
-            frame: "".into(),
-        })
+            Some(Bytes::copy_from_slice(key.as_bytes())),
+            "".into(),
+        ))
     }
 
     fn offsets(out: &[Arc<EncodedRecord>]) -> Vec<i64> {
@@ -314,6 +333,7 @@ mod tests {
         Subscription::new(
             1,
             Channel::parse(channel, 100).unwrap(),
+            None,
             None,
             starts,
             live,

@@ -19,9 +19,9 @@ use crate::config::SlowConsumerPolicy;
 use crate::gateway::Gateway;
 use crate::kafka::replay::{Addressed, ReplayHandle, ReplayRequest};
 use crate::limits::Ticket;
-use crate::router::Channel;
+use crate::router::{Channel, Registered, TopicRoute};
 use crate::session::outbox::{Delivery, Outbox, SubscriptionId};
-use crate::session::subscription::{ReplayEvent, ReplayStep, Start, Subscription};
+use crate::session::subscription::{Options, ReplayEvent, ReplayStep, Start, Subscription};
 use crate::stats::stats;
 use crate::transport::protocol::{self, CloseCode, Command, ErrorCode, From};
 
@@ -39,6 +39,33 @@ async fn taken_over(session: &Option<(String, Arc<Notify>)>) {
         Some((_, kick)) => kick.notified().await,
         None => std::future::pending().await,
     }
+}
+
+/// Waits (up to 30 s) for the topic's last-value cache to finish loading.
+async fn wait_for_snapshot(route: &TopicRoute) -> Result<(), (ErrorCode, String)> {
+    let Some(latest) = route.latest() else {
+        return Err((
+            ErrorCode::SnapshotUnavailable,
+            format!(
+                "topic {:?} keeps no snapshot: set `snapshot = true` in its [[topics]] entry",
+                &**route.name()
+            ),
+        ));
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !latest.lock().is_loaded() {
+        if Instant::now() > deadline {
+            return Err((
+                ErrorCode::SnapshotUnavailable,
+                format!(
+                    "the snapshot of {:?} is still loading; retry shortly",
+                    &**route.name()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 /// Resolves when the connection must close as a slow consumer: a `disconnect`-policy
@@ -389,16 +416,9 @@ impl Connection {
         let Some(active) = self.subs.get(&id) else {
             return ReplayHandle::default();
         };
-        let topic = active.sub.channel.topic.clone();
-        let format = self
-            .gateway
-            .router
-            .topic(&topic)
-            .map_or(crate::config::PayloadFormat::Raw, |t| t.format());
         let request = ReplayRequest {
             subscription: id,
-            topic,
-            format,
+            topic: active.sub.channel.topic.clone(),
             partition,
             start,
             until,
@@ -545,10 +565,12 @@ impl Connection {
                 id,
                 channel,
                 from,
-                max_rate,
+                options,
+                snapshot,
             }) => {
-                if let Err((code, message)) =
-                    self.subscribe(id.clone(), &channel, from, max_rate).await
+                if let Err((code, message)) = self
+                    .subscribe(id.clone(), &channel, from, options, snapshot)
+                    .await
                 {
                     self.error(id.as_ref(), code, &message);
                 }
@@ -664,7 +686,8 @@ impl Connection {
                         &stored.channel,
                         channel,
                         Resolved::Stored(starts),
-                        None,
+                        stored.options.clone(),
+                        false,
                     )
                 });
             if let Err((code, message)) = registered {
@@ -705,7 +728,8 @@ impl Connection {
         id: Option<Value>,
         name: &str,
         from: From,
-        max_rate: Option<f64>,
+        options: Options,
+        snapshot: bool,
     ) -> Result<(), (ErrorCode, String)> {
         let limits = &self.gateway.config.websocket;
         let channel = Channel::parse(name, limits.max_channel_bytes)
@@ -737,6 +761,9 @@ impl Connection {
                     limits.max_subscriptions
                 ),
             ));
+        }
+        if snapshot {
+            wait_for_snapshot(route).await?;
         }
         let partitions = route.partitions();
         let starts: Vec<Start> = match from {
@@ -773,7 +800,14 @@ impl Connection {
                 .map(|o| o.map_or(Start::Latest, Start::Offset))
                 .collect(),
         };
-        self.register(id, name, channel, Resolved::Requested(starts), max_rate)
+        self.register(
+            id,
+            name,
+            channel,
+            Resolved::Requested(starts),
+            options,
+            snapshot,
+        )
     }
 
     /// Registers a subscription with the router and starts the replays it needs.
@@ -783,8 +817,10 @@ impl Connection {
         name: &str,
         channel: Channel,
         starts: Resolved,
-        max_rate: Option<f64>,
+        options: Options,
+        snapshot: bool,
     ) -> Result<(), (ErrorCode, String)> {
+        let requested_snapshot = snapshot;
         let gateway = self.gateway.clone();
         let route = gateway.router.topic(&channel.topic).ok_or_else(|| {
             (
@@ -806,9 +842,17 @@ impl Connection {
                 Start::Earliest
             },
         );
-        let (sub_id, live) = gateway
-            .router
-            .subscribe(route, &channel, self.outbox.clone());
+        let Registered {
+            id: sub_id,
+            live,
+            snapshot,
+        } = gateway.router.subscribe(
+            route,
+            &channel,
+            options.filter.clone(),
+            self.outbox.clone(),
+            snapshot,
+        );
         if let (true, Some((session, _))) = (persist, &self.session) {
             let positions: Vec<Option<i64>> = starts
                 .iter()
@@ -819,19 +863,29 @@ impl Connection {
                     Start::Earliest => None,
                 })
                 .collect();
-            if let Err(e) = gateway.sessions.add_subscription(session, name, &positions) {
+            if let Err(e) = gateway
+                .sessions
+                .add_subscription(session, name, &options, &positions)
+            {
                 gateway.router.unsubscribe(route, &channel, sub_id);
                 return Err((ErrorCode::StoreFailed, e.to_string()));
             }
         }
         let buffer = gateway.config.replay.handoff_buffer_records;
-        let (sub, replays) = Subscription::new(sub_id, channel, id.clone(), &starts, &live, buffer);
+        let (sub, replays) = Subscription::new(
+            sub_id,
+            channel,
+            options.filter,
+            id.clone(),
+            &starts,
+            &live,
+            buffer,
+        );
         let mut handles = vec![ReplayHandle::default(); partitions as usize];
         for (partition, start) in replays {
             let request = ReplayRequest {
                 subscription: sub_id,
                 topic: route.name().clone(),
-                format: route.format(),
                 partition,
                 start,
                 until: live[partition as usize],
@@ -839,17 +893,30 @@ impl Connection {
             handles[partition as usize] = gateway.replay.start(request, self.replay_tx.clone());
         }
         self.push_text(protocol::subscribed_frame(id.as_ref(), name, &live));
+        let name: Arc<str> = Arc::from(name);
+        if requested_snapshot {
+            let count = snapshot.len();
+            self.pending
+                .extend(snapshot.into_iter().map(|record| Outbound::Event {
+                    channel: name.clone(),
+                    record,
+                }));
+            self.push_text(protocol::snapshot_end_frame(id.as_ref(), &name, count));
+        }
         let mut active = Active {
             sub,
             disconnect_when_behind: route.slow_consumer() == SlowConsumerPolicy::Disconnect,
             behind_since: None,
-            name: Arc::from(name),
+            name: name.clone(),
             released: Vec::new(),
             replays: handles,
-            throttle: max_rate.map(Throttle::new),
+            throttle: options
+                .max_rate
+                .or(route.default_max_rate())
+                .map(Throttle::new),
         };
         if active.sub.take_live_marker() {
-            self.push_text(protocol::live_frame(id.as_ref(), name));
+            self.push_text(protocol::live_frame(id.as_ref(), &name));
         }
         self.by_channel.insert(name.to_string(), sub_id);
         self.subs.insert(sub_id, active);

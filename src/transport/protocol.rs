@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::router::HeaderFilter;
+use crate::session::subscription::Options;
+
 /// The subprotocol a client offers in `Sec-WebSocket-Protocol`.
 pub const SUBPROTOCOL: &str = "kgate.v1.json";
 
@@ -52,6 +55,8 @@ pub enum ErrorCode {
     Forbidden,
     /// A refreshed token was refused; the message names the reason code (`token_expired`, ...).
     InvalidToken,
+    /// `snapshot` on a topic without `snapshot = true`, or its cache is still loading.
+    SnapshotUnavailable,
 }
 
 impl ErrorCode {
@@ -78,6 +83,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::SnapshotUnavailable => "snapshot_unavailable",
         }
     }
 }
@@ -162,8 +168,10 @@ pub enum Command {
         id: Option<Value>,
         channel: String,
         from: From,
-        /// At most this many updates per second per key (latest value wins).
-        max_rate: Option<f64>,
+        /// Rate and header filter (kept by a session).
+        options: Options,
+        /// Send the latest record per key first, then `snapshot_end`, then live records.
+        snapshot: bool,
     },
     Unsubscribe {
         id: Option<Value>,
@@ -209,6 +217,16 @@ struct SubscribeFields {
     from: Option<Value>,
     #[serde(default)]
     max_rate: Option<f64>,
+    #[serde(default)]
+    filter: Option<FilterFields>,
+    #[serde(default)]
+    snapshot: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilterFields {
+    headers: Value,
 }
 
 #[derive(Deserialize)]
@@ -321,11 +339,31 @@ pub fn parse_command(text: &str, max_bytes: usize) -> Result<Command, CommandErr
                     ),
                 ));
             }
+            if f.snapshot && from != From::Latest {
+                return Err(fail(
+                    id,
+                    ErrorCode::InvalidFrame,
+                    "`snapshot` starts at the live end: leave `from` out or set it to \"latest\""
+                        .into(),
+                ));
+            }
+            let filter = match f.filter {
+                None => None,
+                Some(fields) => Some(
+                    HeaderFilter::parse(&fields.headers)
+                        .map_err(|e| fail(id.clone(), ErrorCode::InvalidFrame, e.to_string()))?
+                        .into(),
+                ),
+            };
             Ok(Command::Subscribe {
                 id,
                 channel: f.channel,
                 from,
-                max_rate: f.max_rate,
+                options: Options {
+                    max_rate: f.max_rate,
+                    filter,
+                },
+                snapshot: f.snapshot,
             })
         }
         "unsubscribe" => {
@@ -472,6 +510,14 @@ pub fn live_frame(id: Option<&Value>, channel: &str) -> String {
     with_id(json!({"type": "live", "channel": channel}), id)
 }
 
+/// Ends a snapshot: `count` latest-per-key events were sent; live events follow.
+pub fn snapshot_end_frame(id: Option<&Value>, channel: &str, count: usize) -> String {
+    with_id(
+        json!({"type": "snapshot_end", "channel": channel, "count": count}),
+        id,
+    )
+}
+
 /// Records before `earliest` were deleted by retention and will never be delivered.
 pub fn gap_frame(
     channel: &str,
@@ -503,11 +549,21 @@ pub fn pong_frame(id: Option<&Value>) -> String {
     with_id(json!({"type": "pong"}), id)
 }
 
-/// A record too large to deliver (`limits.max_outbound_record_bytes`); encoded once, like events.
-pub fn skipped_frame(topic: &str, partition: i32, offset: i64, bytes: usize) -> String {
-    json!({"type": "skipped", "topic": topic, "partition": partition, "offset": offset,
-           "reason": "record_too_large", "bytes": bytes})
-    .to_string()
+/// A record delivered as a notice in its place (too large, or its value does not decode); encoded once, like events.
+/// `detail` is an object merged into the frame (`bytes`, `error`).
+pub fn skipped_frame(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    reason: &str,
+    detail: Value,
+) -> String {
+    let mut frame = json!({"type": "skipped", "topic": topic, "partition": partition,
+                           "offset": offset, "reason": reason});
+    if let (Some(frame), Value::Object(detail)) = (frame.as_object_mut(), detail) {
+        frame.extend(detail);
+    }
+    frame.to_string()
 }
 
 /// The first frame on every connection.
@@ -545,8 +601,30 @@ mod tests {
                 id: Some(json!("a")),
                 channel: "prices:AAPL".into(),
                 from: From::Latest,
-                max_rate: None,
+                options: Options::default(),
+                snapshot: false,
             }
+        );
+        let c = parse_command(
+            r#"{"type":"subscribe","channel":"p","snapshot":true,"filter":{"headers":{"region":["eu",null]}}}"#,
+            1000,
+        )
+        .unwrap();
+        let Command::Subscribe {
+            options:
+                Options {
+                    filter: Some(filter),
+                    ..
+                },
+            snapshot: true,
+            ..
+        } = c
+        else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            *filter,
+            HeaderFilter::parse(&json!({"region": ["eu", null]})).unwrap()
         );
         let c = parse_command(
             r#"{"type":"subscribe","id":7,"channel":"p","from":{"offsets":{"0":5,"2":9}}}"#,
@@ -607,6 +685,18 @@ mod tests {
         assert_eq!(
             err(r#"{"type":"subscribe","channel":"p","from":"yesterday"}"#).code,
             ErrorCode::InvalidPosition
+        );
+        assert_eq!(
+            err(r#"{"type":"subscribe","channel":"p","snapshot":true,"from":"earliest"}"#).code,
+            ErrorCode::InvalidFrame
+        );
+        assert_eq!(
+            err(r#"{"type":"subscribe","channel":"p","filter":{"headers":{"a":1}}}"#).code,
+            ErrorCode::InvalidFrame
+        );
+        assert_eq!(
+            err(r#"{"type":"subscribe","channel":"p","filter":{"key":"a"}}"#).code,
+            ErrorCode::InvalidFrame
         );
         assert_eq!(
             err(r#"{"type":"subscribe","channel":"p","from":{"offsets":{"x":1}}}"#).code,

@@ -223,15 +223,15 @@ mod tests {
     use crate::codec::RecordMeta;
 
     fn record(partition: i32, offset: i64) -> EncodedRecord {
-        EncodedRecord {
-            meta: RecordMeta {
+        EncodedRecord::new(
+            RecordMeta {
                 topic: "t".into(),
                 partition,
                 offset,
             },
-            key: None,
-            frame: "{}".into(),
-        }
+            None,
+            "{}".into(),
+        )
     }
 
     #[test]

@@ -81,15 +81,15 @@ mod tests {
     use crate::codec::RecordMeta;
 
     fn rec(offset: i64, key: &str) -> Arc<EncodedRecord> {
-        Arc::new(EncodedRecord {
-            meta: RecordMeta {
+        Arc::new(EncodedRecord::new(
+            RecordMeta {
                 topic: "t".into(),
                 partition: 0,
                 offset,
             },
-            key: Some(Bytes::copy_from_slice(key.as_bytes())),
-            frame: "".into(),
-        })
+            Some(Bytes::copy_from_slice(key.as_bytes())),
+            "".into(),
+        ))
     }
 
     #[test]
