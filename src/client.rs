@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::transport::protocol::SUBPROTOCOL;
+use crate::transport::protocol::{BINARY_SUBPROTOCOL, SUBPROTOCOL};
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,15 @@ pub enum Incoming {
     Closed(Option<(u16, String)>),
 }
 
+/// A data message, unparsed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Raw {
+    /// A JSON text frame.
+    Text(String),
+    /// A binary event (`kgate.v1.avro`): one datum of schemas/envelope.avsc.
+    Binary(bytes::Bytes),
+}
+
 /// One WebSocket connection speaking protocol v1.
 pub struct Client {
     socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -53,15 +62,27 @@ impl Client {
 
     /// Connects with `token` (if any) in the Authorization header.
     pub async fn connect_with_token(url: &str, token: Option<&str>) -> Result<Client, ClientError> {
+        Self::connect_as(url, token, SUBPROTOCOL).await
+    }
+
+    /// Connects offering `kgate.v1.avro`: events of `binary = true` topics arrive as binary messages.
+    pub async fn connect_binary(url: &str) -> Result<Client, ClientError> {
+        Self::connect_as(url, None, BINARY_SUBPROTOCOL).await
+    }
+
+    async fn connect_as(
+        url: &str,
+        token: Option<&str>,
+        protocol: &'static str,
+    ) -> Result<Client, ClientError> {
         let connect_err = |source| ClientError::Connect {
             url: url.to_string(),
             source,
         };
         let mut request = url.into_client_request().map_err(connect_err)?;
-        request.headers_mut().insert(
-            "sec-websocket-protocol",
-            HeaderValue::from_static(SUBPROTOCOL),
-        );
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", HeaderValue::from_static(protocol));
         if let Some(token) = token {
             let value = HeaderValue::from_str(&format!("Bearer {token}"))
                 .map_err(|e| connect_err(WsError::HttpFormat(e.into())))?;
@@ -120,6 +141,20 @@ impl Client {
             match self.socket.next().await {
                 None | Some(Ok(Message::Close(_))) => return Ok(None),
                 Some(Ok(Message::Text(text))) => return Ok(Some(text.to_string())),
+                Some(Ok(_)) => continue,
+                Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => return Ok(None),
+                Some(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The next data message, text or binary (`None` when the connection closed).
+    pub async fn next_raw(&mut self) -> Result<Option<Raw>, ClientError> {
+        loop {
+            match self.socket.next().await {
+                None | Some(Ok(Message::Close(_))) => return Ok(None),
+                Some(Ok(Message::Text(text))) => return Ok(Some(Raw::Text(text.to_string()))),
+                Some(Ok(Message::Binary(data))) => return Ok(Some(Raw::Binary(data))),
                 Some(Ok(_)) => continue,
                 Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => return Ok(None),
                 Some(Err(e)) => return Err(e.into()),

@@ -4,6 +4,7 @@
 mod procs;
 mod replay;
 mod resume;
+mod wire;
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use crate::kafka::producer::Producer;
 pub use procs::{GatewayProc, Proc};
 pub use replay::{ReplayOptions, run_replay};
 pub use resume::{ResumeOptions, run_resume};
+pub use wire::{WireOptions, run_wire};
 
 /// One line of a summary table.
 #[derive(Debug, Clone, serde::Serialize)]

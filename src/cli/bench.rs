@@ -1,6 +1,6 @@
 //! `kgate bench`: run a load scenario and print a summary table.
 
-use crate::bench::{self, ReplayOptions, ResumeOptions, Row};
+use crate::bench::{self, ReplayOptions, ResumeOptions, Row, WireOptions};
 
 /// Options of `kgate bench`.
 #[derive(Debug, clap::Args)]
@@ -28,6 +28,12 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         missed: usize,
     },
+    /// Bytes per ticker event: JSON frames vs binary envelopes, JSON and Avro topics
+    /// (run from the repository root: it reads schemas/tick.avsc).
+    Wire {
+        #[arg(long, default_value_t = 10_000)]
+        records: usize,
+    },
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -38,6 +44,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Scenario::Resume { clients, missed } => {
             bench::run_resume(&ResumeOptions { clients, missed }).await?
         }
+        Scenario::Wire { records } => bench::run_wire(&WireOptions { records }).await?,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -31,6 +31,8 @@ pub struct EncodedRecord {
     pub headers: Vec<(String, Option<Bytes>)>,
     /// A tombstone: the value was null.
     pub deleted: bool,
+    /// The binary envelope (`kgate.v1.avro`), for topics with `binary = true`.
+    pub binary: Option<Bytes>,
     /// The complete `event` frame (JSON text), shared by every recipient.
     pub frame: Frame,
 }
@@ -43,6 +45,7 @@ impl EncodedRecord {
             key,
             headers: Vec::new(),
             deleted: false,
+            binary: None,
             frame,
         }
     }
@@ -58,6 +61,7 @@ impl EncodedRecord {
     /// Bytes this record holds in memory (frame, key and headers), for byte-bounded buffers.
     pub fn size(&self) -> usize {
         self.frame.len()
+            + self.binary.as_ref().map_or(0, Bytes::len)
             + self.key.as_ref().map_or(0, Bytes::len)
             + self
                 .headers

@@ -6,10 +6,12 @@
 
 pub mod avro;
 pub mod cursor;
+mod envelope;
 mod event;
 pub mod payload;
 pub mod registry;
 
+pub use envelope::{ENVELOPE_SCHEMA, encode_envelope};
 pub use event::{EncodedRecord, Frame, RecordMeta, encode_event};
 pub use payload::{Data, DecodeError, Decoded, TopicCodec};
 pub use registry::Registry;

@@ -64,6 +64,8 @@ pub enum Decoded<'a> {
 pub struct TopicCodec {
     pub decoder: PayloadDecoder,
     pub on_error: DecodeFailurePolicy,
+    /// Also encode the binary envelope (`kgate.v1.avro`) of each record.
+    pub binary: bool,
     /// Values of this topic that did not decode.
     failures: AtomicU64,
 }
@@ -101,6 +103,7 @@ impl TopicCodec {
         Ok(TopicCodec {
             decoder,
             on_error: topic.on_decode_error,
+            binary: topic.binary,
             failures: AtomicU64::new(0),
         })
     }
@@ -114,6 +117,7 @@ impl TopicCodec {
                 PayloadDecoder::Raw
             },
             on_error: DecodeFailurePolicy::Raw,
+            binary: false,
             failures: AtomicU64::new(0),
         }
     }

@@ -75,6 +75,10 @@ pub struct TopicConfig {
     /// subscriptions can ask for a snapshot.
     #[serde(default)]
     pub snapshot: bool,
+    /// Also encode each record as a binary envelope for `kgate.v1.avro` clients
+    /// (costs one more encoding per record at ingest and its bytes in the ring).
+    #[serde(default)]
+    pub binary: bool,
 }
 
 impl TopicConfig {
@@ -95,6 +99,7 @@ impl TopicConfig {
             slow_consumer: SlowConsumerPolicy::default(),
             max_rate: None,
             snapshot: false,
+            binary: false,
         }
     }
 }

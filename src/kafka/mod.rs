@@ -11,7 +11,9 @@ pub mod snapshot;
 use rdkafka::ClientConfig;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
-use crate::codec::{Data, Decoded, EncodedRecord, RecordMeta, TopicCodec, encode_event};
+use crate::codec::{
+    Data, Decoded, EncodedRecord, RecordMeta, TopicCodec, encode_envelope, encode_event,
+};
 use crate::config::Config;
 
 /// Client settings shared by every rdkafka client kgate creates.
@@ -108,6 +110,17 @@ pub fn encode_message(
         frame,
     );
     record.deleted = message.payload().is_none();
+    if codec.binary {
+        let envelope = encode_envelope(
+            &record.meta,
+            message.timestamp().to_millis(),
+            message.key(),
+            &headers,
+            message.payload(),
+        );
+        // Too large for a client: it gets the JSON `skipped` notice instead.
+        record.binary = (envelope.len() <= max_bytes).then_some(envelope);
+    }
     record.headers = headers
         .into_iter()
         .map(|(name, value)| (name.to_string(), value.map(bytes::Bytes::copy_from_slice)))

@@ -12,6 +12,10 @@ use crate::session::subscription::Options;
 /// The subprotocol a client offers in `Sec-WebSocket-Protocol`.
 pub const SUBPROTOCOL: &str = "kgate.v1.json";
 
+/// The binary subprotocol: as `kgate.v1.json`, but events of topics with
+/// `binary = true` arrive as binary messages (schemas/envelope.avsc).
+pub const BINARY_SUBPROTOCOL: &str = "kgate.v1.avro";
+
 /// Stable, machine-readable error codes carried by `error` frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {

@@ -533,3 +533,71 @@ async fn topic_conflation_default_never_reorders_a_key() {
     );
     println!("conflation: {total} of 3000 updates delivered at the topic default of 5/s per key");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_subprotocol_delivers_avro_envelopes() {
+    use apache_avro::types::Value as Avro;
+    use kgate::client::Raw;
+
+    let bin = topic("bin");
+    let text = topic("bintext");
+    let gw = Gateway::start(&[(&text, 1)], &topic_entry(&bin, 1, "binary = true"));
+    let mut c = Client::connect_binary(&gw.ws_url()).await.unwrap();
+    for t in [&bin, &text] {
+        c.subscribe(t, json!("latest")).await.unwrap();
+        c.until("subscribed", WAIT).await.unwrap();
+    }
+    let mut json_client = subscribed_client(&gw.ws_url(), &bin, json!("latest")).await;
+    let producer = producer();
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "src",
+        value: Some("x"),
+    });
+    let d = producer
+        .send(&bin, Some(b"AAPL"), Some(br#"{"p":1}"#), Some(headers))
+        .await
+        .unwrap();
+    producer
+        .send(&text, Some(b"k"), Some(b"{}"), None)
+        .await
+        .unwrap();
+
+    let schema = apache_avro::Schema::parse_str(kgate::codec::ENVELOPE_SCHEMA).unwrap();
+    let (mut binary, mut texts) = (Vec::new(), Vec::new());
+    while binary.len() + texts.len() < 2 {
+        match tokio::time::timeout(WAIT, c.next_raw())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Some(Raw::Binary(data)) => binary.push(data),
+            Some(Raw::Text(t)) if t.starts_with(r#"{"type":"event""#) => texts.push(t),
+            Some(Raw::Text(_)) => {}
+            None => panic!("closed"),
+        }
+    }
+    assert_eq!(
+        (binary.len(), texts.len()),
+        (1, 1),
+        "binary for the binary topic, JSON for the other"
+    );
+    let v = apache_avro::from_avro_datum(&schema, &mut &binary[0][..], None).unwrap();
+    let Avro::Record(fields) = v else {
+        panic!("{v:?}")
+    };
+    let get = |name: &str| fields.iter().find(|(n, _)| n == name).unwrap().1.clone();
+    assert_eq!(get("topic"), Avro::String(bin.clone()));
+    assert_eq!(get("offset"), Avro::Long(d.offset));
+    assert_eq!(
+        get("key"),
+        Avro::Union(1, Box::new(Avro::Bytes(b"AAPL".to_vec())))
+    );
+    assert_eq!(
+        get("value"),
+        Avro::Union(1, Box::new(Avro::Bytes(br#"{"p":1}"#.to_vec())))
+    );
+    assert!(texts[0].contains(&text));
+    // JSON clients of the same topic are unaffected.
+    let e = read_events(&mut json_client, 1, WAIT).await;
+    assert_eq!(e[0]["data"], json!({"p": 1}));
+}

@@ -1,4 +1,5 @@
-//! The WebSocket [`Link`]: text messages both ways, pings, close frames.
+//! The WebSocket [`Link`]: text messages both ways (and binary events under
+//! `kgate.v1.avro`), pings, close frames.
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -10,13 +11,17 @@ use crate::transport::link::{Gone, Inbound, Link, Outbound};
 use crate::transport::protocol::CloseCode;
 
 /// An upgraded WebSocket.
-pub(super) struct WsLink(pub(super) Socket);
+pub(super) struct WsLink {
+    pub(super) socket: Socket,
+    /// `kgate.v1.avro`: events that have a binary envelope go out as binary messages.
+    pub(super) binary: bool,
+}
 
 impl Link for WsLink {
     const ANSWERS_PINGS: bool = true;
 
     async fn recv(&mut self) -> Inbound {
-        match self.0.next().await {
+        match self.socket.next().await {
             None => Inbound::Gone,
             Some(Ok(Message::Text(text))) => Inbound::Command(text.to_string()),
             Some(Ok(Message::Binary(_))) => Inbound::Binary,
@@ -39,12 +44,15 @@ impl Link for WsLink {
         for item in batch {
             let message = match item {
                 Outbound::Control(text) => Message::Text(text.into()),
-                Outbound::Event { record, .. } => Message::Text(record.frame.clone()),
+                Outbound::Event { record, .. } => match (&record.binary, self.binary) {
+                    (Some(envelope), true) => Message::Binary(envelope.clone()),
+                    _ => Message::Text(record.frame.clone()),
+                },
                 Outbound::Ping => Message::Ping(Default::default()),
             };
-            self.0.feed(message).await.map_err(|_| Gone)?;
+            self.socket.feed(message).await.map_err(|_| Gone)?;
         }
-        self.0.flush().await.map_err(|_| Gone)
+        self.socket.flush().await.map_err(|_| Gone)
     }
 
     async fn close(&mut self, code: CloseCode) {
@@ -52,6 +60,6 @@ impl Link for WsLink {
             code: WsCloseCode::from(code.code()),
             reason: code.reason().into(),
         };
-        let _ = self.0.close(Some(frame)).await;
+        let _ = self.socket.close(Some(frame)).await;
     }
 }

@@ -18,7 +18,7 @@ use crate::auth::Identity;
 use crate::gateway::Gateway;
 use crate::transport::access::{admit, request_parts};
 use crate::transport::connection::Connection;
-use crate::transport::protocol::SUBPROTOCOL;
+use crate::transport::protocol::{BINARY_SUBPROTOCOL, SUBPROTOCOL};
 use crate::transport::reply::error_reply as refuse;
 use link::WsLink;
 
@@ -83,7 +83,9 @@ fn handshake(
         );
     }
     let offered = header(headers, "sec-websocket-protocol");
-    let protocol_ok = offered.is_empty() || has_token(offered, SUBPROTOCOL);
+    // The binary subprotocol wins when a client offers both.
+    let binary = has_token(offered, BINARY_SUBPROTOCOL);
+    let protocol_ok = offered.is_empty() || binary || has_token(offered, SUBPROTOCOL);
     if !protocol_ok {
         // Never echo a bearer entry: it holds a token.
         let shown: Vec<&str> = offered
@@ -94,21 +96,28 @@ fn handshake(
         return refuse(
             StatusCode::BAD_REQUEST,
             "unsupported_subprotocol",
-            &format!("offered subprotocols {shown:?} do not include {SUBPROTOCOL}"),
+            &format!(
+                "offered subprotocols {shown:?} include neither {SUBPROTOCOL} nor {BINARY_SUBPROTOCOL}"
+            ),
         );
     }
     let (ticket, identity) = match admit(&gateway, headers, query, remote) {
         Ok(admitted) => admitted,
         Err(response) => return response,
     };
-    upgrade_to(gateway, key, offered, upgrade, remote, ticket, identity)
+    let chosen = match (offered.is_empty(), binary) {
+        (true, _) => None,
+        (false, true) => Some(BINARY_SUBPROTOCOL),
+        (false, false) => Some(SUBPROTOCOL),
+    };
+    upgrade_to(gateway, key, chosen, upgrade, remote, ticket, identity)
 }
 
 /// Answers 101 and runs the connection once hyper hands over the socket.
 fn upgrade_to(
     gateway: Arc<Gateway>,
     key: &str,
-    offered: &str,
+    protocol: Option<&'static str>,
     upgrade: OnUpgrade,
     remote: Option<SocketAddr>,
     ticket: crate::limits::Ticket,
@@ -123,12 +132,10 @@ fn upgrade_to(
     if let Ok(accept) = HeaderValue::from_str(&accept) {
         h.insert("sec-websocket-accept", accept);
     }
-    if !offered.is_empty() {
-        h.insert(
-            "sec-websocket-protocol",
-            HeaderValue::from_static(SUBPROTOCOL),
-        );
+    if let Some(protocol) = protocol {
+        h.insert("sec-websocket-protocol", HeaderValue::from_static(protocol));
     }
+    let binary = protocol == Some(BINARY_SUBPROTOCOL);
     let ws = &gateway.config.websocket;
     // tungstenite's defaults hold 128 KiB per connection; these keep idle connections small.
     let config = WebSocketConfig::default()
@@ -150,7 +157,7 @@ fn upgrade_to(
                 )
                 .await;
                 Connection::new(gateway, remote, ticket, identity)
-                    .run(WsLink(socket))
+                    .run(WsLink { socket, binary })
                     .await;
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
