@@ -232,7 +232,14 @@ impl Default for Config {
             poll: PollConfig::default(),
             kafka: KafkaConfig::default(),
             embedded_broker: EmbeddedBrokerConfig::default(),
-            topics: vec![TopicConfig::json("prices"), TopicConfig::json("telemetry")],
+            // The demo board opens with every symbol at once: prices keeps a snapshot.
+            topics: vec![
+                TopicConfig {
+                    snapshot: true,
+                    ..TopicConfig::json("prices")
+                },
+                TopicConfig::json("telemetry"),
+            ],
             schema_registry: SchemaRegistryConfig::default(),
             websocket: WebSocketConfig::default(),
             replay: ReplayConfig::default(),

@@ -14,6 +14,8 @@
     url: "",                      // gateway base URL (http(s)://host:port); default: the page's origin
     channels: [],                 // channel names: "topic" or "topic:key"
     from: "latest",               // where channels without a position start: "latest" or "earliest"
+    snapshot: [],                 // channels (or true: all) that start with the latest value per key
+                                  // (WebSocket, fresh start from "latest", topics with snapshot = true)
     token: null,                  // a JWT, or a function returning one (called on every connect)
     session: null,                // a durable session id (WebSocket only): positions kept by the gateway too
     transports: ["websocket", "sse", "poll"], // tried in this order
@@ -72,6 +74,7 @@
     this._conn = null;
     this._timers = [];
     this._awaitingLive = {};
+    this._snapshotLive = {};    // channel -> live offsets while its snapshot arrives
   }
 
   Client.prototype.on = function (type, fn) {
@@ -156,11 +159,22 @@
       case "subscribed": {
         // A latest start is at the live offsets: hold them, so a resume skips nothing.
         var holdFor = this.positions[frame.channel] = this.positions[frame.channel] || {};
-        if (!this._heldBefore(frame.channel) && this.options.from === "latest") {
+        if (this._snapshotLive[frame.channel] === null) {
+          // The snapshot's events (below these offsets) come first; hold them after `snapshot_end`.
+          this._snapshotLive[frame.channel] = frame.live_offsets || {};
+        } else if (!this._heldBefore(frame.channel) && this.options.from === "latest") {
           Object.keys(frame.live_offsets || {}).forEach(function (p) {
             if (holdFor[p] === undefined) holdFor[p] = frame.live_offsets[p];
           });
         }
+        break;
+      }
+      case "snapshot_end": {
+        var live = this._snapshotLive[frame.channel] || {};
+        var holdAt = this.positions[frame.channel] = this.positions[frame.channel] || {};
+        Object.keys(live).forEach(function (p) { holdAt[p] = Math.max(holdAt[p] || 0, live[p]); });
+        delete this._snapshotLive[frame.channel];
+        this._emit("snapshot", frame);
         break;
       }
       case "live": delete this._awaitingLive[frame.channel]; this._emit("live", frame); break;
@@ -275,7 +289,11 @@
         cb.open();
         if (o.session) ws.send(JSON.stringify({ type: "attach", id: "attach", session: o.session }));
         o.channels.forEach(function (c) {
-          ws.send(JSON.stringify({ type: "subscribe", id: c, channel: c, from: client._from(c) }));
+          var from = client._from(c), command = { type: "subscribe", id: c, channel: c, from: from };
+          // A snapshot only for a fresh board: a resume continues from held positions instead.
+          var wanted = o.snapshot === true || (Array.isArray(o.snapshot) && o.snapshot.indexOf(c) >= 0);
+          if (wanted && from === "latest") { command.snapshot = true; client._snapshotLive[c] = null; }
+          ws.send(JSON.stringify(command));
         });
         // Browsers answer server pings without telling scripts, so probe at the protocol level.
         timers.push(setInterval(function () {

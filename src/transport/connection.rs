@@ -820,7 +820,6 @@ impl Connection {
         options: Options,
         snapshot: bool,
     ) -> Result<(), (ErrorCode, String)> {
-        let requested_snapshot = snapshot;
         let gateway = self.gateway.clone();
         let route = gateway.router.topic(&channel.topic).ok_or_else(|| {
             (
@@ -845,7 +844,7 @@ impl Connection {
         let Registered {
             id: sub_id,
             live,
-            snapshot,
+            snapshot: snapshot_records,
         } = gateway.router.subscribe(
             route,
             &channel,
@@ -894,10 +893,10 @@ impl Connection {
         }
         self.push_text(protocol::subscribed_frame(id.as_ref(), name, &live));
         let name: Arc<str> = Arc::from(name);
-        if requested_snapshot {
-            let count = snapshot.len();
+        if snapshot {
+            let count = snapshot_records.len();
             self.pending
-                .extend(snapshot.into_iter().map(|record| Outbound::Event {
+                .extend(snapshot_records.into_iter().map(|record| Outbound::Event {
                     channel: name.clone(),
                     record,
                 }));

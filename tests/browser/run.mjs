@@ -185,6 +185,20 @@ try {
     if (!positions || positions[p] !== next) fail(`session positions ${JSON.stringify(positions)} do not match the acknowledged ${JSON.stringify(want)}`);
   }
   console.log(`ok: the SDK acknowledged every event; the session's stored positions are ${JSON.stringify(positions)}`);
+
+  // 5. A board opened mid-session shows every symbol at once, from the snapshot,
+  // with nothing published since; then live updates continue after it.
+  const board = await openDemo(browser, `&snapshot=${prices}`);
+  const latest = await waitFor("the snapshot", async () => {
+    const got = await received(board);
+    return got.length >= 4 ? got : null;
+  }, 10000);
+  const symbols = await board.evaluate(() => document.querySelectorAll("#board tbody tr").length);
+  if (symbols !== 4 || latest.length !== 4) fail(`the board shows ${symbols} symbols from a snapshot of ${latest.length} events, expected 4 and 4`);
+  const more = await publish(4);
+  await waitFor("live after the snapshot", async () => (await received(board)).length >= latest.length + 4);
+  checkAll("snapshot then live", await received(board), latest.concat(more));
+  console.log(`ok: a board opened mid-session showed all ${symbols} symbols from a snapshot of ${latest.length} events, then ${more.length} live updates`);
 } finally {
   await browser.close();
 }

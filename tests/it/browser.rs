@@ -1,7 +1,7 @@
 //! Issue 6: the SDK and the demo page in a real browser (Debian's chromium, driven by
 //! playwright-core from tests/browser/run.mjs): live data, resume after a cut
-//! connection with no missing offset, fallback to SSE and to long-polling, and a
-//! screenshot of the demo page as an artifact.
+//! connection with no missing offset, fallback to SSE and to long-polling, a board opened
+//! mid-session from a snapshot, and a screenshot of the demo page as an artifact.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,7 +18,11 @@ fn sdk_and_demo_page_in_chromium() {
     );
     let prices = topic("browser-prices");
     let telemetry = topic("browser-telemetry");
-    let gw = Gateway::start(&[(&prices, 3), (&telemetry, 1)], "");
+    // Prices keeps a snapshot, for the board that opens mid-session.
+    let gw = Gateway::start(
+        &[(&telemetry, 1)],
+        &format!("[[topics]]\nname = \"{prices}\"\npartitions = 3\nsnapshot = true\n\n"),
+    );
     let artifacts = root.join("tests/browser/artifacts");
     let out = Command::new("node")
         .arg(browser_dir.join("run.mjs"))
@@ -37,7 +41,7 @@ fn sdk_and_demo_page_in_chromium() {
     );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok:")).count(),
-        8,
+        9,
         "{stdout}"
     );
     assert!(artifacts.join("demo-page.png").exists(), "screenshot saved");

@@ -59,24 +59,22 @@ impl Registry {
         }
     }
 
+    fn get(&self, path: &str) -> Value {
+        ureq::get(format!("{}{path}", self.url))
+            .call()
+            .and_then(|mut r| r.body_mut().read_json::<Value>())
+            .unwrap_or_else(|e| panic!("GET {path} from the test registry: {e}"))
+    }
+
     /// How many times kgate (or anyone) looked schema `id` up.
     fn lookups(&self, id: u32) -> u64 {
-        let body = ureq::get(format!("{}/_stats", self.url))
-            .call()
-            .expect("registry stats")
-            .body_mut()
-            .read_json::<Value>()
-            .expect("stats JSON");
-        body["lookups"][id.to_string()].as_u64().unwrap_or(0)
+        self.get("/_stats")["lookups"][id.to_string()]
+            .as_u64()
+            .unwrap_or(0)
     }
 
     fn schema(&self, id: u32) -> String {
-        let body = ureq::get(format!("{}/schemas/ids/{id}", self.url))
-            .call()
-            .expect("schema by id")
-            .body_mut()
-            .read_json::<Value>()
-            .expect("schema JSON");
+        let body = self.get(&format!("/schemas/ids/{id}"));
         body["schema"].as_str().expect("schema text").to_string()
     }
 }
