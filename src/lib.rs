@@ -17,4 +17,5 @@ pub mod logging;
 pub mod router;
 pub mod session;
 pub mod stats;
+pub mod telemetry;
 pub mod transport;

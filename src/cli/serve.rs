@@ -30,6 +30,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         false => args.config.load()?,
     };
     crate::logging::init(&config.log);
+    crate::telemetry::install();
     let tls = crate::transport::server::tls_acceptor(&config.tls)?;
     let scheme = if tls.is_some() {
         ("https", "wss")

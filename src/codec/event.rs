@@ -29,6 +29,8 @@ pub struct EncodedRecord {
     pub key: Option<Bytes>,
     /// The record headers, kept raw for header filters.
     pub headers: Vec<(String, Option<Bytes>)>,
+    /// The Kafka timestamp (epoch ms), for delivery latency.
+    pub timestamp: Option<i64>,
     /// A tombstone: the value was null.
     pub deleted: bool,
     /// The binary envelope (`kgate.v1.avro`), for topics with `binary = true`.
@@ -44,6 +46,7 @@ impl EncodedRecord {
             meta,
             key,
             headers: Vec::new(),
+            timestamp: None,
             deleted: false,
             binary: None,
             frame,

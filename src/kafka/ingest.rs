@@ -80,6 +80,12 @@ struct IngestContext {
 
 impl ClientContext for IngestContext {
     fn stats(&self, statistics: Statistics) {
+        // Readiness: librdkafka has a live connection to at least one broker.
+        let up = statistics
+            .brokers
+            .values()
+            .any(|b| b.state == "UP" && b.nodeid >= 0);
+        self.router.set_kafka_reachable(up);
         for (name, topic) in &statistics.topics {
             let Some(route) = self.router.topic(name) else {
                 continue;

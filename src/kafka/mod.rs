@@ -110,6 +110,7 @@ pub fn encode_message(
         frame,
     );
     record.deleted = message.payload().is_none();
+    record.timestamp = message.timestamp().to_millis();
     if codec.binary {
         let envelope = encode_envelope(
             &record.meta,

@@ -18,6 +18,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::config::Config;
 use crate::kafka::cluster::Cluster;
 use crate::router::Router;
+use crate::telemetry;
 use crate::session::outbox::SubscriptionId;
 use crate::session::subscription::{ReplayEvent, Start};
 
@@ -35,17 +36,29 @@ pub struct ReplayRequest {
     pub until: i64,
 }
 
-/// Stops a running replay when cancelled.
+/// Stops a running replay when cancelled, and tells which tier serves it.
 #[derive(Debug, Clone, Default)]
-pub struct ReplayHandle(Arc<AtomicBool>);
+pub struct ReplayHandle {
+    cancelled: Arc<AtomicBool>,
+    /// Set when the replay goes to Kafka (else it is served from memory).
+    from_kafka: Arc<AtomicBool>,
+}
 
 impl ReplayHandle {
     /// Asks the reader to stop delivering to this replay.
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::Release);
+        self.cancelled.store(true, Ordering::Release);
     }
-    fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+    /// True once cancelled (the subscription went live or was dropped).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+    /// The tier serving this replay.
+    pub fn tier(&self) -> Tier {
+        match self.from_kafka.load(Ordering::Acquire) {
+            true => Tier::Kafka,
+            false => Tier::Memory,
+        }
     }
 }
 
@@ -54,6 +67,16 @@ impl ReplayHandle {
 pub enum Tier {
     Memory,
     Kafka,
+}
+
+impl Tier {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Memory => "memory",
+            Tier::Kafka => "kafka",
+        }
+    }
 }
 
 struct Follower {
@@ -147,11 +170,14 @@ impl ReplayPool {
                     .topic(&request.topic)
                     .and_then(|t| t.ring_range(request.partition, from, request.until))
                 {
+                    telemetry::replay_started(Tier::Memory.as_str());
                     pool.serve_from_memory(&request, records, &tx, &cancel)
                         .await;
                     return;
                 }
             }
+            cancel.from_kafka.store(true, Ordering::Release);
+            telemetry::replay_started(Tier::Kafka.as_str());
             let pool2 = pool.clone();
             let joined =
                 tokio::task::spawn_blocking(move || pool2.resolve_and_join(request, tx, cancel))
@@ -172,6 +198,7 @@ impl ReplayPool {
         cancel: &ReplayHandle,
     ) {
         tracing::debug!(topic = %req.topic, partition = req.partition, records = records.len(), tier = ?Tier::Memory, "replay");
+        telemetry::replayed(Tier::Memory.as_str(), records.len() as u64);
         for record in records {
             if cancel.is_cancelled()
                 || tx
@@ -346,6 +373,7 @@ impl ReplayPool {
         state.position = record.meta.offset + 1;
         let alone = state.followers.len() == 1;
         let mut detached = Vec::new();
+        let mut sent = 0;
         state.followers.retain(|f| {
             if f.cancel.is_cancelled() {
                 return false;
@@ -359,10 +387,15 @@ impl ReplayPool {
                 ReplayEvent::Record(record.clone()),
             );
             if alone {
-                return f.tx.blocking_send(event).is_ok();
+                let ok = f.tx.blocking_send(event).is_ok();
+                sent += u64::from(ok);
+                return ok;
             }
             match patient_send(&f.tx, event) {
-                Ok(()) => true,
+                Ok(()) => {
+                    sent += 1;
+                    true
+                }
                 Err(TrySendError::Closed(_)) => false,
                 Err(TrySendError::Full(_)) => {
                     // A follower that stays slow must not stall the others: it continues on its own scan.
@@ -378,6 +411,7 @@ impl ReplayPool {
         });
         let any = !state.followers.is_empty();
         drop(state);
+        telemetry::replayed(Tier::Kafka.as_str(), sent);
         for (mut request, tx, cancel, offset) in detached {
             request.start = Start::Offset(offset);
             self.start_with(request, tx, cancel);

@@ -31,6 +31,8 @@ pub struct Router {
     topics: HashMap<Arc<str>, TopicRoute>,
     next_id: AtomicU64,
     ready: AtomicBool,
+    /// Ingest's client reports a connected broker (from its statistics, every second).
+    kafka_reachable: AtomicBool,
 }
 
 /// One served topic: its partitions' live positions and its subscribers.
@@ -118,6 +120,8 @@ impl Router {
             topics,
             next_id: AtomicU64::new(1),
             ready: AtomicBool::new(false),
+            // Start-up just read metadata from the cluster.
+            kafka_reachable: AtomicBool::new(true),
         }
     }
 
@@ -139,6 +143,16 @@ impl Router {
     /// True once ingest runs.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Records whether ingest's Kafka client has a connected broker.
+    pub fn set_kafka_reachable(&self, up: bool) {
+        self.kafka_reachable.store(up, Ordering::Release);
+    }
+
+    /// True while ingest's Kafka client has a connected broker.
+    pub fn is_kafka_reachable(&self) -> bool {
+        self.kafka_reachable.load(Ordering::Acquire)
     }
 
     /// Registers a subscription. With `snapshot`, the latest record per selected key

@@ -71,12 +71,21 @@ pub struct SessionStore {
     sync: bool,
 }
 
+/// RocksDB's own estimate of what the store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreSize {
+    pub keys: u64,
+    /// Live data on disk plus memtables.
+    pub bytes: u64,
+}
+
 const META: u8 = b'm';
 const POSITION: u8 = b'p';
 /// Resume-cursor checkpoints of the HTTP transports: created time, then encoded positions.
 const CHECKPOINT: u8 = b'c';
 
-fn now_ms() -> i64 {
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -165,6 +174,16 @@ impl SessionStore {
                 op: "write",
                 source,
             })
+    }
+
+    /// The store's estimated size; `None` if RocksDB does not answer (a store that is not open).
+    pub fn size(&self) -> Option<StoreSize> {
+        let property = |name: &str| self.db.property_int_value(name).ok().flatten();
+        Some(StoreSize {
+            keys: property("rocksdb.estimate-num-keys")?,
+            bytes: property("rocksdb.estimate-live-data-size")?
+                + property("rocksdb.cur-size-all-mem-tables").unwrap_or(0),
+        })
     }
 
     /// Loads a session with its subscriptions and committed positions (pending acks included).

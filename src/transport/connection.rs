@@ -23,6 +23,8 @@ use crate::router::{Channel, Registered, TopicRoute};
 use crate::session::outbox::{Delivery, Outbox, SubscriptionId};
 use crate::session::subscription::{Options, ReplayEvent, ReplayStep, Start, Subscription};
 use crate::stats::stats;
+use crate::telemetry;
+use tracing::Instrument;
 use crate::transport::protocol::{self, CloseCode, Command, ErrorCode, From};
 
 /// Where the starts of a subscription come from.
@@ -211,9 +213,22 @@ impl Connection {
 
     /// Serves the client over `link` until either side ends the connection.
     /// Returns the link, for transports that answer with what it collected (long-poll).
-    pub async fn run<L: Link>(mut self, mut link: L) -> L {
+    pub async fn run<L: Link>(self, link: L) -> L {
+        // Every line logged for this connection carries its id (and session, once attached).
+        let span = tracing::info_span!(
+            "conn",
+            id = self.guard.id,
+            transport = L::TRANSPORT,
+            session = tracing::field::Empty
+        );
+        self.serve(link).instrument(span).await
+    }
+
+    async fn serve<L: Link>(mut self, mut link: L) -> L {
         let conn = self.guard.id;
-        tracing::debug!(conn, remote = ?self.remote, "connection opened");
+        let opened = Instant::now();
+        telemetry::connection_opened(L::TRANSPORT);
+        tracing::debug!(conn, remote = ?self.remote, transport = L::TRANSPORT, "connection opened");
         let mut shutdown = self.gateway.shutdown_signal();
         let hb = self.gateway.config.heartbeat.clone();
         let mut heartbeat = tokio::time::interval(Duration::from_secs(hb.ping_interval_secs));
@@ -306,10 +321,20 @@ impl Connection {
                 tracing::warn!(conn, %session, error = %e, "cannot record session last-seen time");
             }
         }
+        let reason = match end {
+            End::Gone => "peer_gone",
+            End::Close(code) => code.name(),
+        };
         if let End::Close(code) = end {
             let _ = tokio::time::timeout(Duration::from_secs(1), link.close(code)).await;
         }
-        tracing::debug!(conn, "connection closed");
+        telemetry::connection_closed(L::TRANSPORT, reason, opened.elapsed());
+        tracing::info!(
+            conn,
+            reason,
+            lifetime_ms = opened.elapsed().as_millis() as u64,
+            "connection closed"
+        );
         link
     }
 
@@ -324,13 +349,26 @@ impl Connection {
         }
         let timeout = Duration::from_secs(self.gateway.config.websocket.write_timeout_secs);
         let frames = std::mem::take(&mut self.pending);
+        let (mut records, mut bytes, mut newest) = (0, 0, None);
+        for frame in &frames {
+            if let Outbound::Event { record, .. } = frame {
+                records += 1;
+                bytes += link.event_bytes(record) as u64;
+                newest = newest.max(record.timestamp);
+            }
+        }
         let write = link.send(frames);
         // A blocked write still gives way to a slow-consumer disconnect.
         let outbox = self.outbox.clone();
         let behind_since = self.behind_since();
         tokio::select! {
             r = tokio::time::timeout(timeout, write) => match r {
-                Ok(Ok(())) => Ok(()),
+                Ok(Ok(())) => {
+                    if records > 0 {
+                        telemetry::delivered(L::TRANSPORT, records, bytes, newest);
+                    }
+                    Ok(())
+                }
                 Ok(Err(_)) => Err(End::Gone),
                 Err(_) => Err(End::Close(CloseCode::WriteTimeout)),
             },
@@ -485,7 +523,13 @@ impl Connection {
         match step {
             ReplayStep::Continue => {}
             ReplayStep::Live => {
-                if let Some(handle) = active.replays.get(partition as usize) {
+                // Events after the hand-off report Live again: count the hand-off once.
+                if let Some(handle) = active
+                    .replays
+                    .get(partition as usize)
+                    .filter(|h| !h.is_cancelled())
+                {
+                    telemetry::replay_completed(handle.tier().as_str());
                     handle.cancel();
                 }
                 if active.sub.is_live() {
@@ -657,6 +701,7 @@ impl Connection {
         };
         let kick = self.gateway.attach(&scoped, self.guard.id);
         tracing::debug!(conn = self.guard.id, session = %scoped, "session attached");
+        tracing::Span::current().record("session", scoped.as_str());
         self.session = Some((scoped, kick));
         let channels: Vec<String> = record
             .subscriptions

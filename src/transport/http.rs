@@ -16,6 +16,8 @@ use crate::gateway::Gateway;
 const SDK: &str = include_str!("../../clients/js/kgate.js");
 /// The live demo page served at `/`.
 const DEMO_PAGE: &str = include_str!("../../clients/demo/index.html");
+/// The operator's status page: plots the gateway's own /metrics.
+const STATUS_PAGE: &str = include_str!("../../clients/status/index.html");
 
 fn static_file(body: &'static str, content_type: &'static str) -> warp::reply::Response {
     let mut response = warp::reply::Response::new(body.into());
@@ -35,13 +37,18 @@ pub fn routes(
     let ready = {
         let gw = gateway.clone();
         warp::path!("readyz").and(warp::get()).map(move || {
-            if gw.router.is_ready() {
-                warp::reply::json(&json!({"ready": true})).into_response()
-            } else {
-                let body =
-                    warp::reply::json(&json!({"ready": false, "reason": "ingest is not running"}));
-                warp::reply::with_status(body, StatusCode::SERVICE_UNAVAILABLE).into_response()
-            }
+            let checks = json!({
+                "ingest": gw.router.is_ready(),
+                "kafka": gw.router.is_kafka_reachable(),
+                "session_store": gw.sessions.size().is_some(),
+            });
+            let ready = checks.as_object().is_some_and(|c| c.values().all(|v| v == true));
+            let body = warp::reply::json(&json!({"ready": ready, "checks": checks}));
+            let status = match ready {
+                true => StatusCode::OK,
+                false => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            warp::reply::with_status(body, status).into_response()
         })
     };
     let topics = {
@@ -78,6 +85,17 @@ pub fn routes(
             warp::reply::json(&body).into_response()
         })
     };
+    let metrics = {
+        let gw = gateway.clone();
+        warp::path!("metrics").and(warp::get()).map(move || {
+            let mut response = warp::reply::Response::new(crate::telemetry::render(&gw).into());
+            response.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        })
+    };
     let admin = sessions_admin(gateway.clone());
     let describe = warp::path!("v1").and(warp::get()).map(|| {
         warp::reply::json(&json!({
@@ -89,6 +107,8 @@ pub fn routes(
             "poll": "/v1/poll",
             "publish": "/v1/publish/{topic}",
             "topics": "/v1/topics",
+            "metrics": "/metrics",
+            "status": "/status",
             "sdk": "/sdk/kgate.js",
         }))
         .into_response()
@@ -97,6 +117,10 @@ pub fn routes(
         .and(warp::get())
         .map(|| static_file(DEMO_PAGE, "text/html; charset=utf-8"))
         .or(describe)
+        .unify()
+        .or(warp::path!("status")
+            .and(warp::get())
+            .map(|| static_file(STATUS_PAGE, "text/html; charset=utf-8")))
         .unify()
         .or(warp::path!("sdk" / "kgate.js")
             .and(warp::get())
@@ -112,6 +136,8 @@ pub fn routes(
         .or(admin)
         .unify()
         .or(stats)
+        .unify()
+        .or(metrics)
         .unify()
         .or(crate::transport::publish::route(gateway.clone()))
         .unify()

@@ -42,6 +42,8 @@ pub struct Gone;
 
 /// A transport as the connection sees it.
 pub trait Link: Send {
+    /// The transport's name in metrics and logs: `websocket`, `sse` or `poll`.
+    const TRANSPORT: &'static str;
     /// True when the peer answers pings, so silence means it is gone (WebSocket);
     /// otherwise a vanished peer shows as a failed send.
     const ANSWERS_PINGS: bool;
@@ -49,6 +51,10 @@ pub trait Link: Send {
     fn recv(&mut self) -> impl Future<Output = Inbound> + Send;
     /// Writes `batch` in order and flushes it.
     fn send(&mut self, batch: Vec<Outbound>) -> impl Future<Output = Result<(), Gone>> + Send;
+    /// Bytes an event takes on this transport (for the delivered-bytes metric).
+    fn event_bytes(&self, record: &EncodedRecord) -> usize {
+        record.frame.len()
+    }
     /// Ends the transport, telling the client why.
     fn close(&mut self, code: CloseCode) -> impl Future<Output = ()> + Send;
 }

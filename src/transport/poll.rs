@@ -34,6 +34,7 @@ struct PollLink {
 }
 
 impl Link for PollLink {
+    const TRANSPORT: &'static str = "poll";
     const ANSWERS_PINGS: bool = false;
 
     async fn recv(&mut self) -> Inbound {

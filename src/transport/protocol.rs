@@ -134,6 +134,22 @@ impl CloseCode {
         }
     }
 
+    /// A short snake_case name, for metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseCode::GoingAway => "going_away",
+            CloseCode::MessageTooBig => "message_too_big",
+            CloseCode::InternalError => "internal_error",
+            CloseCode::TokenExpired => "token_expired",
+            CloseCode::SlowConsumer => "slow_consumer",
+            CloseCode::WriteTimeout => "write_timeout",
+            CloseCode::SessionTakenOver => "session_taken_over",
+            CloseCode::HeartbeatTimeout => "heartbeat_timeout",
+            CloseCode::IdleTimeout => "idle_timeout",
+            CloseCode::RateLimited => "rate_limited",
+        }
+    }
+
     /// The close reason text.
     pub fn reason(self) -> &'static str {
         match self {

@@ -35,6 +35,7 @@ struct SseLink {
 }
 
 impl Link for SseLink {
+    const TRANSPORT: &'static str = "sse";
     const ANSWERS_PINGS: bool = false;
 
     async fn recv(&mut self) -> Inbound {

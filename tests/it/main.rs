@@ -5,6 +5,7 @@ mod browser;
 mod cli;
 mod harness;
 mod http_transports;
+mod observability;
 mod payloads;
 mod protection;
 mod proxy;

@@ -7,6 +7,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
 
 use super::Socket;
+use crate::codec::EncodedRecord;
 use crate::transport::link::{Gone, Inbound, Link, Outbound};
 use crate::transport::protocol::CloseCode;
 
@@ -18,6 +19,7 @@ pub(super) struct WsLink {
 }
 
 impl Link for WsLink {
+    const TRANSPORT: &'static str = "websocket";
     const ANSWERS_PINGS: bool = true;
 
     async fn recv(&mut self) -> Inbound {
@@ -53,6 +55,13 @@ impl Link for WsLink {
             self.socket.feed(message).await.map_err(|_| Gone)?;
         }
         self.socket.flush().await.map_err(|_| Gone)
+    }
+
+    fn event_bytes(&self, record: &EncodedRecord) -> usize {
+        match (&record.binary, self.binary) {
+            (Some(envelope), true) => envelope.len(),
+            _ => record.frame.len(),
+        }
     }
 
     async fn close(&mut self, code: CloseCode) {

@@ -1,0 +1,179 @@
+//! Prometheus metrics at `/metrics`, through the `metrics` facade and its
+//! Prometheus exporter (one process-wide recorder: a registry by design).
+//!
+//! Event-site metrics (connections, deliveries, latency, replays) are recorded
+//! where they happen; gauges that describe state (lag, outbox depth, store
+//! size, memory) and the refusal counters kept in [`crate::stats`] are set at
+//! scrape time, so the hot paths pay nothing for them.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::gateway::Gateway;
+use crate::stats::stats;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Latency buckets (seconds): 1 ms to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Connection lifetime buckets (seconds): 1 s to a day.
+const LIFETIME_BUCKETS: &[f64] = &[
+    1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 24.0 * 3600.0,
+];
+
+/// Installs the recorder (once per process) and starts its upkeep; later calls reuse it.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("kgate_delivery_latency_seconds".into()),
+                LATENCY_BUCKETS,
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("kgate_connection_lifetime_seconds".into()),
+                    LIFETIME_BUCKETS,
+                )
+            });
+        let handle = match builder.map(PrometheusBuilder::install_recorder) {
+            Ok(Ok(handle)) => handle,
+            // Only reachable if another recorder was installed first: serve an empty one.
+            Ok(Err(e)) | Err(e) => {
+                tracing::warn!(error = %e, "metrics recorder not installed; /metrics stays empty");
+                PrometheusBuilder::new().build_recorder().handle()
+            }
+        };
+        // Histogram samples are folded into buckets here, not only at scrape time.
+        let upkeep = handle.clone();
+        std::thread::Builder::new()
+            .name("kgate-metrics".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                }
+            })
+            .ok();
+        handle
+    })
+}
+
+/// A connection opened on `transport`.
+pub fn connection_opened(transport: &'static str) {
+    counter!("kgate_connections_opened_total", "transport" => transport).increment(1);
+    gauge!("kgate_connections_active", "transport" => transport).increment(1.0);
+}
+
+/// A connection ended: why, and how long it lived.
+pub fn connection_closed(transport: &'static str, reason: &'static str, lifetime: Duration) {
+    counter!("kgate_connections_closed_total", "transport" => transport, "reason" => reason)
+        .increment(1);
+    gauge!("kgate_connections_active", "transport" => transport).decrement(1.0);
+    histogram!("kgate_connection_lifetime_seconds", "transport" => transport)
+        .record(lifetime.as_secs_f64());
+}
+
+/// A batch of events written to a client; `newest_timestamp_ms` is the Kafka timestamp of
+/// its newest record (one latency sample per write keeps the cost flat at any rate).
+pub fn delivered(
+    transport: &'static str,
+    records: u64,
+    bytes: u64,
+    newest_timestamp_ms: Option<i64>,
+) {
+    counter!("kgate_delivered_records_total", "transport" => transport).increment(records);
+    counter!("kgate_delivered_bytes_total", "transport" => transport).increment(bytes);
+    if let Some(ts) = newest_timestamp_ms {
+        let now = crate::session::store::now_ms();
+        // A producer clock ahead of ours is not a negative latency.
+        histogram!("kgate_delivery_latency_seconds").record((now - ts).max(0) as f64 / 1000.0);
+    }
+}
+
+/// A replay began on `tier` (`memory` or `kafka`).
+pub fn replay_started(tier: &'static str) {
+    counter!("kgate_replays_started_total", "tier" => tier).increment(1);
+}
+
+/// A replay reached its hand-off point on `tier`, having delivered `records`.
+pub fn replay_completed(tier: &'static str) {
+    counter!("kgate_replays_completed_total", "tier" => tier).increment(1);
+}
+
+/// Records read for replays on `tier`.
+pub fn replayed(tier: &'static str, records: u64) {
+    counter!("kgate_replayed_records_total", "tier" => tier).increment(records);
+}
+
+/// The Prometheus text: state gauges and counters are brought up to date first.
+pub fn render(gateway: &Gateway) -> String {
+    let handle = install();
+    for route in gateway.router.topics() {
+        for p in 0..route.partitions() {
+            let (Some(high), Some(live)) = (route.high_watermark(p), route.live_offset(p)) else {
+                continue;
+            };
+            gauge!("kgate_consumer_lag_records", "topic" => route.name().to_string(), "partition" => p.to_string())
+                .set((high - live).max(0) as f64);
+        }
+        gauge!("kgate_subscriptions", "topic" => route.name().to_string())
+            .set(route.subscription_count() as f64);
+        counter!("kgate_decode_failures_total", "topic" => route.name().to_string())
+            .absolute(route.codec().failures());
+    }
+    let s = stats();
+    gauge!("kgate_outbox_messages").set(s.outbox_messages.get() as f64);
+    gauge!("kgate_outbox_bytes").set(s.outbox_bytes.get() as f64);
+    for (action, c) in [
+        ("catch_up", &s.slow_consumer_catch_up),
+        ("conflated", &s.slow_consumer_conflated),
+        ("disconnected", &s.slow_consumer_disconnected),
+    ] {
+        counter!("kgate_slow_consumer_actions_total", "action" => action).absolute(c.get());
+    }
+    for (reason, c) in [
+        ("connection_attempt_rate", &s.refused_attempt_rate),
+        ("max_connections", &s.refused_max_connections),
+        ("identity_connections", &s.refused_identity_connections),
+        ("rate_limited_command", &s.rate_limited_commands),
+        ("rate_limit_disconnect", &s.rate_limit_disconnects),
+        ("oversize_record", &s.oversize_records_skipped),
+        ("oversize_message", &s.oversize_messages_closed),
+        ("origin", &s.refused_origin),
+    ] {
+        counter!("kgate_refusals_total", "reason" => reason).absolute(c.get());
+    }
+    for (reason, c) in [
+        ("token", &s.auth_failures),
+        ("forbidden", &s.auth_forbidden),
+        ("expired_close", &s.token_expired_closes),
+    ] {
+        counter!("kgate_auth_failures_total", "reason" => reason).absolute(c.get());
+    }
+    counter!("kgate_published_records_total").absolute(s.published.get());
+    if let Some(size) = gateway.sessions.size() {
+        gauge!("kgate_session_store_keys").set(size.keys as f64);
+        gauge!("kgate_session_store_bytes").set(size.bytes as f64);
+    }
+    if let Some(rss) = resident_bytes() {
+        gauge!("kgate_process_resident_bytes").set(rss as f64);
+        let connections = gateway.connection_count();
+        if connections > 0 {
+            gauge!("kgate_process_resident_bytes_per_connection")
+                .set(rss as f64 / connections as f64);
+        }
+    }
+    handle.render()
+}
+
+/// Resident set size from /proc (Linux); `None` elsewhere.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
