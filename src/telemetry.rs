@@ -23,7 +23,14 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 /// Connection lifetime buckets (seconds): 1 s to a day.
 const LIFETIME_BUCKETS: &[f64] = &[
-    1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 24.0 * 3600.0,
+    1.0,
+    10.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    4.0 * 3600.0,
+    24.0 * 3600.0,
 ];
 
 /// Installs the recorder (once per process) and starts its upkeep; later calls reuse it.

@@ -18,9 +18,9 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::config::Config;
 use crate::kafka::cluster::Cluster;
 use crate::router::Router;
-use crate::telemetry;
 use crate::session::outbox::SubscriptionId;
 use crate::session::subscription::{ReplayEvent, Start};
+use crate::telemetry;
 
 /// A replay event addressed to one subscription's partition.
 pub type Addressed = (SubscriptionId, i32, ReplayEvent);

@@ -24,8 +24,8 @@ use crate::session::outbox::{Delivery, Outbox, SubscriptionId};
 use crate::session::subscription::{Options, ReplayEvent, ReplayStep, Start, Subscription};
 use crate::stats::stats;
 use crate::telemetry;
-use tracing::Instrument;
 use crate::transport::protocol::{self, CloseCode, Command, ErrorCode, From};
+use tracing::Instrument;
 
 /// Where the starts of a subscription come from.
 enum Resolved {

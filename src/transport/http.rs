@@ -42,7 +42,9 @@ pub fn routes(
                 "kafka": gw.router.is_kafka_reachable(),
                 "session_store": gw.sessions.size().is_some(),
             });
-            let ready = checks.as_object().is_some_and(|c| c.values().all(|v| v == true));
+            let ready = checks
+                .as_object()
+                .is_some_and(|c| c.values().all(|v| v == true));
             let body = warp::reply::json(&json!({"ready": ready, "checks": checks}));
             let status = match ready {
                 true => StatusCode::OK,

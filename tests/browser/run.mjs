@@ -199,6 +199,20 @@ try {
   await waitFor("live after the snapshot", async () => (await received(board)).length >= latest.length + 4);
   checkAll("snapshot then live", await received(board), latest.concat(more));
   console.log(`ok: a board opened mid-session showed all ${symbols} symbols from a snapshot of ${latest.length} events, then ${more.length} live updates`);
+
+  // 6. The status page plots the gateway's own metrics: connections and the delivered rate.
+  const status = await browser.newPage({ viewport: { width: 1280, height: 700 } });
+  status.on("pageerror", (e) => fail("status page error: " + e.message));
+  await status.goto(`${base}/status`);
+  await waitFor("two status samples", () => status.evaluate(() => window.kgateStatus && window.kgateStatus.connections.length >= 2));
+  const delivering = publish(40);
+  const seen = await waitFor("a delivered rate on the status page", () => status.evaluate(() => {
+    const s = window.kgateStatus;
+    return s && Math.max.apply(null, s.rate) > 0 && s.connections[s.connections.length - 1] > 0 ? s : null;
+  }));
+  await delivering;
+  await status.screenshot({ path: `${artifacts}/status-page.png` });
+  console.log(`ok: the status page plots ${seen.connections[seen.connections.length - 1]} connections and up to ${Math.round(Math.max.apply(null, seen.rate))} records/s delivered`);
 } finally {
   await browser.close();
 }

@@ -35,7 +35,10 @@ fn scrape(gw: &Gateway) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_by_the_workload() {
     let t = topic("metrics");
-    let gw = Gateway::start(&[(&t, 1)], "[websocket]\nmax_message_bytes = 1024\nmax_frame_bytes = 1024\nmax_command_bytes = 1024\n");
+    let gw = Gateway::start(
+        &[(&t, 1)],
+        "[websocket]\nmax_message_bytes = 1024\nmax_frame_bytes = 1024\nmax_command_bytes = 1024\n",
+    );
     let before = scrape(&gw);
     let ws = [("transport", "websocket")];
 
@@ -110,9 +113,18 @@ async fn metrics_move_by_the_workload() {
         moved("kgate_refusals_total", &[("reason", "oversize_message")]),
         1.0
     );
-    assert_eq!(moved("kgate_replays_started_total", &[("tier", "memory")]), 1.0);
-    assert_eq!(moved("kgate_replays_completed_total", &[("tier", "memory")]), 1.0);
-    assert_eq!(moved("kgate_replayed_records_total", &[("tier", "memory")]), 50.0);
+    assert_eq!(
+        moved("kgate_replays_started_total", &[("tier", "memory")]),
+        1.0
+    );
+    assert_eq!(
+        moved("kgate_replays_completed_total", &[("tier", "memory")]),
+        1.0
+    );
+    assert_eq!(
+        moved("kgate_replayed_records_total", &[("tier", "memory")]),
+        50.0
+    );
     assert!(moved("kgate_delivery_latency_seconds_count", &[]) >= 1.0);
     assert_eq!(
         moved("kgate_connection_lifetime_seconds_count", &ws),
@@ -120,7 +132,11 @@ async fn metrics_move_by_the_workload() {
         "two connections ended"
     );
     assert_eq!(
-        metric(&after, "kgate_consumer_lag_records", &[("topic", &t), ("partition", "0")]),
+        metric(
+            &after,
+            "kgate_consumer_lag_records",
+            &[("topic", &t), ("partition", "0")]
+        ),
         0.0
     );
     assert!(after.contains("kgate_session_store_keys"));
@@ -173,17 +189,18 @@ fn json_logs_carry_connection_and_session_ids_and_no_tokens() {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     assert!(!lines.is_empty(), "JSON log lines:\n{log}");
-    let mine: Vec<&Value> = lines
-        .iter()
-        .filter(|l| l["span"]["id"] == conn)
-        .collect();
+    let mine: Vec<&Value> = lines.iter().filter(|l| l["span"]["id"] == conn).collect();
     assert!(
         mine.iter().any(|l| l["span"]["session"] == "alice/board-1"),
         "a connection line carries the session:\n{log}"
     );
     assert!(
-        mine.iter().any(|l| l["fields"]["message"] == "connection closed"),
+        mine.iter()
+            .any(|l| l["fields"]["message"] == "connection closed"),
         "the close line carries the connection id:\n{log}"
     );
-    assert!(!log.contains(&token) && !log.contains(secret), "no token or key in the log");
+    assert!(
+        !log.contains(&token) && !log.contains(secret),
+        "no token or key in the log"
+    );
 }
