@@ -16,8 +16,7 @@ fn repo() -> PathBuf {
 
 /// docker/docker-compose.yml as JSON, parsed by PyYAML.
 fn compose() -> Value {
-    let python = repo().join("tests/python/.venv/bin/python");
-    let out = Command::new(&python)
+    let out = Command::new(crate::harness::python())
         .args([
             "-c",
             "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",

@@ -354,3 +354,14 @@ pub fn lines(bytes: &[u8]) -> Vec<String> {
         .map_while(Result::ok)
         .collect()
 }
+
+/// The Python of `tests/python/.venv` (made by `.ci/setup-tests`: confluent-kafka, fastavro, PyYAML).
+pub fn python() -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/.venv/bin/python");
+    assert!(
+        venv.exists(),
+        "{} is missing: run .ci/setup-tests",
+        venv.display()
+    );
+    venv
+}

@@ -20,17 +20,6 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The Python of `tests/python/.venv` (made by `.ci/setup-tests`).
-fn python() -> PathBuf {
-    let venv = repo().join("tests/python/.venv/bin/python");
-    assert!(
-        venv.exists(),
-        "{} is missing: run .ci/setup-tests (it installs confluent-kafka and fastavro)",
-        venv.display()
-    );
-    venv
-}
-
 /// The test schema registry (tests/python/registry.py); stops when dropped.
 struct Registry {
     child: Child,
