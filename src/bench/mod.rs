@@ -1,6 +1,7 @@
 //! `kgate bench`: load scenarios that start their own broker and gateways and
 //! measure kgate against a baseline in the same run.
 
+mod fanout;
 mod procs;
 mod replay;
 mod resume;
@@ -14,6 +15,7 @@ use serde_json::json;
 use crate::client::Client;
 use crate::kafka::producer::Producer;
 
+pub use fanout::{FanoutOptions, run_fanout};
 pub use procs::{GatewayProc, Proc};
 pub use replay::{ReplayOptions, run_replay};
 pub use resume::{ResumeOptions, run_resume};

@@ -104,7 +104,7 @@ pub async fn run_replay(opts: &ReplayOptions) -> anyhow::Result<Vec<Row>> {
 }
 
 /// Reads `n` records from offset 0 with a plain consumer; returns the time taken.
-fn raw_read(config: &Config, topic: &str, n: usize) -> anyhow::Result<Duration> {
+pub(super) fn raw_read(config: &Config, topic: &str, n: usize) -> anyhow::Result<Duration> {
     let consumer: BaseConsumer = crate::kafka::consumer_config(config, "bench-raw").create()?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Offset(0))?;

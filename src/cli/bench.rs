@@ -1,6 +1,6 @@
 //! `kgate bench`: run a load scenario and print a summary table.
 
-use crate::bench::{self, ReplayOptions, ResumeOptions, Row, WireOptions};
+use crate::bench::{self, FanoutOptions, ReplayOptions, ResumeOptions, Row, WireOptions};
 
 /// Options of `kgate bench`.
 #[derive(Debug, clap::Args)]
@@ -14,6 +14,13 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Scenario {
+    /// N clients live on one channel while records are produced; deliveries/s vs a raw consumer.
+    Fanout {
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        #[arg(long, default_value_t = 20_000)]
+        records: usize,
+    },
     /// One client, then many, resuming far behind (Kafka tier and memory ring) vs a raw consumer.
     Replay {
         #[arg(long, default_value_t = 1_000_000)]
@@ -38,6 +45,9 @@ enum Scenario {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let rows: Vec<Row> = match args.scenario {
+        Scenario::Fanout { clients, records } => {
+            bench::run_fanout(&FanoutOptions { clients, records }).await?
+        }
         Scenario::Replay { records, clients } => {
             bench::run_replay(&ReplayOptions { records, clients }).await?
         }
