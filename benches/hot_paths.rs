@@ -9,7 +9,6 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use kgate::codec::avro::AvroSchema;
 use kgate::codec::cursor::{Cursor, Position};
 use kgate::codec::{Data, EncodedRecord, RecordMeta, TopicCodec, encode_envelope, encode_event};
-use kgate::config::{PayloadFormat, SlowConsumerPolicy};
 use kgate::router::{Channel, Router, TopicSpec};
 use kgate::session::outbox::Outbox;
 
@@ -87,18 +86,7 @@ fn encoding(c: &mut Criterion) {
 fn routing(c: &mut Criterion) {
     let mut g = c.benchmark_group("route");
     for subscribers in [1usize, 100, 1000] {
-        let router = Router::new(
-            vec![TopicSpec {
-                name: "prices".into(),
-                format: PayloadFormat::Json,
-                codec: Arc::new(TopicCodec::plain(true)),
-                slow_consumer: SlowConsumerPolicy::CatchUp,
-                max_rate: None,
-                snapshot: false,
-                start_offsets: vec![0],
-            }],
-            1 << 20,
-        );
+        let router = Router::new(vec![TopicSpec::json("prices", vec![0])], 1 << 20);
         let route = router.topic("prices").expect("route");
         let channel = Channel::parse("prices", 64).expect("channel");
         let outboxes: Vec<Arc<Outbox>> = (0..subscribers)

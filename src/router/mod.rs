@@ -78,6 +78,21 @@ pub struct TopicSpec {
     pub start_offsets: Vec<i64>,
 }
 
+impl TopicSpec {
+    /// A JSON topic with default policies (tests, benches and tools).
+    pub fn json(name: &str, start_offsets: Vec<i64>) -> TopicSpec {
+        TopicSpec {
+            name: name.to_string(),
+            format: PayloadFormat::Json,
+            codec: Arc::new(TopicCodec::plain(true)),
+            slow_consumer: SlowConsumerPolicy::CatchUp,
+            max_rate: None,
+            snapshot: false,
+            start_offsets,
+        }
+    }
+}
+
 /// A registered subscription: its id, the live position of every partition and,
 /// when asked for, the snapshot taken at exactly those positions.
 pub struct Registered {
@@ -344,18 +359,7 @@ mod tests {
 
     #[test]
     fn routes_by_topic_and_key_and_tracks_live_positions() {
-        let router = Router::new(
-            vec![TopicSpec {
-                name: "prices".into(),
-                format: PayloadFormat::Json,
-                codec: Arc::new(TopicCodec::plain(true)),
-                slow_consumer: SlowConsumerPolicy::CatchUp,
-                max_rate: None,
-                snapshot: false,
-                start_offsets: vec![10, 20],
-            }],
-            1 << 20,
-        );
+        let router = Router::new(vec![TopicSpec::json("prices", vec![10, 20])], 1 << 20);
         let route = router.topic("prices").unwrap();
         let all = Arc::new(Outbox::new(100, 1 << 20));
         let aapl = Arc::new(Outbox::new(100, 1 << 20));
