@@ -67,6 +67,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Seconds to wait for connections to close on shutdown.
     pub shutdown_timeout_secs: u64,
+    /// Connections the kernel queues before they are accepted (capped by
+    /// net.core.somaxconn): a burst of reconnects overflowing it waits seconds for SYN retries.
+    pub listen_backlog: u32,
 }
 
 /// `GET /v1/poll`: long-polling.
@@ -128,7 +131,8 @@ pub struct WebSocketConfig {
     pub max_frame_bytes: usize,
     /// Largest command the protocol parses; larger ones get a `message_too_large` error.
     pub max_command_bytes: usize,
-    /// Read buffer per connection (tungstenite's default is 128 KiB; small keeps idle memory low).
+    /// Read buffer per connection (tungstenite's default is 128 KiB; commands are small, and
+    /// every idle connection holds this buffer). It grows for a larger message.
     pub read_buffer_bytes: usize,
     /// Bytes of outgoing frames gathered before a socket write.
     pub write_buffer_bytes: usize,
@@ -257,6 +261,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("data"),
             shutdown_timeout_secs: 10,
+            listen_backlog: 4096,
         }
     }
 }
@@ -290,7 +295,7 @@ impl Default for WebSocketConfig {
             max_message_bytes: 64 * 1024,
             max_frame_bytes: 64 * 1024,
             max_command_bytes: 4 * 1024,
-            read_buffer_bytes: 4 * 1024,
+            read_buffer_bytes: 1024,
             write_buffer_bytes: 16 * 1024,
             outbox_max_messages: 10_000,
             outbox_max_bytes: 8 * 1024 * 1024,
@@ -467,6 +472,7 @@ impl Config {
         }
         let ws = &self.websocket;
         let positive = [
+            ("server.listen_backlog", self.server.listen_backlog as usize),
             ("websocket.max_message_bytes", ws.max_message_bytes),
             ("websocket.max_frame_bytes", ws.max_frame_bytes),
             ("websocket.max_command_bytes", ws.max_command_bytes),

@@ -7,7 +7,8 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::clock::DefaultClock;
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use parking_lot::Mutex;
 
 use crate::config::LimitsConfig;
@@ -32,6 +33,9 @@ pub struct Admission {
     per_identity: Mutex<HashMap<String, usize>>,
     max_total: usize,
     max_per_identity: usize,
+    /// Per-connection command limits share it: making a clock reads the CPU's timer info.
+    clock: DefaultClock,
+    commands: Quota,
 }
 
 /// Holds a connection's place; released when dropped.
@@ -60,7 +64,14 @@ impl Admission {
             per_identity: Mutex::new(HashMap::new()),
             max_total: limits.max_connections,
             max_per_identity: limits.max_connections_per_identity,
+            clock: DefaultClock::default(),
+            commands: quota(limits.commands_per_sec, limits.commands_burst),
         })
+    }
+
+    /// A new connection's command rate limiter (`limits.commands_per_sec`, `commands_burst`).
+    pub fn command_limiter(&self) -> DefaultDirectRateLimiter {
+        RateLimiter::direct_with_clock(self.commands, self.clock.clone())
     }
 
     /// Counts a connection attempt from `ip` against its rate, before any costly check.

@@ -1,14 +1,15 @@
 //! The fan-out scenario: N clients live on one channel while records are
 //! produced as fast as the broker takes them; the figure is deliveries per
-//! second across all clients. The baseline is a raw rdkafka consumer reading
-//! the same records (what one Kafka reader gets: the ceiling of ingest).
+//! second across all clients. Baselines, with the same load client: a raw
+//! rdkafka consumer reading the same records (what one Kafka reader gets), the
+//! kafkajs + ws bridge, and nchan fed by HTTP POST.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
+use super::baseline::{Bridge, Nchan};
+use super::load::{Connect, LoadClient, Target, connect_many};
 use super::{GatewayProc, Row, produce, progress};
-use crate::client::Client;
 use crate::config::Config;
 use crate::kafka::producer::Producer;
 
@@ -19,62 +20,124 @@ pub struct FanoutOptions {
     pub clients: usize,
     /// Records produced while they listen.
     pub records: usize,
+    /// Records for the kafkajs and nchan baselines (slower, so fewer); 0 skips them.
+    pub baseline_records: usize,
+}
+
+/// What the clients of one run received.
+pub struct Delivery {
+    /// Messages received over all clients.
+    pub received: usize,
+    /// Messages that should have arrived (clients × records).
+    pub expected: usize,
+    /// From the start of the feed to the last message received.
+    pub elapsed: Duration,
+    /// How long the feed took.
+    pub fed: Duration,
+}
+
+impl Delivery {
+    /// Messages per second over all clients.
+    pub fn rate(&self) -> f64 {
+        self.received as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Lets every client read up to `n` records while `feed` runs; a client stops
+/// early when nothing arrives for 5 s (the baselines may drop messages).
+pub async fn deliver(
+    clients: Vec<LoadClient>,
+    n: usize,
+    feed: impl Future<Output = anyhow::Result<Duration>>,
+) -> anyhow::Result<Delivery> {
+    deliver_each(clients.into_iter().map(|c| (c, n)).collect(), feed).await
+}
+
+/// [`deliver`] with a number of records per client.
+pub async fn deliver_each(
+    clients: Vec<(LoadClient, usize)>,
+    feed: impl Future<Output = anyhow::Result<Duration>>,
+) -> anyhow::Result<Delivery> {
+    let expected = clients.iter().map(|(_, n)| n).sum();
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|(mut c, n)| {
+            tokio::spawn(async move { c.count_up_to(n, Duration::from_secs(5)).await })
+        })
+        .collect();
+    let started = Instant::now();
+    let fed = feed.await?;
+    let mut received = 0;
+    let mut last = started;
+    for r in readers {
+        let (seen, at) = r.await?;
+        received += seen;
+        last = last.max(at.unwrap_or(started));
+    }
+    Ok(Delivery {
+        received,
+        expected,
+        elapsed: last.duration_since(started),
+        fed,
+    })
 }
 
 /// Runs the scenario; returns the summary rows.
 pub async fn run_fanout(opts: &FanoutOptions) -> anyhow::Result<Vec<Row>> {
     let dir = tempfile::tempdir()?;
     let (_broker, bootstrap) = super::procs::broker(dir.path())?;
-    let topic = "bench-fanout";
-    let gw = GatewayProc::start(&dir.path().join("gw"), &bootstrap, &[(topic, 1)], "")?;
+    let (topic, bridge_topic) = ("bench-fanout", "bench-fanout-bridge");
+    let mut gw = GatewayProc::start(
+        &dir.path().join("gw"),
+        &bootstrap,
+        &[(topic, 1), (bridge_topic, 1)],
+        "",
+    )?;
     let mut config = Config::default();
-    config.kafka.bootstrap_servers = bootstrap;
+    config.kafka.bootstrap_servers = bootstrap.clone();
     config.kafka.fetch_wait_max_ms = 5;
     let producer = Producer::new(&config)?;
-    let url = gw.ws_url();
-    progress(format!("connecting {} clients to {topic}", opts.clients));
-    let mut clients = Vec::with_capacity(opts.clients);
-    for chunk in (0..opts.clients).collect::<Vec<_>>().chunks(250) {
-        let connects = chunk.iter().map(|_| {
-            let url = url.clone();
-            async move {
-                let mut c = Client::connect(&url).await?;
-                c.subscribe(topic, json!("latest")).await?;
-                c.until("live", Duration::from_secs(60)).await?;
-                anyhow::Ok(c)
-            }
-        });
-        for c in futures_util::future::join_all(connects).await {
-            clients.push(c?);
-        }
+    let (n, clients) = (opts.records, opts.clients);
+    let scenario = format!("fanout ({clients} clients)");
+    let row = |metric: String, value: f64, unit: &str, ratio: Option<f64>| Row {
+        scenario: scenario.clone(),
+        metric,
+        value,
+        unit: unit.into(),
+        ratio,
+    };
+
+    let load = connect_many(
+        &Target::kgate(&gw.ws_url(), topic),
+        clients,
+        Connect::default(),
+    )
+    .await?;
+    progress(format!("kgate: producing {n} records to {clients} clients"));
+    let kgate = deliver(load, n, produce(&producer, topic, n)).await?;
+    if kgate.received != kgate.expected {
+        anyhow::bail!(
+            "kgate lost messages: {} of {} arrived",
+            kgate.received,
+            kgate.expected
+        );
     }
-    let n = opts.records;
-    let readers: Vec<_> = clients
-        .into_iter()
-        .map(|mut c| {
-            tokio::spawn(async move {
-                let mut seen = 0;
-                while seen < n {
-                    match c.next_text().await? {
-                        Some(text) if text.starts_with(r#"{"type":"event""#) => seen += 1,
-                        Some(_) => {}
-                        None => anyhow::bail!("closed after {seen} of {n} events"),
-                    }
-                }
-                anyhow::Ok(Instant::now())
-            })
-        })
-        .collect();
-    progress(format!("producing {n} records"));
-    let started = Instant::now();
-    produce(&producer, topic, n).await?;
-    let produced = started.elapsed();
-    let mut last = started;
-    for r in readers {
-        last = last.max(r.await??);
-    }
-    let elapsed = last.duration_since(started).as_secs_f64();
-    let delivered = (opts.clients * n) as f64 / elapsed;
+    gw.stop();
+    let mut rows = vec![
+        row(
+            format!("kgate: messages delivered ({n} records)"),
+            kgate.rate(),
+            "msgs/s",
+            None,
+        ),
+        row(
+            "producer rate during the kgate run".into(),
+            n as f64 / kgate.fed.as_secs_f64(),
+            "records/s",
+            None,
+        ),
+    ];
+
     progress("baseline: a raw rdkafka consumer reading the same records");
     let raw = tokio::task::spawn_blocking({
         let config = config.clone();
@@ -82,28 +145,70 @@ pub async fn run_fanout(opts: &FanoutOptions) -> anyhow::Result<Vec<Row>> {
     })
     .await??;
     let raw_rate = n as f64 / raw.as_secs_f64();
-    let scenario = format!("fanout ({} clients)", opts.clients);
-    Ok(vec![
-        Row {
-            scenario: scenario.clone(),
-            metric: "raw rdkafka consumer, records read (baseline)".into(),
-            value: raw_rate,
-            unit: "records/s".into(),
-            ratio: Some(1.0),
-        },
-        Row {
-            scenario: scenario.clone(),
-            metric: format!("producer rate ({n} records)"),
-            value: n as f64 / produced.as_secs_f64(),
-            unit: "records/s".into(),
-            ratio: None,
-        },
-        Row {
-            scenario,
-            metric: "messages delivered, all clients".into(),
-            value: delivered,
-            unit: "msgs/s".into(),
-            ratio: Some(delivered / raw_rate),
-        },
-    ])
+    rows.push(row(
+        "baseline: raw rdkafka consumer, records read".into(),
+        raw_rate,
+        "records/s",
+        Some(kgate.rate() / raw_rate),
+    ));
+
+    let bn = opts.baseline_records;
+    let mut baseline = |name: &str, d: Option<Delivery>, why: Option<String>| match (d, why) {
+        (Some(d), _) => {
+            let lost = d.expected - d.received;
+            rows.push(row(
+                format!("baseline: {name}, messages delivered ({bn} records, {lost} lost)"),
+                d.rate(),
+                "msgs/s",
+                Some(kgate.rate() / d.rate()),
+            ));
+        }
+        (None, why) => progress(format!(
+            "skipping the {name} baseline: {}",
+            why.unwrap_or_else(|| "--baseline-records 0".into())
+        )),
+    };
+
+    let why = Bridge::unavailable().or_else(|| (bn == 0).then(|| "--baseline-records 0".into()));
+    let bridge = match why {
+        Some(_) => None,
+        None => {
+            let bridge = Bridge::start(dir.path(), &bootstrap, bridge_topic)?;
+            let load = connect_many(
+                &Target::Plain {
+                    url: bridge.ws_url(),
+                },
+                clients,
+                Connect::default(),
+            )
+            .await?;
+            progress(format!(
+                "kafkajs bridge: producing {bn} records to {clients} clients"
+            ));
+            Some(deliver(load, bn, produce(&producer, bridge_topic, bn)).await?)
+        }
+    };
+    baseline("kafkajs + ws bridge", bridge, why);
+
+    let why = Nchan::unavailable().or_else(|| (bn == 0).then(|| "--baseline-records 0".into()));
+    let nchan = match why {
+        Some(_) => None,
+        None => {
+            let nchan = Nchan::start(&dir.path().join("nchan"))?;
+            let load = connect_many(
+                &Target::Plain {
+                    url: nchan.ws_url(),
+                },
+                clients,
+                Connect::default(),
+            )
+            .await?;
+            progress(format!(
+                "nchan: publishing {bn} records to {clients} clients"
+            ));
+            Some(deliver(load, bn, nchan.publish(bn, 2)).await?)
+        }
+    };
+    baseline("nchan", nchan, why);
+    Ok(rows)
 }

@@ -1,10 +1,15 @@
 //! `kgate bench`: load scenarios that start their own broker and gateways and
 //! measure kgate against a baseline in the same run.
 
+mod baseline;
 mod fanout;
+mod idle;
+mod latency;
+mod load;
 mod procs;
 mod replay;
-mod resume;
+mod storm;
+mod ticker;
 mod wire;
 
 use std::time::{Duration, Instant};
@@ -16,9 +21,12 @@ use crate::client::Client;
 use crate::kafka::producer::Producer;
 
 pub use fanout::{FanoutOptions, run_fanout};
+pub use idle::{IdleOptions, run_hold, run_idle};
+pub use latency::{LatencyOptions, run_latency};
 pub use procs::{GatewayProc, Proc};
 pub use replay::{ReplayOptions, run_replay};
-pub use resume::{ResumeOptions, run_resume};
+pub use storm::{StormOptions, run_storm};
+pub use ticker::{TickerOptions, run_ticker};
 pub use wire::{WireOptions, run_wire};
 
 /// One line of a summary table.
@@ -34,14 +42,26 @@ pub struct Row {
 
 /// Prints rows as an aligned table.
 pub fn print_table(rows: &[Row]) {
+    let s = rows
+        .iter()
+        .map(|r| r.scenario.len())
+        .max()
+        .unwrap_or(0)
+        .max(8);
+    let m = rows
+        .iter()
+        .map(|r| r.metric.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
     println!(
-        "{:<28} {:<44} {:>14} {:<10} {:>8}",
+        "{:<s$}  {:<m$}  {:>14}  {:<10}  {:>8}",
         "scenario", "metric", "value", "unit", "ratio"
     );
     for r in rows {
         let ratio = r.ratio.map_or(String::new(), |x| format!("{x:.2}"));
         println!(
-            "{:<28} {:<44} {:>14.1} {:<10} {:>8}",
+            "{:<s$}  {:<m$}  {:>14.2}  {:<10}  {:>8}",
             r.scenario, r.metric, r.value, r.unit, ratio
         );
     }
@@ -52,7 +72,22 @@ pub fn progress(msg: impl AsRef<str>) {
     eprintln!("bench: {}", msg.as_ref());
 }
 
-/// Produces `n` ~100-byte JSON records to `topic` (keys cycle over 100 symbols), reporting progress.
+/// Symbols the bench records' keys cycle over.
+pub const SYMBOLS: usize = 100;
+
+/// The key and 100-byte JSON value of bench record `i`, stamped with `ts_us` (see [`load::timestamp_us`]).
+pub fn bench_record(i: usize, ts_us: u64) -> (String, String) {
+    let key = format!("SYM{:03}", i % SYMBOLS);
+    let mut body = format!(
+        r#"{{"seq":{i},"symbol":"{key}","price":{:.2},"ts_us":{ts_us},"pad":""#,
+        100.0 + (i % 997) as f64 / 10.0
+    );
+    body.push_str(&"x".repeat(98usize.saturating_sub(body.len())));
+    body.push_str(r#""}"#);
+    (key, body)
+}
+
+/// Produces `n` 100-byte JSON records to `topic` (keys cycle over 100 symbols), reporting progress.
 pub async fn produce(producer: &Producer, topic: &str, n: usize) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let mut sent = 0;
@@ -60,9 +95,12 @@ pub async fn produce(producer: &Producer, topic: &str, n: usize) -> anyhow::Resu
     while sent < n {
         let size = 10_000.min(n - sent);
         let sends = (sent..sent + size).map(|i| {
-            let key = format!("SYM{:03}", i % 100);
-            let body = format!(r#"{{"seq":{i},"symbol":"{key}","price":{:.2},"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}"#, 100.0 + (i % 997) as f64 / 10.0);
-            async move { producer.send(topic, Some(key.as_bytes()), Some(body.as_bytes()), None).await }
+            let (key, body) = bench_record(i, load::now_us());
+            async move {
+                producer
+                    .send(topic, Some(key.as_bytes()), Some(body.as_bytes()), None)
+                    .await
+            }
         });
         for r in futures_util::future::join_all(sends).await {
             r?;
@@ -105,7 +143,7 @@ pub async fn read_n(
     Ok(started.elapsed())
 }
 
-/// A durable client for the resume scenario: attaches, optionally subscribes.
+/// A durable client for the storm scenario: attaches, optionally subscribes.
 pub async fn durable(
     url: &str,
     session: &str,

@@ -2,7 +2,7 @@
 //! process killed when dropped.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -16,17 +16,35 @@ pub struct Proc {
 impl Proc {
     fn spawn(args: &[&str], env: &[(&str, String)], log: PathBuf) -> anyhow::Result<Proc> {
         let exe = std::env::current_exe().context("cannot find the kgate executable")?;
-        let file = std::fs::File::create(&log)
-            .with_context(|| format!("cannot create {}", log.display()))?;
         let mut cmd = Command::new(exe);
-        cmd.args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(file);
+        cmd.args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().context("cannot start a kgate child process")?;
+        Proc::command(cmd, log)
+    }
+
+    /// Starts `cmd` with stdin piped (children exit on its EOF), stdout discarded, stderr to `log`.
+    pub fn command(mut cmd: Command, log: PathBuf) -> anyhow::Result<Proc> {
+        cmd.stdout(Stdio::null());
+        Self::start(cmd, log)
+    }
+
+    /// [`Proc::command`], keeping the child's stdout to read.
+    pub fn piped(mut cmd: Command, log: PathBuf) -> anyhow::Result<(Proc, ChildStdout)> {
+        cmd.stdout(Stdio::piped());
+        let mut proc = Self::start(cmd, log)?;
+        let stdout = proc.child.stdout.take().context("child has no stdout")?;
+        Ok((proc, stdout))
+    }
+
+    fn start(mut cmd: Command, log: PathBuf) -> anyhow::Result<Proc> {
+        let file = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        cmd.stdin(Stdio::piped()).stderr(file);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
         Ok(Proc { child, log })
     }
 
@@ -63,6 +81,38 @@ impl Drop for Proc {
     }
 }
 
+/// Resident memory of process `pid` and its direct children, in bytes (from /proc).
+pub fn tree_rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let mut total = rss_bytes(pid)?;
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command name: state, ppid, ...
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let child = entry.file_name().to_str().and_then(|s| s.parse().ok());
+        if let (Some(child), true) = (child, ppid == Some(pid)) {
+            total += rss_bytes(child)?;
+        }
+    }
+    Ok(total)
+}
+
+/// Resident memory of process `pid` in bytes (VmRSS).
+pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("cannot read /proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))?;
+    Ok(kib * 1024)
+}
+
 /// A free loopback port.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -70,7 +120,7 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn wait_tcp(addr: &str, limit: Duration) -> anyhow::Result<()> {
+pub fn wait_tcp(addr: &str, limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     while std::net::TcpStream::connect(addr).is_err() {
         if Instant::now() > deadline {

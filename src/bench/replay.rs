@@ -103,11 +103,23 @@ pub async fn run_replay(opts: &ReplayOptions) -> anyhow::Result<Vec<Row>> {
     ])
 }
 
-/// Reads `n` records from offset 0 with a plain consumer; returns the time taken.
+/// Reads `n` records of partition 0 from offset 0 with a plain consumer; returns the time taken.
 pub(super) fn raw_read(config: &Config, topic: &str, n: usize) -> anyhow::Result<Duration> {
+    raw_read_all(config, topic, 1, n)
+}
+
+/// Reads `n` records of `partitions` partitions from offset 0; returns the time taken.
+pub(super) fn raw_read_all(
+    config: &Config,
+    topic: &str,
+    partitions: i32,
+    n: usize,
+) -> anyhow::Result<Duration> {
     let consumer: BaseConsumer = crate::kafka::consumer_config(config, "bench-raw").create()?;
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Offset(0))?;
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Offset(0))?;
+    }
     let started = Instant::now();
     consumer.assign(&tpl)?;
     let mut seen = 0;

@@ -1,6 +1,11 @@
 //! `kgate bench`: run a load scenario and print a summary table.
 
-use crate::bench::{self, FanoutOptions, ReplayOptions, ResumeOptions, Row, WireOptions};
+use std::net::IpAddr;
+
+use crate::bench::{
+    self, FanoutOptions, IdleOptions, LatencyOptions, ReplayOptions, Row, StormOptions,
+    TickerOptions, WireOptions,
+};
 
 /// Options of `kgate bench`.
 #[derive(Debug, clap::Args)]
@@ -14,12 +19,44 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Scenario {
-    /// N clients live on one channel while records are produced; deliveries/s vs a raw consumer.
+    /// N clients live on one channel while records are produced; deliveries/s vs a raw
+    /// consumer, the kafkajs + ws bridge (benches/baseline) and nchan.
     Fanout {
         #[arg(long, default_value_t = 1000)]
         clients: usize,
         #[arg(long, default_value_t = 20_000)]
         records: usize,
+        /// Records for the bridge and nchan baselines [default: 2,000,000 / clients, at least 100]; 0 skips them.
+        #[arg(long)]
+        baseline_records: Option<usize>,
+    },
+    /// N clients each live on a random subset of symbol keys; deliveries/s vs a raw consumer.
+    Ticker {
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Symbols per client, out of 100.
+        #[arg(long, default_value_t = 10)]
+        symbols: usize,
+        #[arg(long, default_value_t = 50_000)]
+        records: usize,
+    },
+    /// Produce-to-receive latency percentiles of N live clients vs a raw consumer.
+    Latency {
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Records per second [default: half of kgate's saturation rate, measured first].
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Gateway memory per idle subscribed WebSocket connection vs nchan.
+    Idle {
+        #[arg(long, default_value_t = 15_000)]
+        clients: usize,
+        /// Load processes holding the connections, each from its own 127.0.0.x.
+        #[arg(long, default_value_t = 4)]
+        processes: usize,
     },
     /// One client, then many, resuming far behind (Kafka tier and memory ring) vs a raw consumer.
     Replay {
@@ -28,11 +65,12 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         clients: usize,
     },
-    /// Durable clients reconnecting at once after a gateway restart.
-    Resume {
-        #[arg(long, default_value_t = 1000)]
+    /// Durable clients reconnecting at once after a gateway restart, each owed `missed` records.
+    #[command(alias = "resume")]
+    Storm {
+        #[arg(long, default_value_t = 10_000)]
         clients: usize,
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 100)]
         missed: usize,
     },
     /// Bytes per ticker event: JSON frames vs binary envelopes, JSON and Avro topics
@@ -41,20 +79,76 @@ enum Scenario {
         #[arg(long, default_value_t = 10_000)]
         records: usize,
     },
+    /// Internal: hold idle connections for `idle` until stdin closes.
+    #[command(hide = true)]
+    Hold {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        channel: Option<String>,
+        #[arg(long)]
+        clients: usize,
+        #[arg(long)]
+        bind: IpAddr,
+    },
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let rows: Vec<Row> = match args.scenario {
-        Scenario::Fanout { clients, records } => {
-            bench::run_fanout(&FanoutOptions { clients, records }).await?
+        Scenario::Fanout {
+            clients,
+            records,
+            baseline_records,
+        } => {
+            let baseline_records =
+                baseline_records.unwrap_or_else(|| (2_000_000 / clients.max(1)).max(100));
+            bench::run_fanout(&FanoutOptions {
+                clients,
+                records,
+                baseline_records,
+            })
+            .await?
+        }
+        Scenario::Ticker {
+            clients,
+            symbols,
+            records,
+        } => {
+            bench::run_ticker(&TickerOptions {
+                clients,
+                symbols,
+                records,
+            })
+            .await?
+        }
+        Scenario::Latency {
+            clients,
+            rate,
+            seconds,
+        } => {
+            bench::run_latency(&LatencyOptions {
+                clients,
+                rate,
+                seconds,
+            })
+            .await?
+        }
+        Scenario::Idle { clients, processes } => {
+            bench::run_idle(&IdleOptions { clients, processes }).await?
         }
         Scenario::Replay { records, clients } => {
             bench::run_replay(&ReplayOptions { records, clients }).await?
         }
-        Scenario::Resume { clients, missed } => {
-            bench::run_resume(&ResumeOptions { clients, missed }).await?
+        Scenario::Storm { clients, missed } => {
+            bench::run_storm(&StormOptions { clients, missed }).await?
         }
         Scenario::Wire { records } => bench::run_wire(&WireOptions { records }).await?,
+        Scenario::Hold {
+            url,
+            channel,
+            clients,
+            bind,
+        } => return bench::run_hold(&url, channel.as_deref(), clients, bind).await,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -40,8 +40,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let listen = config.server.listen;
     let shutdown_timeout = Duration::from_secs(config.server.shutdown_timeout_secs);
     // Bind first: a port already in use is the most common startup error.
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let listener = bind(listen, config.server.listen_backlog)
         .with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
     let running = tokio::select! {
         r = Gateway::start(config) => r?,
@@ -97,4 +96,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     drop(running);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds `addr` with a listen queue of `backlog` (tokio's `bind` fixes it at 1024).
+fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }

@@ -24,8 +24,13 @@ pub struct Delivered {
 impl Producer {
     /// A producer for the configured (or embedded) cluster.
     pub fn new(config: &Config) -> Result<Producer, KafkaError> {
+        Self::with_linger(config, 5)
+    }
+
+    /// A producer that batches for at most `linger_ms` (0 for latency measurements).
+    pub fn with_linger(config: &Config, linger_ms: u32) -> Result<Producer, KafkaError> {
         let inner = super::client_config(config, "producer")
-            .set("linger.ms", "5")
+            .set("linger.ms", linger_ms.to_string())
             .set("message.timeout.ms", "30000")
             .create()?;
         Ok(Producer { inner })

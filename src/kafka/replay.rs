@@ -3,7 +3,7 @@
 //! Concurrent replays of one partition share a scan: a replay whose start is at
 //! or ahead of a running scan's position joins it instead of opening a reader.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::Config;
 use crate::kafka::cluster::Cluster;
-use crate::router::Router;
+use crate::router::{Router, TopicRoute};
 use crate::session::outbox::SubscriptionId;
 use crate::session::subscription::{ReplayEvent, Start};
 use crate::telemetry;
@@ -332,6 +332,11 @@ impl ReplayPool {
         };
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, *partition, Offset::Offset(from))?;
+        let mut backfill = Backfill::new(
+            from,
+            route.ring_covered_from(*partition),
+            self.config.replay.ring_bytes_per_partition,
+        );
         let outcome = (|| {
             consumer.assign(&tpl)?;
             loop {
@@ -344,6 +349,7 @@ impl ReplayPool {
                             route.codec(),
                             self.config.limits.max_outbound_record_bytes,
                         ));
+                        backfill.read(&route, *partition, &record);
                         if !self.distribute(scan, record) {
                             return Ok(());
                         }
@@ -472,6 +478,58 @@ impl ReplayPool {
                     delay = (delay * 2).min(Duration::from_millis(self.config.kafka.retry_max_ms));
                 }
             }
+        }
+    }
+}
+
+/// Records a scan reads below the memory ring, handed to the ring once the scan
+/// reaches it: after a restart, when every client resumes from about the same
+/// offset, the first scan fills the ring and the rest are served from memory.
+struct Backfill {
+    start: i64,
+    /// Where the ring began when the scan started (`None`: no ring, or the scan starts in it).
+    until: Option<i64>,
+    /// The newest records read, at most the ring's size (older ones would not fit).
+    records: VecDeque<Arc<crate::codec::EncodedRecord>>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Backfill {
+    fn new(start: i64, ring_from: Option<i64>, max_bytes: usize) -> Backfill {
+        Backfill {
+            start,
+            until: ring_from.filter(|&r| start < r && max_bytes > 0),
+            records: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    /// Keeps `record` if it is below the ring; hands everything over once the scan reaches the ring.
+    fn read(
+        &mut self,
+        route: &TopicRoute,
+        partition: i32,
+        record: &Arc<crate::codec::EncodedRecord>,
+    ) {
+        let Some(until) = self.until else { return };
+        if record.meta.offset < until {
+            self.bytes += record.size();
+            self.records.push_back(record.clone());
+            while self.bytes > self.max_bytes {
+                let Some(old) = self.records.pop_front() else {
+                    break;
+                };
+                self.bytes -= old.size();
+                self.start = old.meta.offset + 1;
+            }
+        }
+        if record.meta.offset + 1 >= until {
+            let records = std::mem::take(&mut self.records).into();
+            let added = route.ring_backfill(partition, self.start, until, records);
+            tracing::debug!(topic = %route.name(), partition, added, "replay backfilled the ring");
+            self.until = None;
         }
     }
 }

@@ -319,6 +319,25 @@ impl TopicRoute {
             .map(|h| h.load(Ordering::Acquire))
     }
 
+    /// Where the partition's ring begins (every record from there on is in memory).
+    pub fn ring_covered_from(&self, partition: i32) -> Option<i64> {
+        Some(self.rings.get(partition as usize)?.lock().covered_from())
+    }
+
+    /// Hands records a Kafka replay read from `start` up to `until` (where the ring began)
+    /// to the ring, so later replays of them are served from memory.
+    pub fn ring_backfill(
+        &self,
+        partition: i32,
+        start: i64,
+        until: i64,
+        records: Vec<Arc<EncodedRecord>>,
+    ) -> usize {
+        self.rings
+            .get(partition as usize)
+            .map_or(0, |ring| ring.lock().backfill(start, until, records))
+    }
+
     /// Records of `partition` in `from..until` from memory, if the ring still covers `from`.
     pub fn ring_range(
         &self,

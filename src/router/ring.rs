@@ -42,6 +42,39 @@ impl Ring {
         }
     }
 
+    /// The offset from which the ring holds every record.
+    pub fn covered_from(&self) -> i64 {
+        self.covered_from
+    }
+
+    /// Puts records a Kafka replay read just below the ring in front of it, newest first,
+    /// while they fit. `records` must be every record from `start` up to `until`, and
+    /// `until` where the ring still begins; otherwise nothing changes. Returns how many were added.
+    pub fn backfill(&mut self, start: i64, until: i64, records: Vec<Arc<EncodedRecord>>) -> usize {
+        let contiguous = until == self.covered_from
+            && start < until
+            && records.first().is_none_or(|r| r.meta.offset >= start)
+            && records.last().is_none_or(|r| r.meta.offset < until);
+        if self.max_bytes == 0 || !contiguous {
+            return 0;
+        }
+        let total = records.len();
+        let mut added = 0;
+        for r in records.into_iter().rev() {
+            if self.bytes + r.size() > self.max_bytes {
+                break;
+            }
+            self.bytes += r.size();
+            self.covered_from = r.meta.offset;
+            self.records.push_front(r);
+            added += 1;
+        }
+        if added == total {
+            self.covered_from = start;
+        }
+        added
+    }
+
     /// The records with offsets in `from..until`, if the ring still covers `from`.
     pub fn range(&self, from: i64, until: i64) -> Option<Vec<Arc<EncodedRecord>>> {
         if self.max_bytes == 0 || from < self.covered_from {
@@ -96,5 +129,34 @@ mod tests {
             Ring::new(0, 0).range(0, 0).is_none(),
             "a zero-byte ring serves nothing"
         );
+    }
+
+    #[test]
+    fn backfill_prepends_what_fits_and_only_when_contiguous() {
+        let offsets = |ring: &Ring, from| -> Option<Vec<i64>> {
+            Some(
+                ring.range(from, i64::MAX)?
+                    .iter()
+                    .map(|r| r.meta.offset)
+                    .collect(),
+            )
+        };
+        let mut ring = Ring::new(100, 45);
+        ring.push(rec(100));
+        ring.push(rec(101));
+        // Not ending where the ring begins: refused.
+        assert_eq!(ring.backfill(90, 99, vec![rec(97), rec(98)]), 0);
+        assert_eq!(ring.covered_from(), 100);
+        // Everything from 97 (96 was compacted away) fits in full: covered from the scan's start.
+        let mut ring2 = Ring::new(100, 1000);
+        ring2.push(rec(100));
+        assert_eq!(ring2.backfill(96, 100, vec![rec(97), rec(98), rec(99)]), 3);
+        assert_eq!(ring2.covered_from(), 96);
+        assert_eq!(offsets(&ring2, 96), Some(vec![97, 98, 99, 100]));
+        // Only two of three fit in 45 bytes: the newest ones, covered from the oldest kept.
+        assert_eq!(ring.backfill(97, 100, vec![rec(97), rec(98), rec(99)]), 2);
+        assert_eq!(ring.covered_from(), 98);
+        assert_eq!(offsets(&ring, 98), Some(vec![98, 99, 100, 101]));
+        assert!(ring.range(97, 102).is_none());
     }
 }

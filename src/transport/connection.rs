@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use governor::{DefaultDirectRateLimiter, RateLimiter};
+use governor::DefaultDirectRateLimiter;
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
 
@@ -73,6 +73,14 @@ async fn wait_for_snapshot(route: &TopicRoute) -> Result<(), (ErrorCode, String)
 /// Resolves when the connection must close as a slow consumer: a `disconnect`-policy
 /// subscription has been behind (records refused by the outbox, not yet drained, or
 /// caught up from `behind_since` on) for `grace`.
+/// The next replayed record, or never while no replay has started.
+async fn next_replay(rx: Option<&mut mpsc::Receiver<Addressed>>) -> Option<Addressed> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn slow_consumer(outbox: &Outbox, behind_since: Option<Instant>, grace: Duration) {
     loop {
         // `notify_one` leaves a permit, so a refusal between this read and the wait is not missed.
@@ -148,10 +156,13 @@ pub struct Connection {
     /// Who the client is and what it may subscribe to; replaced by an `auth` command.
     identity: Identity,
     outbox: Arc<Outbox>,
-    subs: HashMap<SubscriptionId, Active>,
+    /// Boxed: a map allocates room for several entries, and `Active` is large.
+    subs: HashMap<SubscriptionId, Box<Active>>,
     by_channel: HashMap<String, SubscriptionId>,
-    replay_tx: mpsc::Sender<Addressed>,
-    replay_rx: mpsc::Receiver<Addressed>,
+    /// Replayed records, from readers of the memory ring or Kafka; made at the first replay
+    /// (a channel allocates its first block up front, which idle connections need not pay).
+    replay_tx: Option<mpsc::Sender<Addressed>>,
+    replay_rx: Option<mpsc::Receiver<Addressed>>,
     /// The durable session attached to this connection, and the signal that takes it away.
     session: Option<(String, Arc<Notify>)>,
     /// Frames waiting to be written, in order.
@@ -182,11 +193,7 @@ impl Connection {
         let limits = &gateway.config.limits;
         let grace = Duration::from_millis(limits.slow_consumer_grace_ms);
         let outbox = Arc::new(Outbox::new(ws.outbox_max_messages, ws.outbox_max_bytes));
-        let (replay_tx, replay_rx) = mpsc::channel(256);
-        let commands = RateLimiter::direct(crate::limits::quota(
-            limits.commands_per_sec,
-            limits.commands_burst,
-        ));
+        let commands = gateway.admission.command_limiter();
         Connection {
             guard: gateway.connection_opened(),
             gateway,
@@ -196,8 +203,8 @@ impl Connection {
             outbox,
             subs: HashMap::new(),
             by_channel: HashMap::new(),
-            replay_tx,
-            replay_rx,
+            replay_tx: None,
+            replay_rx: None,
             session: None,
             pending: Vec::new(),
             scratch: Vec::new(),
@@ -213,7 +220,9 @@ impl Connection {
 
     /// Serves the client over `link` until either side ends the connection.
     /// Returns the link, for transports that answer with what it collected (long-poll).
-    pub async fn run<L: Link>(self, link: L) -> L {
+    // Not `async`: an async wrapper would store `self` and `link` a second time in every
+    // connection's task.
+    pub fn run<L: Link>(self, link: L) -> impl Future<Output = L> {
         // Every line logged for this connection carries its id (and session, once attached).
         let span = tracing::info_span!(
             "conn",
@@ -221,7 +230,7 @@ impl Connection {
             transport = L::TRANSPORT,
             session = tracing::field::Empty
         );
-        self.serve(link).instrument(span).await
+        self.serve(link).instrument(span)
     }
 
     async fn serve<L: Link>(mut self, mut link: L) -> L {
@@ -252,7 +261,9 @@ impl Connection {
                     match inbound {
                         Inbound::Gone => break End::Gone,
                         Inbound::Command(text) => {
-                            if let Err(end) = self.on_command(&text).await {
+                            // Boxed: command handling is the largest state of this future, and
+                            // an idle connection should not carry it.
+                            if let Err(end) = Box::pin(self.on_command(&text)).await {
                                 break end;
                             }
                         }
@@ -271,13 +282,13 @@ impl Connection {
                         break end;
                     }
                 }
-                Some(event) = self.replay_rx.recv() => {
+                Some(event) = next_replay(self.replay_rx.as_mut()) => {
                     self.on_replay(event);
                     // Take what else is ready, so one write carries many records.
                     for _ in 0..1024 {
-                        match self.replay_rx.try_recv() {
-                            Ok(event) => self.on_replay(event),
-                            Err(_) => break,
+                        match self.replay_rx.as_mut().map(mpsc::Receiver::try_recv) {
+                            Some(Ok(event)) => self.on_replay(event),
+                            _ => break,
                         }
                     }
                 }
@@ -336,6 +347,17 @@ impl Connection {
             "connection closed"
         );
         link
+    }
+
+    /// The sender replay readers deliver to, made on first use.
+    fn replay_sender(&mut self) -> mpsc::Sender<Addressed> {
+        if let Some(tx) = &self.replay_tx {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::channel(256);
+        self.replay_rx = Some(rx);
+        self.replay_tx = Some(tx.clone());
+        tx
     }
 
     fn push_text(&mut self, text: String) {
@@ -445,7 +467,7 @@ impl Connection {
 
     /// Starts a replay of one partition of subscription `id`.
     fn start_replay(
-        &self,
+        &mut self,
         id: SubscriptionId,
         partition: i32,
         start: Start,
@@ -461,7 +483,8 @@ impl Connection {
             start,
             until,
         };
-        self.gateway.replay.start(request, self.replay_tx.clone())
+        let tx = self.replay_sender();
+        self.gateway.replay.start(request, tx)
     }
 
     /// Sends throttled values that are due and notes when the next one will be.
@@ -934,7 +957,7 @@ impl Connection {
                 start,
                 until: live[partition as usize],
             };
-            handles[partition as usize] = gateway.replay.start(request, self.replay_tx.clone());
+            handles[partition as usize] = gateway.replay.start(request, self.replay_sender());
         }
         self.push_text(protocol::subscribed_frame(id.as_ref(), name, &live));
         let name: Arc<str> = Arc::from(name);
@@ -963,7 +986,7 @@ impl Connection {
             self.push_text(protocol::live_frame(id.as_ref(), &name));
         }
         self.by_channel.insert(name.to_string(), sub_id);
-        self.subs.insert(sub_id, active);
+        self.subs.insert(sub_id, Box::new(active));
         Ok(())
     }
 

@@ -156,9 +156,11 @@ fn upgrade_to(
                     Some(config),
                 )
                 .await;
-                Connection::new(gateway, remote, ticket, identity)
-                    .run(WsLink { socket, binary })
-                    .await;
+                // A task of its own: this one (and the upgrade's state it holds) ends here.
+                tokio::spawn(
+                    Connection::new(gateway, remote, ticket, identity)
+                        .run(WsLink { socket, binary }),
+                );
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }

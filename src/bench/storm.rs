@@ -1,4 +1,4 @@
-//! The resume scenario: many durable clients reconnect at once after a gateway restart.
+//! The storm scenario: many durable clients reconnect at once after a gateway restart.
 
 use std::time::Instant;
 
@@ -6,16 +6,16 @@ use super::{GatewayProc, Row, durable, produce, progress, read_and_ack};
 use crate::config::Config;
 use crate::kafka::producer::Producer;
 
-/// Options of the resume scenario.
+/// Options of the storm scenario.
 #[derive(Debug, Clone)]
-pub struct ResumeOptions {
+pub struct StormOptions {
     pub clients: usize,
     /// Records each client missed while the gateway was down.
     pub missed: usize,
 }
 
 /// Runs the scenario; returns the summary rows.
-pub async fn run_resume(opts: &ResumeOptions) -> anyhow::Result<Vec<Row>> {
+pub async fn run_storm(opts: &StormOptions) -> anyhow::Result<Vec<Row>> {
     let dir = tempfile::tempdir()?;
     let (_broker, bootstrap) = super::procs::broker(dir.path())?;
     let topic = "bench-resume";
@@ -48,27 +48,31 @@ pub async fn run_resume(opts: &ResumeOptions) -> anyhow::Result<Vec<Row>> {
     gw.start_again()?;
     progress(format!("{} clients reconnect at once", opts.clients));
     let started = Instant::now();
-    let resumes = (0..opts.clients).map(|i| {
-        let url = url.clone();
-        async move {
-            let mut c = durable(&url, &format!("bench-{i}"), topic, false).await?;
-            read_and_ack(&mut c, topic, opts.missed).await
-        }
-    });
-    for r in futures_util::future::join_all(resumes).await {
-        r?;
+    // A task per client, so the load spreads over both cores as real clients would.
+    let missed = opts.missed;
+    let resumes: Vec<_> = (0..opts.clients)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut c = durable(&url, &format!("bench-{i}"), topic, false).await?;
+                read_and_ack(&mut c, topic, missed).await
+            })
+        })
+        .collect();
+    for r in resumes {
+        r.await??;
     }
     let elapsed = started.elapsed().as_secs_f64();
     Ok(vec![
         Row {
-            scenario: format!("resume ({} clients)", opts.clients),
+            scenario: format!("storm ({} clients)", opts.clients),
             metric: format!("time until all got {} missed records", opts.missed),
             value: elapsed * 1000.0,
             unit: "ms".into(),
             ratio: None,
         },
         Row {
-            scenario: format!("resume ({} clients)", opts.clients),
+            scenario: format!("storm ({} clients)", opts.clients),
             metric: "records delivered during the resume".into(),
             value: (opts.clients * opts.missed) as f64 / elapsed,
             unit: "records/s".into(),

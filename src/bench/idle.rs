@@ -1,0 +1,179 @@
+//! The idle scenario: N idle WebSocket connections, each subscribed to a quiet
+//! channel, held by several load processes on different loopback addresses
+//! (a process may open only so many files); the figure is the growth of the
+//! gateway's resident memory per connection. The baseline is nchan holding
+//! the same connections.
+
+use std::io::{BufRead, BufReader};
+use std::net::IpAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use super::baseline::Nchan;
+use super::load::{Connect, Target, connect_many};
+use super::procs::{Proc, rss_bytes, tree_rss_bytes};
+use super::{GatewayProc, Row, progress};
+
+/// Options of the idle scenario.
+#[derive(Debug, Clone)]
+pub struct IdleOptions {
+    /// Idle connections.
+    pub clients: usize,
+    /// Load processes holding them (each from its own 127.0.0.x).
+    pub processes: usize,
+}
+
+/// Runs the scenario; returns the summary rows.
+pub async fn run_idle(opts: &IdleOptions) -> anyhow::Result<Vec<Row>> {
+    let dir = tempfile::tempdir()?;
+    let (_broker, bootstrap) = super::procs::broker(dir.path())?;
+    let topic = "bench-idle";
+    let gw = GatewayProc::start(&dir.path().join("gw"), &bootstrap, &[(topic, 1)], "")?;
+    let target = Target::kgate(&gw.ws_url(), topic);
+    // One connection first, so one-off allocations (first subscriber of a topic) are not counted.
+    drop(connect_many(&target, 1, Connect::default()).await?);
+    let kgate = measure(dir.path(), &target, opts, || rss_bytes(gw.proc.pid())).await?;
+    let scenario = format!("idle ({} connections)", opts.clients);
+    let mut rows = vec![Row {
+        scenario: scenario.clone(),
+        metric: "kgate RSS per idle subscribed connection".into(),
+        value: kgate,
+        unit: "bytes".into(),
+        ratio: None,
+    }];
+    match Nchan::unavailable() {
+        Some(why) => progress(format!("skipping the nchan baseline: {why}")),
+        None => {
+            let nchan = Nchan::start(&dir.path().join("nchan"))?;
+            let target = Target::Plain {
+                url: nchan.ws_url(),
+            };
+            let pid = nchan.proc.pid();
+            let bytes = measure(dir.path(), &target, opts, || tree_rss_bytes(pid)).await?;
+            rows.push(Row {
+                scenario,
+                metric: "baseline: nchan RSS per idle subscriber (all workers)".into(),
+                value: bytes,
+                unit: "bytes".into(),
+                ratio: Some(kgate / bytes),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Growth of `rss` per connection while `opts.clients` connections to `target` are held.
+async fn measure(
+    dir: &std::path::Path,
+    target: &Target,
+    opts: &IdleOptions,
+    rss: impl Fn() -> anyhow::Result<u64>,
+) -> anyhow::Result<f64> {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rss()?;
+    let holders = hold(dir, target, opts.clients, opts.processes.max(1)).await?;
+    // Let the server finish the handshakes' work and return transient buffers.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss()?;
+    drop(holders);
+    let per = after.saturating_sub(before) as f64 / opts.clients as f64;
+    progress(format!(
+        "{}: RSS {:.1} MiB before, {:.1} MiB with {} connections: {per:.0} bytes each",
+        target_name(target),
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        opts.clients
+    ));
+    Ok(per)
+}
+
+fn target_name(target: &Target) -> &'static str {
+    match target {
+        Target::Kgate { .. } => "kgate",
+        Target::Plain { .. } => "baseline",
+    }
+}
+
+/// Starts `processes` children of `kgate bench hold` sharing `clients` connections; returns
+/// once every child holds its share. The connections close when the children are dropped.
+async fn hold(
+    dir: &std::path::Path,
+    target: &Target,
+    clients: usize,
+    processes: usize,
+) -> anyhow::Result<Vec<Proc>> {
+    let exe = std::env::current_exe().context("cannot find the kgate executable")?;
+    let (url, channel) = match target {
+        Target::Kgate { url, channels } => (url, channels.first().cloned()),
+        Target::Plain { url } => (url, None),
+    };
+    let mut children = Vec::new();
+    let mut outputs = Vec::new();
+    for i in 0..processes {
+        let share = clients / processes + usize::from(i < clients % processes);
+        let mut cmd = Command::new(&exe);
+        cmd.args(["bench", "hold", "--url", url, "--clients"])
+            .arg(share.to_string())
+            .arg("--bind")
+            .arg(format!("127.0.0.{}", 2 + i));
+        if let Some(channel) = &channel {
+            cmd.args(["--channel", channel]);
+        }
+        let (proc, stdout) = Proc::piped(cmd, dir.join(format!("hold-{i}.log")))?;
+        children.push(proc);
+        outputs.push(stdout);
+    }
+    let lines = tokio::task::spawn_blocking(move || {
+        outputs
+            .into_iter()
+            .map(|out| {
+                let mut line = String::new();
+                BufReader::new(out).read_line(&mut line).map(|_| line)
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await??;
+    for (i, line) in lines.iter().enumerate() {
+        if !line.starts_with("holding") {
+            bail!(
+                "load process {i} failed; see {}",
+                children[i].log().display()
+            );
+        }
+    }
+    Ok(children)
+}
+
+/// The `kgate bench hold` child: connects `clients` from `bind`, says `holding N` on
+/// stdout, and keeps the connections open until stdin closes.
+pub async fn run_hold(
+    url: &str,
+    channel: Option<&str>,
+    clients: usize,
+    bind: IpAddr,
+) -> anyhow::Result<()> {
+    let target = match channel {
+        Some(channel) => Target::kgate(url, channel),
+        None => Target::Plain {
+            url: url.to_string(),
+        },
+    };
+    let held = connect_many(
+        &target,
+        clients,
+        Connect {
+            bind: Some(bind),
+            idle: true,
+        },
+    )
+    .await?;
+    println!("holding {}", held.len());
+    // Children exit when the parent closes stdin (or dies).
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    while tokio::io::AsyncReadExt::read(&mut stdin, &mut buf).await? > 0 {}
+    drop(held);
+    Ok(())
+}

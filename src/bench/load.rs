@@ -1,0 +1,229 @@
+//! The load client every scenario uses, for kgate and for the baselines alike:
+//! one WebSocket per client, optionally bound to a chosen loopback address,
+//! counting the messages that carry a record.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use super::progress;
+use crate::transport::protocol::SUBPROTOCOL;
+
+/// Where a load client connects and which messages it counts.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// kgate: subscribe live to each channel, count `event` frames.
+    Kgate { url: String, channels: Vec<String> },
+    /// A server that pushes every record to every connection (the baselines): count every message.
+    Plain { url: String },
+}
+
+impl Target {
+    /// kgate, live on one channel.
+    pub fn kgate(url: &str, channel: &str) -> Target {
+        Target::Kgate {
+            url: url.to_string(),
+            channels: vec![channel.to_string()],
+        }
+    }
+
+    fn url(&self) -> &str {
+        match self {
+            Target::Kgate { url, .. } | Target::Plain { url } => url,
+        }
+    }
+}
+
+/// How load clients connect.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Connect {
+    /// Local address to connect from.
+    pub bind: Option<IpAddr>,
+    /// Idle holders read nothing: small buffers, so thousands fit in one load process.
+    pub idle: bool,
+}
+
+/// One connected load client.
+pub struct LoadClient {
+    socket: WebSocketStream<TcpStream>,
+    kgate: bool,
+}
+
+impl LoadClient {
+    /// Connects and, for kgate, subscribes and waits until live.
+    pub async fn connect(target: &Target, how: Connect) -> anyhow::Result<LoadClient> {
+        let url = target.url();
+        let mut request = url.into_client_request()?;
+        let host = request.uri().host().context("URL has no host")?;
+        let port = request.uri().port_u16().context("URL has no port")?;
+        let addr: SocketAddr = format!("{host}:{port}").parse()?;
+        let socket = TcpSocket::new_v4()?;
+        if let Some(ip) = how.bind {
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .with_context(|| format!("cannot bind a load client to {ip}"))?;
+        }
+        let stream = socket
+            .connect(addr)
+            .await
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        stream.set_nodelay(true)?;
+        if matches!(target, Target::Kgate { .. }) {
+            request.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_static(SUBPROTOCOL),
+            );
+        }
+        // tungstenite zero-fills its whole read buffer before each read (128 KiB by default).
+        let config = match how.idle {
+            true => WebSocketConfig::default()
+                .read_buffer_size(4096)
+                .write_buffer_size(0),
+            false => WebSocketConfig::default().read_buffer_size(16 * 1024),
+        };
+        let (socket, _) =
+            tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+                .await
+                .with_context(|| format!("WebSocket handshake with {url} failed"))?;
+        let mut client = LoadClient {
+            socket,
+            kgate: false,
+        };
+        if let Target::Kgate { channels, .. } = target {
+            for channel in channels {
+                let cmd = json!({"type": "subscribe", "channel": channel, "from": "latest"});
+                client
+                    .socket
+                    .send(Message::Text(cmd.to_string().into()))
+                    .await?;
+            }
+            let mut live = 0;
+            while live < channels.len() {
+                let Some(text) = client.next_text().await? else {
+                    bail!("connection closed before the subscription was live");
+                };
+                let frame: serde_json::Value = serde_json::from_str(&text)?;
+                match frame["type"].as_str() {
+                    Some("live") => live += 1,
+                    Some("error") => bail!("subscribe refused: {text}"),
+                    _ => {}
+                }
+            }
+            client.kgate = true;
+        }
+        Ok(client)
+    }
+
+    async fn next_text(&mut self) -> anyhow::Result<Option<Utf8Bytes>> {
+        while let Some(msg) = self.socket.next().await {
+            match msg? {
+                Message::Text(t) => return Ok(Some(t)),
+                Message::Close(_) => return Ok(None),
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// The next message carrying a record (`None` when the connection closed).
+    pub async fn next_record(&mut self) -> anyhow::Result<Option<Utf8Bytes>> {
+        while let Some(text) = self.next_text().await? {
+            if !self.kgate || text.starts_with(r#"{"type":"event""#) {
+                return Ok(Some(text));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads up to `n` records, giving up when none arrives for `quiet` (60 s before the
+    /// first); returns how many arrived and when the last did.
+    pub async fn count_up_to(&mut self, n: usize, quiet: Duration) -> (usize, Option<Instant>) {
+        let mut last = None;
+        for seen in 0..n {
+            let wait = if seen == 0 {
+                Duration::from_secs(60)
+            } else {
+                quiet
+            };
+            match tokio::time::timeout(wait, self.next_record()).await {
+                Ok(Ok(Some(_))) => last = Some(Instant::now()),
+                _ => return (seen, last),
+            }
+        }
+        (n, last)
+    }
+}
+
+/// Connects `n` clients to `target`, 250 at a time.
+pub async fn connect_many(
+    target: &Target,
+    n: usize,
+    how: Connect,
+) -> anyhow::Result<Vec<LoadClient>> {
+    connect_each(&vec![target.clone(); n], how).await
+}
+
+/// Connects one client to each target, 250 at a time.
+pub async fn connect_each(targets: &[Target], how: Connect) -> anyhow::Result<Vec<LoadClient>> {
+    let n = targets.len();
+    let mut clients = Vec::with_capacity(n);
+    let mut last_report = Instant::now();
+    while clients.len() < n {
+        let start = clients.len();
+        let connects = (start..n.min(start + 250)).map(|i| LoadClient::connect(&targets[i], how));
+        for c in futures_util::future::join_all(connects).await {
+            clients.push(c?);
+        }
+        if last_report.elapsed() > Duration::from_secs(2) || clients.len() == n {
+            progress(format!(
+                "connected {}/{n} clients to {}",
+                clients.len(),
+                targets[0].url()
+            ));
+            last_report = Instant::now();
+        }
+    }
+    Ok(clients)
+}
+
+/// The microsecond timestamp a bench record carries in `"ts_us":N` (JSON-escaped or not).
+pub fn timestamp_us(text: &str) -> Option<u64> {
+    let at = text.find("ts_us")? + "ts_us".len();
+    let digits: String = text[at..]
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// Microseconds since the Unix epoch, the clock bench records are stamped with.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::timestamp_us;
+
+    #[test]
+    fn finds_the_timestamp_plain_and_escaped() {
+        assert_eq!(
+            timestamp_us(r#"{"ts_us":1700000000123456,"pad":"x"}"#),
+            Some(1700000000123456)
+        );
+        assert_eq!(timestamp_us(r#"{"value":"{\"ts_us\":42}"}"#), Some(42));
+        assert_eq!(timestamp_us(r#"{"seq":1}"#), None);
+    }
+}
