@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use super::baseline::{Bridge, Nchan};
 use super::load::{Connect, LoadClient, Target, connect_many};
 use super::{GatewayProc, Row, produce, progress};
-use crate::config::Config;
 use crate::kafka::producer::Producer;
 
 /// Options of the fan-out scenario.
@@ -44,7 +43,8 @@ impl Delivery {
 }
 
 /// Lets every client read up to `n` records while `feed` runs; a client stops
-/// early when nothing arrives for 5 s (the baselines may drop messages).
+/// early when nothing arrives for 15 s (the baselines may drop messages; a kgate
+/// client that fell behind may wait seconds for a Kafka reader to catch it up).
 pub async fn deliver(
     clients: Vec<LoadClient>,
     n: usize,
@@ -62,7 +62,7 @@ pub async fn deliver_each(
     let readers: Vec<_> = clients
         .into_iter()
         .map(|(mut c, n)| {
-            tokio::spawn(async move { c.count_up_to(n, Duration::from_secs(5)).await })
+            tokio::spawn(async move { c.count_up_to(n, Duration::from_secs(15)).await })
         })
         .collect();
     let started = Instant::now();
@@ -93,9 +93,7 @@ pub async fn run_fanout(opts: &FanoutOptions) -> anyhow::Result<Vec<Row>> {
         &[(topic, 1), (bridge_topic, 1)],
         "",
     )?;
-    let mut config = Config::default();
-    config.kafka.bootstrap_servers = bootstrap.clone();
-    config.kafka.fetch_wait_max_ms = 5;
+    let config = super::kafka_config(&bootstrap);
     let producer = Producer::new(&config)?;
     let (n, clients) = (opts.records, opts.clients);
     let scenario = format!("fanout ({clients} clients)");

@@ -39,9 +39,7 @@ pub async fn run_latency(opts: &LatencyOptions) -> anyhow::Result<Vec<Row>> {
     let (_broker, bootstrap) = super::procs::broker(dir.path())?;
     let topic = "bench-latency";
     let gw = GatewayProc::start(&dir.path().join("gw"), &bootstrap, &[(topic, 1)], "")?;
-    let mut config = Config::default();
-    config.kafka.bootstrap_servers = bootstrap;
-    config.kafka.fetch_wait_max_ms = 5;
+    let config = super::kafka_config(&bootstrap);
     // 1 ms of batching: the test broker cannot take thousands of single-record requests a second.
     let producer = Producer::with_linger(&config, 1)?;
     let target = Target::kgate(&gw.ws_url(), topic);

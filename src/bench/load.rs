@@ -198,12 +198,11 @@ pub async fn connect_each(targets: &[Target], how: Connect) -> anyhow::Result<Ve
 /// The microsecond timestamp a bench record carries in `"ts_us":N` (JSON-escaped or not).
 pub fn timestamp_us(text: &str) -> Option<u64> {
     let at = text.find("ts_us")? + "ts_us".len();
-    let digits: String = text[at..]
-        .chars()
-        .skip_while(|c| !c.is_ascii_digit())
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
+    let rest = text[at..].trim_start_matches(|c: char| !c.is_ascii_digit());
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
 }
 
 /// Microseconds since the Unix epoch, the clock bench records are stamped with.

@@ -67,6 +67,15 @@ pub fn print_table(rows: &[Row]) {
     }
 }
 
+/// Settings for the bench's own Kafka clients (producers, the raw consumer) on `bootstrap`,
+/// with the same 5 ms fetch wait the gateways get.
+pub fn kafka_config(bootstrap: &str) -> crate::config::Config {
+    let mut config = crate::config::Config::default();
+    config.kafka.bootstrap_servers = bootstrap.to_string();
+    config.kafka.fetch_wait_max_ms = 5;
+    config
+}
+
 /// Progress on stderr, so `--json` output stays clean.
 pub fn progress(msg: impl AsRef<str>) {
     eprintln!("bench: {}", msg.as_ref());

@@ -39,9 +39,7 @@ pub async fn run_replay(opts: &ReplayOptions) -> anyhow::Result<Vec<Row>> {
         &[(topic, 1)],
         "[replay]\nring_bytes_per_partition = 2147483648\n",
     )?;
-    let mut config = Config::default();
-    config.kafka.bootstrap_servers = bootstrap.clone();
-    config.kafka.fetch_wait_max_ms = 5;
+    let config = super::kafka_config(&bootstrap);
     let producer = Producer::new(&config)?;
     produce(&producer, topic, opts.records).await?;
     // Let gateway B's ingest take everything into its ring.

@@ -3,7 +3,6 @@
 use std::time::Instant;
 
 use super::{GatewayProc, Row, durable, produce, progress, read_and_ack};
-use crate::config::Config;
 use crate::kafka::producer::Producer;
 
 /// Options of the storm scenario.
@@ -20,8 +19,7 @@ pub async fn run_storm(opts: &StormOptions) -> anyhow::Result<Vec<Row>> {
     let (_broker, bootstrap) = super::procs::broker(dir.path())?;
     let topic = "bench-resume";
     let mut gw = GatewayProc::start(&dir.path().join("gw"), &bootstrap, &[(topic, 3)], "")?;
-    let mut config = Config::default();
-    config.kafka.bootstrap_servers = bootstrap;
+    let config = super::kafka_config(&bootstrap);
     let producer = Producer::new(&config)?;
     let url = gw.ws_url();
     progress(format!("connecting {} durable clients", opts.clients));

@@ -8,7 +8,6 @@ use rand::seq::index::sample;
 use super::fanout::deliver_each;
 use super::load::{Connect, Target, connect_each};
 use super::{GatewayProc, Row, SYMBOLS, produce, progress};
-use crate::config::Config;
 use crate::kafka::producer::Producer;
 
 /// Options of the ticker scenario.
@@ -34,9 +33,7 @@ pub async fn run_ticker(opts: &TickerOptions) -> anyhow::Result<Vec<Row>> {
     let (_broker, bootstrap) = super::procs::broker(dir.path())?;
     let topic = "bench-ticker";
     let gw = GatewayProc::start(&dir.path().join("gw"), &bootstrap, &[(topic, 3)], "")?;
-    let mut config = Config::default();
-    config.kafka.bootstrap_servers = bootstrap;
-    config.kafka.fetch_wait_max_ms = 5;
+    let config = super::kafka_config(&bootstrap);
     let producer = Producer::new(&config)?;
     let n = opts.records;
     let url = gw.ws_url();

@@ -10,7 +10,6 @@ use serde_json::json;
 
 use super::{GatewayProc, Row, progress};
 use crate::client::{Client, Raw};
-use crate::config::Config;
 use crate::kafka::producer::Producer;
 
 /// Options of the wire scenario.
@@ -45,9 +44,7 @@ pub async fn run_wire(opts: &WireOptions) -> anyhow::Result<Vec<Row>> {
         schema_path.display()
     );
     let gw = GatewayProc::start(&dir.path().join("gw"), &bootstrap, &[], &extra)?;
-    let mut config = Config::default();
-    config.kafka.bootstrap_servers = bootstrap.clone();
-    config.kafka.fetch_wait_max_ms = 5;
+    let config = super::kafka_config(&bootstrap);
     let producer = Producer::new(&config)?;
     let schema = apache_avro::Schema::parse_str(&schema_text)?;
     progress(format!("producing {} ticks to each topic", opts.records));
