@@ -53,6 +53,8 @@ pub struct Client {
     next_id: u64,
     /// The connection id from the `welcome` frame.
     pub connection_id: u64,
+    /// The id of the gateway node that answered (from `welcome`).
+    pub node: String,
 }
 
 impl Client {
@@ -100,10 +102,12 @@ impl Client {
             socket,
             next_id: 1,
             connection_id: 0,
+            node: String::new(),
         };
         match client.next().await? {
             Incoming::Frame(f) if f["type"] == "welcome" => {
                 client.connection_id = f["connection_id"].as_u64().unwrap_or(0);
+                client.node = f["node"].as_str().unwrap_or_default().to_string();
                 Ok(client)
             }
             other => Err(ClientError::NoWelcome(format!("{other:?}"))),

@@ -52,6 +52,7 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     pub replay: ReplayConfig,
     pub sessions: SessionsConfig,
+    pub cluster: ClusterConfig,
     pub limits: LimitsConfig,
     pub heartbeat: HeartbeatConfig,
     pub log: LogConfig,
@@ -70,6 +71,27 @@ pub struct ServerConfig {
     /// Connections the kernel queues before they are accepted (capped by
     /// net.core.somaxconn): a burst of reconnects overflowing it waits seconds for SYN retries.
     pub listen_backlog: u32,
+}
+
+/// Several gateway nodes on one Kafka cluster (see `session::replication`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's id, unique among the nodes; empty: `server.listen`.
+    pub node_id: String,
+    /// Compacted topic every node writes its session positions to and follows;
+    /// empty (the default): a single node, sessions stay local.
+    pub positions_topic: String,
+}
+
+impl ClusterConfig {
+    /// The node id, defaulting to the listen address.
+    pub fn node(&self, server: &ServerConfig) -> String {
+        match self.node_id.is_empty() {
+            true => server.listen.to_string(),
+            false => self.node_id.clone(),
+        }
+    }
 }
 
 /// `GET /v1/poll`: long-polling.
@@ -248,6 +270,7 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             replay: ReplayConfig::default(),
             sessions: SessionsConfig::default(),
+            cluster: ClusterConfig::default(),
             limits: LimitsConfig::default(),
             heartbeat: HeartbeatConfig::default(),
             log: LogConfig::default(),
@@ -468,6 +491,16 @@ impl Config {
                 "embedded_broker.listen",
                 self.embedded_broker.listen,
                 "a loopback address: the embedded broker is for development only",
+            ));
+        }
+        let positions = &self.cluster.positions_topic;
+        if !positions.is_empty()
+            && (!is_valid_topic_name(positions) || self.topics.iter().any(|t| &t.name == positions))
+        {
+            return Err(invalid(
+                "cluster.positions_topic",
+                positions,
+                "a Kafka topic name ([a-zA-Z0-9._-], at most 249 characters) that is not a served topic",
             ));
         }
         let ws = &self.websocket;

@@ -40,11 +40,15 @@ pub enum StartError {
     Auth(#[from] crate::auth::KeyError),
     #[error("cannot create the publish producer: {0}")]
     Producer(rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Replication(#[from] crate::session::replication::ReplicationError),
 }
 
 /// State shared by every connection.
 pub struct Gateway {
     pub config: Arc<Config>,
+    /// This node's id (`cluster.node_id`, or the listen address), in `welcome` and `/readyz`.
+    pub node: String,
     pub router: Arc<Router>,
     pub cluster: Cluster,
     pub replay: Arc<ReplayPool>,
@@ -65,6 +69,7 @@ pub struct Running {
     pub gateway: Arc<Gateway>,
     _ingest: Ingest,
     _broker: Option<EmbeddedBroker>,
+    _positions: Option<crate::session::replication::Follower>,
 }
 
 impl Gateway {
@@ -134,6 +139,10 @@ impl Gateway {
             &config.server.data_dir,
             config.sessions.sync_writes,
         )?);
+        let positions = match config.cluster.positions_topic.is_empty() {
+            true => None,
+            false => Some(share_sessions(&config, &sessions).await?),
+        };
         let mut specs = Vec::new();
         let registry = Arc::new(Registry::new(&config.schema_registry));
         for topic in &config.topics {
@@ -168,6 +177,7 @@ impl Gateway {
             false => None,
         };
         let gateway = Arc::new(Gateway {
+            node: config.cluster.node(&config.server),
             config,
             router,
             cluster,
@@ -195,6 +205,7 @@ impl Gateway {
             gateway,
             _ingest: ingest,
             _broker: broker,
+            _positions: positions,
         })
     }
 
@@ -250,9 +261,15 @@ impl Gateway {
         self.shutdown.subscribe()
     }
 
-    /// Tells every connection to close with "going away".
+    /// Tells every connection to close with "going away" (reconnect elsewhere); on drain,
+    /// new ones too.
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
+    }
+
+    /// True once draining or shutting down: connections are refused with "going away".
+    pub fn is_draining(&self) -> bool {
+        *self.shutdown.borrow()
     }
 }
 
@@ -270,13 +287,35 @@ impl Drop for ConnectionGuard {
 }
 
 /// Topic creation is asynchronous on some brokers: wait until metadata shows every topic.
+/// Replicates this node's session writes to the positions topic and follows the other
+/// nodes' writes, returning once caught up with what they wrote before this start.
+async fn share_sessions(
+    config: &Arc<Config>,
+    sessions: &Arc<SessionStore>,
+) -> Result<crate::session::replication::Follower, StartError> {
+    use crate::session::replication::{self, ReplicationError};
+    let node = config.cluster.node(&config.server);
+    let topic = config.cluster.positions_topic.clone();
+    let tx = replication::spawn_publisher(config, node.clone())
+        .map_err(|source| ReplicationError::Kafka { topic, source })?;
+    sessions.replicate_to(tx);
+    let (config, store) = (config.clone(), sessions.clone());
+    let follower = tokio::task::spawn_blocking(move || replication::follow(&config, node, store))
+        .await
+        .map_err(|e| ReplicationError::Thread(std::io::Error::other(e.to_string())))??;
+    Ok(follower)
+}
+
 async fn wait_for_topics(
     cluster: &Cluster,
     config: &Config,
 ) -> Result<crate::kafka::cluster::TopicPartitions, ClusterError> {
     for _ in 0..50 {
         let topics = cluster.topics().await?;
-        if config.topics.iter().all(|t| topics.contains_key(&t.name)) {
+        let positions = &config.cluster.positions_topic;
+        if config.topics.iter().all(|t| topics.contains_key(&t.name))
+            && (positions.is_empty() || topics.contains_key(positions))
+        {
             return Ok(topics);
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

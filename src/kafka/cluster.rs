@@ -118,10 +118,14 @@ impl Cluster {
         config: &Config,
         existing: &TopicPartitions,
     ) -> Result<Vec<String>, ClusterError> {
-        let missing: Vec<_> = config
+        let positions = &config.cluster.positions_topic;
+        let missing: Vec<(&str, i32)> = config
             .topics
             .iter()
-            .filter(|t| !existing.contains_key(&t.name))
+            .map(|t| (t.name.as_str(), t.partitions))
+            // One partition: each node applies the others' writes in the order they were made.
+            .chain((!positions.is_empty()).then_some((positions.as_str(), 1)))
+            .filter(|(name, _)| !existing.contains_key(*name))
             .collect();
         if missing.is_empty() {
             return Ok(Vec::new());
@@ -134,7 +138,14 @@ impl Cluster {
             })?;
         let new: Vec<NewTopic<'_>> = missing
             .iter()
-            .map(|t| NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(1)))
+            .map(|&(name, partitions)| {
+                let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+                match name == positions {
+                    // One record per session key is all a node needs to catch up.
+                    true => topic.set("cleanup.policy", "compact"),
+                    false => topic,
+                }
+            })
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(self.timeout));
         let results =
@@ -144,7 +155,7 @@ impl Cluster {
                 .map_err(|e| ClusterError::CreateTopic {
                     topic: missing
                         .iter()
-                        .map(|t| t.name.as_str())
+                        .map(|(name, _)| *name)
                         .collect::<Vec<_>>()
                         .join(","),
                     reason: e.to_string(),

@@ -2,5 +2,6 @@
 //! bounded outbox the router fills.
 
 pub mod outbox;
+pub mod replication;
 pub mod store;
 pub mod subscription;

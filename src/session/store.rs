@@ -8,14 +8,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use rocksdb::{DB, Direction, IteratorMode, Options as DbOptions, WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
 
+use super::replication::{self, Op};
 use super::subscription::Options;
+use tokio::sync::mpsc;
 
 /// A failed store operation, naming what was attempted.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,8 @@ pub struct SessionStore {
     db: DB,
     pending: Mutex<HashMap<Vec<u8>, i64>>,
     sync: bool,
+    /// Set on nodes that share sessions through Kafka.
+    replicate: OnceLock<mpsc::UnboundedSender<Vec<Op>>>,
 }
 
 /// RocksDB's own estimate of what the store holds.
@@ -140,6 +144,7 @@ impl SessionStore {
             db,
             pending: Mutex::new(HashMap::new()),
             sync,
+            replicate: OnceLock::new(),
         })
     }
 
@@ -147,6 +152,37 @@ impl SessionStore {
         let mut w = WriteOptions::default();
         w.set_sync(self.sync);
         w
+    }
+
+    /// Every write goes through here: to RocksDB, then to the other nodes when replicating.
+    fn write(&self, batch: WriteBatch, op: &'static str) -> Result<(), StoreError> {
+        let ops = self.replicate.get().map(|_| replication::ops(&batch));
+        self.db
+            .write_opt(batch, &self.write_opts())
+            .map_err(|source| StoreError::Db { op, source })?;
+        if let (Some(tx), Some(ops)) = (self.replicate.get(), ops) {
+            // The publisher outlives the store in a running gateway; after shutdown nothing is lost
+            // that RocksDB does not hold.
+            let _ = tx.send(ops);
+        }
+        Ok(())
+    }
+
+    /// Sends every later write to the other nodes through `tx` (see `replication`).
+    pub fn replicate_to(&self, tx: mpsc::UnboundedSender<Vec<Op>>) {
+        let _ = self.replicate.set(tx);
+    }
+
+    /// Applies a write another node made (not replicated again).
+    pub fn apply_replicated(&self, op: &Op) -> Result<(), StoreError> {
+        let result = match op {
+            Op::Put(key, value) => self.db.put_opt(key, value, &self.write_opts()),
+            Op::Delete(key) => self.db.delete_opt(key, &self.write_opts()),
+        };
+        result.map_err(|source| StoreError::Db {
+            op: "apply replicated write",
+            source,
+        })
     }
 
     fn get_meta(&self, session: &str) -> Result<Option<Meta>, StoreError> {
@@ -168,12 +204,9 @@ impl SessionStore {
 
     fn put_meta(&self, session: &str, meta: &Meta) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(meta).unwrap_or_default();
-        self.db
-            .put_opt(meta_key(session), bytes, &self.write_opts())
-            .map_err(|source| StoreError::Db {
-                op: "write",
-                source,
-            })
+        let mut batch = WriteBatch::default();
+        batch.put(meta_key(session), bytes);
+        self.write(batch, "write")
     }
 
     /// The store's estimated size; `None` if RocksDB does not answer (a store that is not open).
@@ -292,12 +325,7 @@ impl SessionStore {
                 batch.put(position_key(session, channel, p as i32), pos.to_be_bytes());
             }
         }
-        self.db
-            .write_opt(batch, &self.write_opts())
-            .map_err(|source| StoreError::Db {
-                op: "write",
-                source,
-            })
+        self.write(batch, "write")
     }
 
     /// Forgets one subscription of a session and its positions.
@@ -315,12 +343,7 @@ impl SessionStore {
             serde_json::to_vec(&meta).unwrap_or_default(),
         );
         self.delete_prefix_into(&prefix, &mut batch)?;
-        self.db
-            .write_opt(batch, &self.write_opts())
-            .map_err(|source| StoreError::Db {
-                op: "write",
-                source,
-            })
+        self.write(batch, "write")
     }
 
     /// Queues an acknowledged position (next offset to deliver); written by the next commit.
@@ -353,12 +376,7 @@ impl SessionStore {
             }
         }
         let n = batch.len();
-        self.db
-            .write_opt(batch, &self.write_opts())
-            .map_err(|source| StoreError::Db {
-                op: "commit",
-                source,
-            })?;
+        self.write(batch, "commit")?;
         Ok(n)
     }
 
@@ -372,12 +390,7 @@ impl SessionStore {
         let mut batch = WriteBatch::default();
         batch.delete(meta_key(session));
         self.delete_prefix_into(&prefix, &mut batch)?;
-        self.db
-            .write_opt(batch, &self.write_opts())
-            .map_err(|source| StoreError::Db {
-                op: "delete",
-                source,
-            })?;
+        self.write(batch, "delete")?;
         Ok(true)
     }
 
@@ -399,12 +412,9 @@ impl SessionStore {
     pub fn put_checkpoint(&self, id: &str, positions: &[u8]) -> Result<(), StoreError> {
         let mut value = now_ms().to_be_bytes().to_vec();
         value.extend_from_slice(positions);
-        self.db
-            .put_opt(checkpoint_key(id), value, &self.write_opts())
-            .map_err(|source| StoreError::Db {
-                op: "write",
-                source,
-            })
+        let mut batch = WriteBatch::default();
+        batch.put(checkpoint_key(id), value);
+        self.write(batch, "write")
     }
 
     /// A checkpoint's encoded positions, if it exists.
@@ -438,12 +448,7 @@ impl SessionStore {
                 n += 1;
             }
         }
-        self.db
-            .write_opt(batch, &self.write_opts())
-            .map_err(|source| StoreError::Db {
-                op: "write",
-                source,
-            })?;
+        self.write(batch, "write")?;
         Ok(n)
     }
 
@@ -475,9 +480,16 @@ impl SessionStore {
         attached: &dyn Fn(&str) -> bool,
     ) -> Result<usize, StoreError> {
         let cutoff = now_ms() - ttl.as_millis() as i64;
+        let refresh = now_ms() - ttl.as_millis() as i64 / 2;
         let mut n = 0;
         for (id, last_seen) in self.list()? {
-            if last_seen < cutoff && !attached(&id) && self.delete(&id)? {
+            if attached(&id) {
+                // Other nodes only see writes: keep an attached session's last-seen time
+                // fresh, so no node sweeps a session that is in use here.
+                if last_seen < refresh {
+                    self.touch(&id)?;
+                }
+            } else if last_seen < cutoff && self.delete(&id)? {
                 n += 1;
             }
         }

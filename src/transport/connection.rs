@@ -243,7 +243,7 @@ impl Connection {
         let mut heartbeat = tokio::time::interval(Duration::from_secs(hb.ping_interval_secs));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.reset();
-        self.push_text(protocol::welcome_frame(conn));
+        self.push_text(protocol::welcome_frame(conn, &self.gateway.node));
         let end = loop {
             if let Err(end) = self.flush(&mut link).await {
                 break end;

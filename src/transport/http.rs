@@ -41,11 +41,13 @@ pub fn routes(
                 "ingest": gw.router.is_ready(),
                 "kafka": gw.router.is_kafka_reachable(),
                 "session_store": gw.sessions.size().is_some(),
+                "not_draining": !gw.is_draining(),
             });
             let ready = checks
                 .as_object()
                 .is_some_and(|c| c.values().all(|v| v == true));
-            let body = warp::reply::json(&json!({"ready": ready, "checks": checks}));
+            let body =
+                warp::reply::json(&json!({"ready": ready, "node": gw.node, "checks": checks}));
             let status = match ready {
                 true => StatusCode::OK,
                 false => StatusCode::SERVICE_UNAVAILABLE,
@@ -98,7 +100,9 @@ pub fn routes(
             response
         })
     };
-    let admin = sessions_admin(gateway.clone());
+    let admin = sessions_admin(gateway.clone())
+        .or(drain(gateway.clone()))
+        .unify();
     let describe = warp::path!("v1").and(warp::get()).map(|| {
         warp::reply::json(&json!({
             "service": "kgate",
@@ -166,6 +170,26 @@ fn admin_access(
             Err(refusal) => Some(refusal),
         }
     })
+}
+
+/// `POST /v1/admin/drain`: every client is told to reconnect (close 1001) and `/readyz`
+/// turns 503, so a load balancer sends them, and new ones, to the other nodes.
+fn drain(
+    gateway: Arc<Gateway>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    warp::path!("v1" / "admin" / "drain")
+        .and(warp::post())
+        .and(admin_access(gateway.clone()))
+        .map(move |denied: Option<warp::reply::Response>| {
+            if let Some(refusal) = denied {
+                return refusal;
+            }
+            let connections = gateway.connection_count();
+            tracing::info!(node = %gateway.node, connections, "draining: clients are told to reconnect elsewhere");
+            gateway.begin_shutdown();
+            warp::reply::json(&json!({"node": gateway.node, "draining": true, "connections": connections}))
+                .into_response()
+        })
 }
 
 /// `/v1/admin/sessions`: list, show and delete durable sessions.

@@ -587,9 +587,9 @@ pub fn skipped_frame(
 }
 
 /// The first frame on every connection.
-pub fn welcome_frame(connection_id: u64) -> String {
+pub fn welcome_frame(connection_id: u64, node: &str) -> String {
     json!({"type": "welcome", "protocol": SUBPROTOCOL, "connection_id": connection_id,
-           "server": concat!("kgate/", env!("CARGO_PKG_VERSION"))})
+           "node": node, "server": concat!("kgate/", env!("CARGO_PKG_VERSION"))})
     .to_string()
 }
 

@@ -33,15 +33,35 @@ fn compose() -> Value {
 }
 
 #[test]
-fn compose_runs_kraft_kafka_the_gateway_nginx_and_the_demo_producer() {
+fn compose_runs_kraft_kafka_three_gateway_nodes_nginx_and_the_demo_producer() {
     let c = compose();
     let services = c["services"].as_object().expect("services");
     let names: BTreeSet<&str> = services.keys().map(String::as_str).collect();
     assert_eq!(
         names,
-        BTreeSet::from(["demo", "kafka", "kgate", "nginx"]),
+        BTreeSet::from(["demo", "kafka", "kgate", "kgate-b", "kgate-c", "nginx"]),
         "{c}"
     );
+    // Three nodes of one image and config, each with its own id and data volume.
+    let nodes = ["kgate", "kgate-b", "kgate-c"].map(|n| &services[n]);
+    let ids: BTreeSet<&str> = nodes
+        .iter()
+        .map(|n| {
+            n["environment"]["KGATE_CLUSTER__NODE_ID"]
+                .as_str()
+                .expect("node id")
+        })
+        .collect();
+    assert_eq!(ids.len(), 3, "distinct node ids");
+    let data: BTreeSet<&str> = nodes
+        .iter()
+        .map(|n| n["volumes"][1].as_str().unwrap().split(':').next().unwrap())
+        .collect();
+    assert_eq!(data.len(), 3, "a data volume per node");
+    for n in &nodes {
+        assert_eq!(n["command"], services["kgate"]["command"]);
+        assert_eq!(n["volumes"][0], services["kgate"]["volumes"][0]);
+    }
     let kafka = &services["kafka"]["environment"];
     assert_eq!(
         kafka["KAFKA_PROCESS_ROLES"], "broker,controller",
@@ -95,10 +115,21 @@ fn compose_runs_kraft_kafka_the_gateway_nginx_and_the_demo_producer() {
         advertised,
         "the gateway reaches Kafka at its advertised listener"
     );
-    // nginx proxies to the gateway service on its listen port.
+    assert!(
+        !config.cluster.positions_topic.is_empty(),
+        "the nodes share sessions through a positions topic"
+    );
+    // nginx spreads clients over every node on its listen port, with no stickiness.
     let nginx = std::fs::read_to_string(docker.join("nginx.conf")).unwrap();
-    let upstream = format!("server kgate:{};", config.server.listen.port());
-    assert!(nginx.contains(&upstream), "nginx.conf has {upstream}");
+    for node in ["kgate", "kgate-b", "kgate-c"] {
+        let upstream = format!("server {node}:{};", config.server.listen.port());
+        assert!(nginx.contains(&upstream), "nginx.conf has {upstream}");
+    }
+    let directives: String = nginx
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    assert!(!directives.contains("ip_hash") && !directives.contains("sticky"));
     assert_eq!(services["nginx"]["ports"][0], "8080:80");
 }
 

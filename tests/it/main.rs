@@ -3,6 +3,7 @@
 
 mod browser;
 mod cli;
+mod cluster;
 mod docker;
 mod harness;
 mod http_transports;

@@ -26,6 +26,9 @@ impl Nginx {
         let d = dir.display();
         let rewritten = conf
             .replace("server kgate:8080;", &format!("server 127.0.0.1:{gateway_port};"))
+            // One gateway here: the other nodes' names do not resolve outside compose.
+            .replace("server kgate-b:8080;", "")
+            .replace("server kgate-c:8080;", "")
             .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
             .replace(
                 "http {",

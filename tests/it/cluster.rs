@@ -1,0 +1,237 @@
+//! Issue 10: several gateway nodes on one broker sharing durable sessions
+//! through a compacted positions topic. Real processes, killed for real.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use kgate::client::{Client, Incoming};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::harness::*;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn node_config(positions: &str, node: &str) -> String {
+    format!("[cluster]\npositions_topic = \"{positions}\"\nnode_id = \"{node}\"\n")
+}
+
+/// A durable client that reads and acks, reconnecting to the next node when its
+/// connection ends, until it holds every offset below the ends it is given.
+async fn durable_reader(
+    urls: Vec<String>,
+    first: usize,
+    session: String,
+    topic: String,
+    ends: watch::Receiver<Option<BTreeMap<i64, i64>>>,
+) -> (BTreeMap<i64, BTreeSet<i64>>, usize) {
+    let mut seen: BTreeMap<i64, BTreeSet<i64>> = BTreeMap::new();
+    let mut node = first;
+    let mut connections = 0;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let complete = |seen: &BTreeMap<i64, BTreeSet<i64>>| {
+        ends.borrow().as_ref().is_some_and(|e| {
+            e.iter()
+                .all(|(p, end)| seen.get(p).map_or(0, |s| s.range(..end).count()) == *end as usize)
+        })
+    };
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "{session}: incomplete after 600 s"
+        );
+        let mut c = match Client::connect(&urls[node]).await {
+            Ok(c) => c,
+            Err(_) => {
+                node = (node + 1) % urls.len();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(attached) = c.attach(&session).await else {
+            node = (node + 1) % urls.len();
+            continue;
+        };
+        connections += 1;
+        if connections == 1 {
+            c.subscribe(&topic, json!("latest"))
+                .await
+                .expect("subscribe");
+        } else {
+            // The node it reached knew the session, with its subscription, from the topic.
+            assert_eq!(
+                attached["resumed"], true,
+                "{session}: not resumed on node {node}: {attached}"
+            );
+            assert_eq!(attached["subscriptions"], json!([topic]), "{session}");
+        }
+        let mut last: BTreeMap<i64, i64> = BTreeMap::new();
+        let mut since_ack = 0;
+        loop {
+            if complete(&seen) {
+                return (seen, connections);
+            }
+            let text = match tokio::time::timeout(Duration::from_millis(200), c.next_text()).await {
+                Err(_) => continue,
+                Ok(Ok(Some(text))) => text,
+                Ok(_) => break,
+            };
+            let f: serde_json::Value = serde_json::from_str(&text).expect("frame");
+            if f["type"] == "event" {
+                let (p, o) = (
+                    f["partition"].as_i64().unwrap(),
+                    f["offset"].as_i64().unwrap(),
+                );
+                seen.entry(p).or_default().insert(o);
+                last.insert(p, o);
+                since_ack += 1;
+                if since_ack >= 50 {
+                    since_ack = 0;
+                    for (p, o) in std::mem::take(&mut last) {
+                        let _ = c.ack(&topic, p, o).await;
+                    }
+                }
+            }
+        }
+        node = (node + 1) % urls.len();
+    }
+}
+
+/// Produces `n` records in chunks of 500, reporting progress.
+async fn produce_slowly(
+    topic: String,
+    n: usize,
+    progress: watch::Sender<usize>,
+) -> BTreeMap<i64, i64> {
+    let producer = producer();
+    let mut ends = BTreeMap::new();
+    for start in (0..n).step_by(500) {
+        let sends = (start..(start + 500).min(n)).map(|i| {
+            let (producer, topic) = (&producer, &topic);
+            async move {
+                let body = json!({"seq": i}).to_string();
+                let key = format!("k{}", i % 17);
+                producer
+                    .send(topic, Some(key.as_bytes()), Some(body.as_bytes()), None)
+                    .await
+            }
+        });
+        for d in futures_util::future::join_all(sends).await {
+            let d = d.expect("produce");
+            let end = ends.entry(d.partition as i64).or_insert(0);
+            *end = (*end).max(d.offset + 1);
+        }
+        let _ = progress.send((start + 500).min(n));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ends
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_rolling_restart_and_a_fresh_node_lose_nothing() {
+    let t = topic("cluster");
+    let positions = topic("positions");
+    let mut nodes: Vec<Gateway> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Gateway::start(&[(&t, 3)], &node_config(&positions, n)))
+        .collect();
+    let urls: Vec<String> = nodes.iter().map(Gateway::ws_url).collect();
+    let (ends_tx, ends_rx) = watch::channel(None);
+    let clients: Vec<_> = (0..30)
+        .map(|i| {
+            tokio::spawn(durable_reader(
+                urls.clone(),
+                i % 3,
+                format!("c{i}-{t}"),
+                t.clone(),
+                ends_rx.clone(),
+            ))
+        })
+        .collect();
+    // Every client subscribed before records flow (each reads from `latest`).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (progress_tx, progress) = watch::channel(0);
+    let produced = tokio::spawn(produce_slowly(t.clone(), 30_000, progress_tx));
+    let wait_for = |n: usize| {
+        let mut p = progress.clone();
+        async move {
+            while *p.borrow() < n {
+                p.changed().await.expect("producer alive");
+            }
+        }
+    };
+    wait_for(6_000).await;
+    // Node a dies without a word; its ten clients move to b and c.
+    nodes[0].kill();
+    eprintln!("cluster test: node a killed at 6,000 records");
+    wait_for(12_000).await;
+    // Rolling restart: a comes back, then b and c each stop (SIGTERM) and start again.
+    nodes[0].restart();
+    for i in [1, 2] {
+        wait_for(12_000 + 6_000 * i).await;
+        nodes[i].terminate();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        nodes[i].restart();
+        eprintln!("cluster test: node {i} restarted");
+    }
+    let ends = produced.await.expect("producer");
+    ends_tx.send(Some(ends.clone())).expect("clients alive");
+    let mut moved = 0;
+    for client in clients {
+        let (seen, connections) = tokio::time::timeout(WAIT * 5, client)
+            .await
+            .expect("client finished")
+            .expect("client");
+        for (p, end) in &ends {
+            assert_eq!(seen[p].range(..end).count(), *end as usize, "partition {p}");
+        }
+        moved += usize::from(connections > 1);
+    }
+    assert!(
+        moved >= 30,
+        "every client was moved at least once (moved: {moved})"
+    );
+    eprintln!(
+        "cluster test: 30 clients, 30,000 records, SIGKILL and a rolling restart of 3 nodes: every offset arrived"
+    );
+
+    // A node that never saw these sessions learns them all from the topic.
+    let d = Gateway::start(&[(&t, 3)], &node_config(&positions, "d"));
+    d.wait_log("session positions caught up", Duration::from_secs(60));
+    for i in 0..30 {
+        let mut c = Client::connect(&d.ws_url()).await.expect("connect");
+        let attached = c.attach(&format!("c{i}-{t}")).await.expect("attach");
+        assert_eq!(
+            attached["resumed"], true,
+            "session c{i} unknown on the fresh node"
+        );
+        assert_eq!(attached["subscriptions"], json!([t]));
+    }
+    eprintln!("cluster test: a fresh node resumed all 30 sessions from the positions topic");
+
+    // Drain: d tells its clients to reconnect elsewhere and stops being ready.
+    let mut c = Client::connect(&d.ws_url()).await.expect("connect");
+    assert_eq!(c.node, "d", "the welcome frame names the node");
+    let url = format!("http://127.0.0.1:{}/v1/admin/drain", d.port);
+    let reply: serde_json::Value = ureq::post(&url)
+        .send_empty()
+        .expect("drain")
+        .body_mut()
+        .read_json()
+        .expect("drain reply");
+    assert_eq!(reply["node"], "d");
+    match c
+        .next_within(Duration::from_secs(10))
+        .await
+        .expect("close frame")
+    {
+        Incoming::Closed(Some((code, _))) => {
+            assert_eq!(code, 1001, "going away: reconnect elsewhere")
+        }
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    let (status, body) = http_get(d.port, "/readyz").expect("readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(r#""not_draining":false"#), "{body}");
+    eprintln!("cluster test: drained node d closed its client with 1001 and answers /readyz 503");
+}
