@@ -70,9 +70,6 @@ async fn wait_for_snapshot(route: &TopicRoute) -> Result<(), (ErrorCode, String)
     Ok(())
 }
 
-/// Resolves when the connection must close as a slow consumer: a `disconnect`-policy
-/// subscription has been behind (records refused by the outbox, not yet drained, or
-/// caught up from `behind_since` on) for `grace`.
 /// The next replayed record, or never while no replay has started.
 async fn next_replay(rx: Option<&mut mpsc::Receiver<Addressed>>) -> Option<Addressed> {
     match rx {
@@ -81,6 +78,9 @@ async fn next_replay(rx: Option<&mut mpsc::Receiver<Addressed>>) -> Option<Addre
     }
 }
 
+/// Resolves when the connection must close as a slow consumer: a `disconnect`-policy
+/// subscription has been behind (records refused by the outbox, not yet drained, or
+/// caught up from `behind_since` on) for `grace`.
 async fn slow_consumer(outbox: &Outbox, behind_since: Option<Instant>, grace: Duration) {
     loop {
         // `notify_one` leaves a permit, so a refusal between this read and the wait is not missed.
@@ -261,9 +261,7 @@ impl Connection {
                     match inbound {
                         Inbound::Gone => break End::Gone,
                         Inbound::Command(text) => {
-                            // Boxed: command handling is the largest state of this future, and
-                            // an idle connection should not carry it.
-                            if let Err(end) = Box::pin(self.on_command(&text)).await {
+                            if let Err(end) = self.on_command(&text).await {
                                 break end;
                             }
                         }
@@ -715,11 +713,11 @@ impl Connection {
         }
         // Ids are per token subject: two users' sessions never meet.
         let scoped = self.identity.scoped_session(&session);
-        let store = self.gateway.sessions.clone();
-        let name = scoped.clone();
-        let record = match tokio::task::spawn_blocking(move || store.touch(&name)).await {
-            Ok(Ok(record)) => record,
-            Ok(Err(e)) => return self.error(id.as_ref(), ErrorCode::StoreFailed, &e.to_string()),
+        // In place rather than on the blocking pool: when thousands of clients resume at once,
+        // their Kafka replays queue there, and an attach waiting behind them timed out.
+        let store = &self.gateway.sessions;
+        let record = match tokio::task::block_in_place(|| store.touch(&scoped)) {
+            Ok(record) => record,
             Err(e) => return self.error(id.as_ref(), ErrorCode::StoreFailed, &e.to_string()),
         };
         let kick = self.gateway.attach(&scoped, self.guard.id);

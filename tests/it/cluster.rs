@@ -16,18 +16,20 @@ fn node_config(positions: &str, node: &str) -> String {
     format!("[cluster]\npositions_topic = \"{positions}\"\nnode_id = \"{node}\"\n")
 }
 
-/// A durable client that reads and acks, reconnecting to the next node when its
+/// A durable client that reads and acks, reconnecting `stride` nodes further on when its
 /// connection ends, until it holds every offset below the ends it is given.
 async fn durable_reader(
     urls: Vec<String>,
     first: usize,
+    stride: usize,
     session: String,
     topic: String,
     ends: watch::Receiver<Option<BTreeMap<i64, i64>>>,
-) -> (BTreeMap<i64, BTreeSet<i64>>, usize) {
+) -> (BTreeMap<i64, BTreeSet<i64>>, Vec<String>) {
     let mut seen: BTreeMap<i64, BTreeSet<i64>> = BTreeMap::new();
     let mut node = first;
-    let mut connections = 0;
+    // The node id each connection's welcome frame named, in order.
+    let mut visited: Vec<String> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(600);
     let complete = |seen: &BTreeMap<i64, BTreeSet<i64>>| {
         ends.borrow().as_ref().is_some_and(|e| {
@@ -43,17 +45,17 @@ async fn durable_reader(
         let mut c = match Client::connect(&urls[node]).await {
             Ok(c) => c,
             Err(_) => {
-                node = (node + 1) % urls.len();
+                node = (node + stride) % urls.len();
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let Ok(attached) = c.attach(&session).await else {
-            node = (node + 1) % urls.len();
+            node = (node + stride) % urls.len();
             continue;
         };
-        connections += 1;
-        if connections == 1 {
+        visited.push(c.node.clone());
+        if visited.len() == 1 {
             c.subscribe(&topic, json!("latest"))
                 .await
                 .expect("subscribe");
@@ -69,7 +71,7 @@ async fn durable_reader(
         let mut since_ack = 0;
         loop {
             if complete(&seen) {
-                return (seen, connections);
+                return (seen, visited);
             }
             let text = match tokio::time::timeout(Duration::from_millis(200), c.next_text()).await {
                 Err(_) => continue,
@@ -93,7 +95,7 @@ async fn durable_reader(
                 }
             }
         }
-        node = (node + 1) % urls.len();
+        node = (node + stride) % urls.len();
     }
 }
 
@@ -139,9 +141,11 @@ async fn sigkill_rolling_restart_and_a_fresh_node_lose_nothing() {
     let (ends_tx, ends_rx) = watch::channel(None);
     let clients: Vec<_> = (0..30)
         .map(|i| {
+            // Node a's clients split between b (stride 1) and c (stride 2).
             tokio::spawn(durable_reader(
                 urls.clone(),
                 i % 3,
+                1 + (i / 3) % 2,
                 format!("c{i}-{t}"),
                 t.clone(),
                 ends_rx.clone(),
@@ -177,19 +181,26 @@ async fn sigkill_rolling_restart_and_a_fresh_node_lose_nothing() {
     let ends = produced.await.expect("producer");
     ends_tx.send(Some(ends.clone())).expect("clients alive");
     let mut moved = 0;
-    for client in clients {
-        let (seen, connections) = tokio::time::timeout(WAIT * 5, client)
+    let mut from_a = BTreeSet::new();
+    for (i, client) in clients.into_iter().enumerate() {
+        let (seen, visited) = tokio::time::timeout(WAIT * 5, client)
             .await
             .expect("client finished")
             .expect("client");
         for (p, end) in &ends {
             assert_eq!(seen[p].range(..end).count(), *end as usize, "partition {p}");
         }
-        moved += usize::from(connections > 1);
+        moved += usize::from(visited.len() > 1);
+        if i % 3 == 0 {
+            assert_eq!(visited[0], "a");
+            from_a.insert(visited[1].clone());
+        }
     }
-    assert!(
-        moved >= 30,
-        "every client was moved at least once (moved: {moved})"
+    assert_eq!(moved, 30, "every client was moved at least once");
+    assert_eq!(
+        from_a,
+        BTreeSet::from(["b".to_string(), "c".to_string()]),
+        "node a's clients went to b and c"
     );
     eprintln!(
         "cluster test: 30 clients, 30,000 records, SIGKILL and a rolling restart of 3 nodes: every offset arrived"

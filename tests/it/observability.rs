@@ -147,9 +147,15 @@ async fn metrics_move_by_the_workload() {
     let ready: Value = serde_json::from_str(&ready).unwrap();
     assert_eq!(status, 200);
     assert_eq!(
-        ready,
-        json!({"ready": true, "checks": {"ingest": true, "kafka": true, "session_store": true}})
+        ready["node"],
+        format!("127.0.0.1:{}", gw.port),
+        "node id defaults to the listen address"
     );
+    assert_eq!(
+        ready["checks"],
+        json!({"ingest": true, "kafka": true, "session_store": true, "not_draining": true})
+    );
+    assert_eq!(ready["ready"], true);
     let (status, page) = http_get(gw.port, "/status").unwrap();
     assert!(status == 200 && page.contains("kgate status"), "{status}");
 }
