@@ -99,36 +99,6 @@ async fn durable_reader(
     }
 }
 
-/// Produces `n` records in chunks of 500, reporting progress.
-async fn produce_slowly(
-    topic: String,
-    n: usize,
-    progress: watch::Sender<usize>,
-) -> BTreeMap<i64, i64> {
-    let producer = producer();
-    let mut ends = BTreeMap::new();
-    for start in (0..n).step_by(500) {
-        let sends = (start..(start + 500).min(n)).map(|i| {
-            let (producer, topic) = (&producer, &topic);
-            async move {
-                let body = json!({"seq": i}).to_string();
-                let key = format!("k{}", i % 17);
-                producer
-                    .send(topic, Some(key.as_bytes()), Some(body.as_bytes()), None)
-                    .await
-            }
-        });
-        for d in futures_util::future::join_all(sends).await {
-            let d = d.expect("produce");
-            let end = ends.entry(d.partition as i64).or_insert(0);
-            *end = (*end).max(d.offset + 1);
-        }
-        let _ = progress.send((start + 500).min(n));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    ends
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_rolling_restart_and_a_fresh_node_lose_nothing() {
     let t = topic("cluster");
@@ -155,7 +125,19 @@ async fn sigkill_rolling_restart_and_a_fresh_node_lose_nothing() {
     // Every client subscribed before records flow (each reads from `latest`).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (progress_tx, progress) = watch::channel(0);
-    let produced = tokio::spawn(produce_slowly(t.clone(), 30_000, progress_tx));
+    let t2 = t.clone();
+    let produced = tokio::spawn(async move {
+        let producer = producer();
+        produce_paced(
+            &producer,
+            &t2,
+            30_000,
+            500,
+            Duration::from_millis(20),
+            Some(progress_tx),
+        )
+        .await
+    });
     let wait_for = |n: usize| {
         let mut p = progress.clone();
         async move {

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use kgate::client::{Client, Incoming};
 use kgate::config::Config;
 use kgate::kafka::producer::Producer;
-use serde_json::Value;
+use serde_json::{Value, json};
+use tokio::sync::watch;
 
 /// The kgate binary under test.
 pub fn kgate_bin() -> &'static str {
@@ -364,4 +365,40 @@ pub fn python() -> PathBuf {
         venv.display()
     );
     venv
+}
+
+/// Produces `n` records to `topic` in chunks (pausing `pause` between them); returns the end offset per partition.
+pub async fn produce_paced(
+    producer: &Producer,
+    topic: &str,
+    n: usize,
+    chunk: usize,
+    pause: Duration,
+    progress: Option<watch::Sender<usize>>,
+) -> BTreeMap<i64, i64> {
+    let mut ends = BTreeMap::new();
+    let mut sent = 0;
+    while sent < n {
+        let size = chunk.min(n - sent);
+        let sends = (sent..sent + size).map(|i| {
+            let key = format!("k{}", i % 31);
+            let body = json!({"seq": i}).to_string();
+            async move {
+                producer
+                    .send(topic, Some(key.as_bytes()), Some(body.as_bytes()), None)
+                    .await
+            }
+        });
+        for d in futures_util::future::join_all(sends).await {
+            let d = d.expect("produce");
+            let end = ends.entry(d.partition as i64).or_insert(0);
+            *end = (*end).max(d.offset + 1);
+        }
+        sent += size;
+        if let Some(p) = &progress {
+            let _ = p.send(sent);
+        }
+        tokio::time::sleep(pause).await;
+    }
+    ends
 }

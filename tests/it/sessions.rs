@@ -139,42 +139,6 @@ async fn pump(
     }
 }
 
-/// Produces `n` records to `topic` in chunks (pausing `pause` between them); returns the end offset per partition.
-async fn produce_paced(
-    producer: &Producer,
-    topic: &str,
-    n: usize,
-    chunk: usize,
-    pause: Duration,
-    progress: Option<watch::Sender<usize>>,
-) -> BTreeMap<i64, i64> {
-    let mut ends = BTreeMap::new();
-    let mut sent = 0;
-    while sent < n {
-        let size = chunk.min(n - sent);
-        let sends = (sent..sent + size).map(|i| {
-            let key = format!("k{}", i % 31);
-            let body = json!({"seq": i}).to_string();
-            async move {
-                producer
-                    .send(topic, Some(key.as_bytes()), Some(body.as_bytes()), None)
-                    .await
-            }
-        });
-        for d in futures_util::future::join_all(sends).await {
-            let d = d.expect("produce");
-            let end = ends.entry(d.partition as i64).or_insert(0);
-            *end = (*end).max(d.offset + 1);
-        }
-        sent += size;
-        if let Some(p) = &progress {
-            let _ = p.send(sent);
-        }
-        tokio::time::sleep(pause).await;
-    }
-    ends
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disconnect_mid_stream_and_resume_covers_every_offset() {
     let t = topic("resume");
