@@ -151,62 +151,42 @@ pub async fn run_fanout(opts: &FanoutOptions) -> anyhow::Result<Vec<Row>> {
     ));
 
     let bn = opts.baseline_records;
-    let mut baseline = |name: &str, d: Option<Delivery>, why: Option<String>| match (d, why) {
-        (Some(d), _) => {
-            let lost = d.expected - d.received;
-            rows.push(row(
-                format!("baseline: {name}, messages delivered ({bn} records, {lost} lost)"),
-                d.rate(),
-                "msgs/s",
-                Some(kgate.rate() / d.rate()),
-            ));
-        }
-        (None, why) => progress(format!(
-            "skipping the {name} baseline: {}",
-            why.unwrap_or_else(|| "--baseline-records 0".into())
-        )),
+    let baseline_row = |name: &str, d: &Delivery| {
+        let lost = d.expected - d.received;
+        row(
+            format!("baseline: {name}, messages delivered ({bn} records, {lost} lost)"),
+            d.rate(),
+            "msgs/s",
+            Some(kgate.rate() / d.rate()),
+        )
     };
+    // True when the baseline cannot run here (or is turned off), saying why.
+    let skipped = |name: &str, why: Option<String>| {
+        match why.or_else(|| (bn == 0).then(|| "--baseline-records 0".into())) {
+            Some(why) => progress(format!("skipping the {name} baseline: {why}")),
+            None => return false,
+        }
+        true
+    };
+    let plain = |url: String| Target::Plain { url };
 
-    let why = Bridge::unavailable().or_else(|| (bn == 0).then(|| "--baseline-records 0".into()));
-    let bridge = match why {
-        Some(_) => None,
-        None => {
-            let bridge = Bridge::start(dir.path(), &bootstrap, bridge_topic)?;
-            let load = connect_many(
-                &Target::Plain {
-                    url: bridge.ws_url(),
-                },
-                clients,
-                Connect::default(),
-            )
-            .await?;
-            progress(format!(
-                "kafkajs bridge: producing {bn} records to {clients} clients"
-            ));
-            Some(deliver(load, bn, produce(&producer, bridge_topic, bn)).await?)
-        }
-    };
-    baseline("kafkajs + ws bridge", bridge, why);
-
-    let why = Nchan::unavailable().or_else(|| (bn == 0).then(|| "--baseline-records 0".into()));
-    let nchan = match why {
-        Some(_) => None,
-        None => {
-            let nchan = Nchan::start(&dir.path().join("nchan"))?;
-            let load = connect_many(
-                &Target::Plain {
-                    url: nchan.ws_url(),
-                },
-                clients,
-                Connect::default(),
-            )
-            .await?;
-            progress(format!(
-                "nchan: publishing {bn} records to {clients} clients"
-            ));
-            Some(deliver(load, bn, nchan.publish(bn, 2)).await?)
-        }
-    };
-    baseline("nchan", nchan, why);
+    if !skipped("kafkajs + ws bridge", Bridge::unavailable()) {
+        let bridge = Bridge::start(dir.path(), &bootstrap, bridge_topic)?;
+        let load = connect_many(&plain(bridge.ws_url()), clients, Connect::default()).await?;
+        progress(format!(
+            "kafkajs bridge: producing {bn} records to {clients} clients"
+        ));
+        let d = deliver(load, bn, produce(&producer, bridge_topic, bn)).await?;
+        rows.push(baseline_row("kafkajs + ws bridge", &d));
+    }
+    if !skipped("nchan", Nchan::unavailable()) {
+        let nchan = Nchan::start(&dir.path().join("nchan"))?;
+        let load = connect_many(&plain(nchan.ws_url()), clients, Connect::default()).await?;
+        progress(format!(
+            "nchan: publishing {bn} records to {clients} clients"
+        ));
+        let d = deliver(load, bn, nchan.publish(bn, 2)).await?;
+        rows.push(baseline_row("nchan", &d));
+    }
     Ok(rows)
 }
