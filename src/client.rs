@@ -55,6 +55,8 @@ pub struct Client {
     pub connection_id: u64,
     /// The id of the gateway node that answered (from `welcome`).
     pub node: String,
+    /// The protocol the gateway says the connection speaks (from `welcome`).
+    pub protocol: String,
 }
 
 impl Client {
@@ -103,11 +105,13 @@ impl Client {
             next_id: 1,
             connection_id: 0,
             node: String::new(),
+            protocol: String::new(),
         };
         match client.next().await? {
             Incoming::Frame(f) if f["type"] == "welcome" => {
                 client.connection_id = f["connection_id"].as_u64().unwrap_or(0);
                 client.node = f["node"].as_str().unwrap_or_default().to_string();
+                client.protocol = f["protocol"].as_str().unwrap_or_default().to_string();
                 Ok(client)
             }
             other => Err(ClientError::NoWelcome(format!("{other:?}"))),

@@ -12,11 +12,46 @@ mod security;
 mod topics;
 pub use security::{AuthConfig, AuthMode, KeyAlgorithm, KeyConfig, PublishConfig, TlsConfig};
 pub use topics::{
-    DecodeFailurePolicy, PayloadFormat, SchemaRegistryConfig, SlowConsumerPolicy, TopicConfig,
+    DecodeFailurePolicy, MAX_RATE, MIN_RATE, PayloadFormat, SchemaRegistryConfig,
+    SlowConsumerPolicy, TopicConfig, valid_rate,
 };
 
 /// Environment variable prefix; `KGATE_KAFKA__BOOTSTRAP_SERVERS` sets `kafka.bootstrap_servers`.
 pub const ENV_PREFIX: &str = "KGATE_";
+
+/// The configuration's environment variables: `KGATE_<SECTION>__<KEY>` (a double
+/// underscore between section and key) and `KGATE_TOPICS`. Other `KGATE_*` names
+/// (`KGATE_TOKEN` of `kgate tail`, `KGATE_CONFIG`, a user's own) are not config keys and
+/// are left alone rather than refused as unknown fields.
+fn environment() -> Env {
+    Env::prefixed(ENV_PREFIX)
+        .filter(|key| key.as_str().contains("__") || key.as_str().eq_ignore_ascii_case("topics"))
+        .split("__")
+}
+
+/// `KGATE_*` variables that look like a config key with one underscore where two belong
+/// (`KGATE_SERVER_LISTEN`): ignored, so worth a warning naming the spelling that works.
+pub fn misspelled_env_vars() -> Vec<(String, String)> {
+    const SECTIONS: [&str; 16] = [
+        "server", "tls", "auth", "publish", "poll", "kafka", "embedded_broker", "topics",
+        "schema_registry", "websocket", "replay", "sessions", "cluster", "limits", "heartbeat",
+        "log",
+    ];
+    std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter_map(|name| {
+            let rest = name.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
+            if rest.contains("__") || rest == "topics" {
+                return None;
+            }
+            let section = SECTIONS
+                .iter()
+                .find(|s| rest.starts_with(&format!("{s}_")) && rest.len() > s.len() + 1)?;
+            let fixed = format!("{ENV_PREFIX}{}__{}", section, &rest[section.len() + 1..]);
+            Some((name, fixed.to_ascii_uppercase()))
+        })
+        .collect()
+}
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +106,14 @@ pub struct ServerConfig {
     /// Connections the kernel queues before they are accepted (capped by
     /// net.core.somaxconn): a burst of reconnects overflowing it waits seconds for SYN retries.
     pub listen_backlog: u32,
+    /// An HTTP connection must send a request's headers within this many seconds of
+    /// opening or of its previous answer (slowloris, silent and idle keep-alive sockets).
+    pub header_read_timeout_secs: u64,
+    /// A publish body must arrive within this many seconds.
+    pub body_read_timeout_secs: u64,
+    /// Open HTTP connections that have not become a WebSocket (those count against
+    /// `limits.max_connections` instead); past it, new sockets are closed at once.
+    pub max_http_connections: usize,
 }
 
 /// Several gateway nodes on one Kafka cluster (see `session::replication`).
@@ -285,6 +328,9 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("data"),
             shutdown_timeout_secs: 10,
             listen_backlog: 4096,
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 30,
+            max_http_connections: 10_000,
         }
     }
 }
@@ -409,7 +455,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        Self::extract(figment.merge(Env::prefixed(ENV_PREFIX).split("__")))
+        Self::extract(figment.merge(environment()))
     }
 
     /// Parses a TOML document on top of the defaults (no environment), for tests and tools.
@@ -506,6 +552,15 @@ impl Config {
         let ws = &self.websocket;
         let positive = [
             ("server.listen_backlog", self.server.listen_backlog as usize),
+            (
+                "server.header_read_timeout_secs",
+                self.server.header_read_timeout_secs as usize,
+            ),
+            (
+                "server.body_read_timeout_secs",
+                self.server.body_read_timeout_secs as usize,
+            ),
+            ("server.max_http_connections", self.server.max_http_connections),
             ("websocket.max_message_bytes", ws.max_message_bytes),
             ("websocket.max_frame_bytes", ws.max_frame_bytes),
             ("websocket.max_command_bytes", ws.max_command_bytes),

@@ -115,12 +115,15 @@ impl Gateway {
             topics = existing.len(),
             "connected to Kafka"
         );
-        if config.uses_embedded_broker() || config.kafka.create_missing_topics {
+        let creating = config.uses_embedded_broker() || config.kafka.create_missing_topics;
+        if creating {
             let created = cluster.create_topics(&config, &existing).await?;
             if !created.is_empty() {
                 tracing::info!(topics = ?created, "created topics");
-                existing = wait_for_topics(&cluster, &config).await?;
             }
+            // Another node may have created them a moment ago ("already exists" is success to
+            // both): either way, wait until the metadata shows them.
+            existing = wait_for_topics(&cluster, &config, existing).await?;
         }
         let missing: Vec<&str> = config
             .topics
@@ -129,9 +132,17 @@ impl Gateway {
             .map(|t| t.name.as_str())
             .collect();
         if !missing.is_empty() {
+            let hint = match creating {
+                true => {
+                    "kgate created them, but the cluster's metadata did not show them within 5 s; \
+                     see the broker's log"
+                }
+                false => "create them, or set kafka.create_missing_topics = true",
+            };
             return Err(ClusterError::MissingTopics {
                 servers: cluster.servers().to_string(),
                 topics: missing.join(", "),
+                hint,
             }
             .into());
         }
@@ -286,7 +297,6 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// Topic creation is asynchronous on some brokers: wait until metadata shows every topic.
 /// Replicates this node's session writes to the positions topic and follows the other
 /// nodes' writes, returning once caught up with what they wrote before this start.
 async fn share_sessions(
@@ -306,19 +316,25 @@ async fn share_sessions(
     Ok(follower)
 }
 
+/// Topic creation is asynchronous on some brokers: waits (up to 5 s) until metadata shows
+/// every configured topic; `known` is the metadata already fetched.
 async fn wait_for_topics(
     cluster: &Cluster,
     config: &Config,
+    known: crate::kafka::cluster::TopicPartitions,
 ) -> Result<crate::kafka::cluster::TopicPartitions, ClusterError> {
-    for _ in 0..50 {
-        let topics = cluster.topics().await?;
-        let positions = &config.cluster.positions_topic;
-        if config.topics.iter().all(|t| topics.contains_key(&t.name))
+    let positions = &config.cluster.positions_topic;
+    let complete = |topics: &crate::kafka::cluster::TopicPartitions| {
+        config.topics.iter().all(|t| topics.contains_key(&t.name))
             && (positions.is_empty() || topics.contains_key(positions))
-        {
-            return Ok(topics);
+    };
+    let mut topics = known;
+    for _ in 0..50 {
+        if complete(&topics) {
+            break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        topics = cluster.topics().await?;
     }
-    cluster.topics().await
+    Ok(topics)
 }

@@ -45,6 +45,10 @@ pub struct Stats {
     pub refused_attempt_rate: Counter,
     pub refused_max_connections: Counter,
     pub refused_identity_connections: Counter,
+    /// Sockets closed at accept: `server.max_http_connections` were open.
+    pub refused_http_connections: Counter,
+    /// HTTP connections closed for not sending their headers in time.
+    pub header_timeouts: Counter,
     pub rate_limited_commands: Counter,
     pub rate_limit_disconnects: Counter,
     pub oversize_records_skipped: Counter,
@@ -88,6 +92,8 @@ impl Stats {
                 "connection_attempt_rate": self.refused_attempt_rate.get(),
                 "max_connections": self.refused_max_connections.get(),
                 "identity_connections": self.refused_identity_connections.get(),
+                "http_connections": self.refused_http_connections.get(),
+                "header_timeouts": self.header_timeouts.get(),
                 "rate_limited_commands": self.rate_limited_commands.get(),
                 "rate_limit_disconnects": self.rate_limit_disconnects.get(),
                 "oversize_records_skipped": self.oversize_records_skipped.get(),

@@ -147,6 +147,8 @@ pub fn render(gateway: &Gateway) -> String {
         ("connection_attempt_rate", &s.refused_attempt_rate),
         ("max_connections", &s.refused_max_connections),
         ("identity_connections", &s.refused_identity_connections),
+        ("http_connections", &s.refused_http_connections),
+        ("header_timeout", &s.header_timeouts),
         ("rate_limited_command", &s.rate_limited_commands),
         ("rate_limit_disconnect", &s.rate_limit_disconnects),
         ("oversize_record", &s.oversize_records_skipped),

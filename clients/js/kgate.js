@@ -20,18 +20,25 @@
     session: null,                // a durable session id (WebSocket only): positions kept by the gateway too
     transports: ["websocket", "sse", "poll"], // tried in this order
     ack: true,                    // acknowledge delivered events (with a session)
+    ackIntervalMs: 1000,          // acks are cumulative: one per partition this often, at most
     backoff: { initialMs: 500, maxMs: 30000, resetAfterMs: 60000, maxAttempts: Infinity },
     heartbeat: { intervalMs: 15000, timeoutMs: 45000 },
     connectTimeoutMs: 8000,       // a transport that has not opened by then counts as failed
     pollWaitMs: 20000,
   };
 
-  function merge(base, extra) {
+  /** base + extra; an option name base lacks is a typo, so it is warned about, not used. */
+  function merge(base, extra, path) {
     var out = {};
     Object.keys(base).forEach(function (k) { out[k] = base[k]; });
     Object.keys(extra || {}).forEach(function (k) {
+      var name = path ? path + "." + k : k;
+      if (!Object.prototype.hasOwnProperty.call(base, k)) {
+        if (root.console) console.warn("kgate: unknown option " + JSON.stringify(name) + " ignored; options: " + Object.keys(base).join(", "));
+        return;
+      }
       out[k] = (base[k] && typeof base[k] === "object" && !Array.isArray(base[k]))
-        ? merge(base[k], extra[k]) : extra[k];
+        ? merge(base[k], extra[k], name) : extra[k];
     });
     return out;
   }
@@ -151,9 +158,7 @@
         held[frame.partition] = frame.offset + 1;
         if (this._awaitingLive[name]) this.replayedSinceReconnect++;
         this._emit("data", frame);
-        if (this.options.ack && this.options.session && this._conn && this._conn.ack) {
-          this._conn.ack(frame);
-        }
+        if (this.options.ack && this.options.session) this._queueAck(frame);
         break;
       }
       case "subscribed": {
@@ -183,6 +188,24 @@
       case "close": break;
       default: this._emit("frame", frame);
     }
+  };
+
+  /**
+   * Acks are cumulative and count against the gateway's command rate: hold the newest
+   * offset per partition and send one ack each per `ackIntervalMs`.
+   */
+  Client.prototype._queueAck = function (frame) {
+    var pending = this._pendingAcks = this._pendingAcks || {};
+    var key = JSON.stringify([frame.topic, frame.partition]);
+    if (!pending[key] || pending[key].offset < frame.offset) pending[key] = frame;
+    if (this._ackTimer) return;
+    var self = this;
+    this._ackTimer = setTimeout(function () {
+      self._ackTimer = null;
+      var acks = self._pendingAcks;
+      self._pendingAcks = {};
+      Object.keys(acks).forEach(function (k) { if (self._conn && self._conn.ack) self._conn.ack(acks[k]); });
+    }, this.options.ackIntervalMs);
   };
 
   Client.prototype._heldBefore = function (name) {
@@ -353,13 +376,19 @@
         if (token) headers.Authorization = "Bearer " + token;
         fetch(url, { headers: headers, signal: controller ? controller.signal : undefined })
           .then(function (r) {
+            // 503 `draining` (or any refusal): back off and reconnect, most likely to another node.
             if (!r.ok) throw new Error("poll answered " + r.status);
             return r.json();
           })
           .then(function (body) {
             if (stopped) return;
             if (!opened) { opened = true; cb.open(); }
-            (body.frames || []).forEach(function (f) { cb.frame(f); });
+            var closed = null;
+            (body.frames || []).forEach(function (f) {
+              if (f.type === "close") closed = f; else cb.frame(f);
+            });
+            // 1001: the node is draining; reconnect (with backoff) so the balancer picks another.
+            if (closed) { stopped = true; return cb.closed("closed " + closed.code + " " + closed.reason); }
             loop();
           })
           .catch(function (e) { if (!stopped) { stopped = true; cb.closed(String(e)); } });

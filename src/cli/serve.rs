@@ -30,6 +30,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         false => args.config.load()?,
     };
     crate::logging::init(&config.log);
+    for (name, fixed) in crate::config::misspelled_env_vars() {
+        tracing::warn!("{name} is not a config variable and is ignored; did you mean {fixed}?");
+    }
     crate::telemetry::install();
     let tls = crate::transport::server::tls_acceptor(&config.tls)?;
     let scheme = if tls.is_some() {

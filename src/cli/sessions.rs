@@ -82,6 +82,13 @@ fn offline(dir: &std::path::Path, action: &Action) -> anyhow::Result<Value> {
     })
 }
 
+/// The admin URL of session `id`, percent-encoded (ids with auth on are `subject/id`).
+fn session_url(base: &str, id: &str) -> String {
+    let id: String =
+        percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).collect();
+    format!("{base}/{id}")
+}
+
 fn online(url: &str, token: Option<&str>, action: &Action) -> anyhow::Result<Value> {
     let base = format!("{}/v1/admin/sessions", url.trim_end_matches('/'));
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -92,11 +99,11 @@ fn online(url: &str, token: Option<&str>, action: &Action) -> anyhow::Result<Val
     let response = match action {
         Action::List => agent.get(&base).header("authorization", &bearer).call(),
         Action::Show { id } => agent
-            .get(&format!("{base}/{id}"))
+            .get(&session_url(&base, id))
             .header("authorization", &bearer)
             .call(),
         Action::Delete { id } => agent
-            .delete(&format!("{base}/{id}"))
+            .delete(&session_url(&base, id))
             .header("authorization", &bearer)
             .call(),
     }

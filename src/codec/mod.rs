@@ -6,6 +6,7 @@
 
 pub mod avro;
 pub mod cursor;
+pub mod depth;
 mod envelope;
 mod event;
 pub mod payload;

@@ -80,6 +80,8 @@ pub struct PublishConfig {
     pub enabled: bool,
     /// Largest request body (HTTP 413 past it).
     pub max_body_bytes: usize,
+    /// Deepest nesting of arrays and objects in a JSON body (HTTP 400 past it).
+    pub max_json_depth: usize,
 }
 
 impl Default for AuthConfig {
@@ -101,6 +103,7 @@ impl Default for PublishConfig {
         PublishConfig {
             enabled: true,
             max_body_bytes: 1024 * 1024,
+            max_json_depth: 64,
         }
     }
 }
@@ -161,8 +164,15 @@ impl super::Config {
                 "both tls.cert_file and tls.key_file, or neither",
             );
         }
-        if self.publish.max_body_bytes == 0 {
-            return invalid("publish.max_body_bytes", "0".into(), "a positive integer");
+        if self.publish.max_body_bytes == 0 || self.publish.max_body_bytes > 100 << 20 {
+            return invalid(
+                "publish.max_body_bytes",
+                self.publish.max_body_bytes.to_string(),
+                "from 1 to 104857600 (100 MiB)",
+            );
+        }
+        if self.publish.max_json_depth == 0 {
+            return invalid("publish.max_json_depth", "0".into(), "a positive integer");
         }
         Ok(())
     }

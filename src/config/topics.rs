@@ -7,6 +7,16 @@ use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, is_valid_topic_name};
 
+/// The slowest `max_rate` accepted: one update per key every 1,000 s.
+pub const MIN_RATE: f64 = 0.001;
+/// The fastest `max_rate` accepted, updates per second per key.
+pub const MAX_RATE: f64 = 1000.0;
+
+/// True for a `max_rate` (a subscription's or a topic's default) from [`MIN_RATE`] to [`MAX_RATE`].
+pub fn valid_rate(rate: f64) -> bool {
+    (MIN_RATE..=MAX_RATE).contains(&rate)
+}
+
 /// How the payloads of a topic are decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -204,12 +214,12 @@ pub(super) fn validate(
         }
         if let Some(rate) = topic
             .max_rate
-            .filter(|r| !(r.is_finite() && *r > 0.0 && *r <= 1000.0))
+            .filter(|r| !valid_rate(*r))
         {
             return Err(invalid(
                 "topics.max_rate",
                 format!("{rate} {which}"),
-                "updates per second per key, above 0 and at most 1000",
+                "updates per second per key, from 0.001 to 1000",
             ));
         }
     }

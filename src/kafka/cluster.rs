@@ -9,6 +9,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use parking_lot::Mutex;
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
@@ -20,10 +22,13 @@ pub enum ClusterError {
     Client { servers: String, source: KafkaError },
     #[error("cannot reach Kafka at {servers}: {source}")]
     Unreachable { servers: String, source: KafkaError },
-    #[error(
-        "topics missing on the cluster at {servers}: {topics} (create them or set kafka.create_missing_topics = true)"
-    )]
-    MissingTopics { servers: String, topics: String },
+    #[error("topics missing on the cluster at {servers}: {topics} ({hint})")]
+    MissingTopics {
+        servers: String,
+        topics: String,
+        /// What to do: depends on whether kgate was allowed to create them.
+        hint: &'static str,
+    },
     #[error("cannot create topic {topic}: {reason}")]
     CreateTopic { topic: String, reason: String },
     #[error("cannot read watermarks of {topic}/{partition}: {source}")]
@@ -38,6 +43,8 @@ pub enum ClusterError {
         timestamp: i64,
         source: KafkaError,
     },
+    #[error("cannot read {topic} to check an offsets-for-times answer: {source}")]
+    Probe { topic: String, source: KafkaError },
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -46,6 +53,8 @@ pub enum ClusterError {
 #[derive(Clone)]
 pub struct Cluster {
     consumer: Arc<BaseConsumer>,
+    /// Reads single records to check offsets-for-times answers; one check at a time.
+    probe: Arc<Mutex<BaseConsumer>>,
     servers: String,
     timeout: Duration,
 }
@@ -63,8 +72,15 @@ impl Cluster {
                 servers: servers.clone(),
                 source,
             })?;
+        let probe: BaseConsumer = crate::kafka::consumer_config(config, "probe")
+            .create()
+            .map_err(|source| ClusterError::Client {
+                servers: servers.clone(),
+                source,
+            })?;
         Ok(Cluster {
             consumer: Arc::new(consumer),
+            probe: Arc::new(Mutex::new(probe)),
             servers,
             timeout: Duration::from_millis(config.kafka.request_timeout_ms),
         })
@@ -204,6 +220,10 @@ impl Cluster {
 
     /// For each partition, the first offset whose timestamp is at or after `timestamp`
     /// (`None` when no such record exists yet: the subscription starts live).
+    ///
+    /// The broker's answer is checked, not trusted: some brokers (tansu) answer 0 where
+    /// Kafka answers "none". An answer at or past the partition's end, or whose record is
+    /// older than `timestamp`, means no such record: `None`.
     pub async fn offsets_for_time(
         &self,
         topic: &str,
@@ -238,8 +258,66 @@ impl Cluster {
                     *slot = Some(o);
                 }
             }
+            for (p, slot) in out.iter_mut().enumerate() {
+                let Some(o) = *slot else { continue };
+                let (_, high) = this.watermarks_blocking(&topic, p as i32)?;
+                if o >= high {
+                    *slot = None;
+                }
+            }
+            let found = this.first_timestamps(&topic, &out)?;
+            for (p, slot) in out.iter_mut().enumerate() {
+                if found.get(&(p as i32)).copied().flatten().is_some_and(|ts| ts < timestamp) {
+                    tracing::debug!(topic, partition = p, timestamp, offset = ?slot, "offsets-for-times answer is older than asked: starting at the live end");
+                    *slot = None;
+                }
+            }
             Ok(out)
         })
         .await?
+    }
+
+    /// The timestamp (if it has one) of the first record at or after each `Some` offset,
+    /// by partition, for the partitions that answer within the request timeout.
+    fn first_timestamps(
+        &self,
+        topic: &str,
+        offsets: &[Option<i64>],
+    ) -> Result<HashMap<i32, Option<i64>>, ClusterError> {
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in offsets.iter().enumerate() {
+            if let Some(o) = o {
+                let _ = tpl.add_partition_offset(topic, p as i32, Offset::Offset(*o));
+            }
+        }
+        let mut found = HashMap::new();
+        if tpl.count() == 0 {
+            return Ok(found);
+        }
+        let probe = self.probe.lock();
+        let error = |source| ClusterError::Probe {
+            topic: topic.to_string(),
+            source,
+        };
+        probe.assign(&tpl).map_err(error)?;
+        let deadline = std::time::Instant::now() + self.timeout;
+        while found.len() < tpl.count() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match probe.poll(left) {
+                Some(Ok(m)) => {
+                    found.entry(m.partition()).or_insert(m.timestamp().to_millis());
+                }
+                Some(Err(e)) => {
+                    let _ = probe.unassign();
+                    return Err(error(e));
+                }
+                None => {}
+            }
+        }
+        let _ = probe.unassign();
+        Ok(found)
     }
 }

@@ -21,8 +21,19 @@ pub enum EmbeddedBrokerError {
     },
     #[error("cannot build the storage URL for {path}")]
     Url { path: PathBuf },
+    #[error(
+        "cannot start the embedded broker on {addr}: {source}. Set embedded_broker.listen \
+         (KGATE_EMBEDDED_BROKER__LISTEN) to a free address, or kafka.bootstrap_servers to use \
+         the broker already there"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("embedded broker failed to start: {0}")]
     Build(String),
+    #[error("embedded broker on {addr} stopped while starting (see the error above)")]
+    Stopped { addr: SocketAddr },
     #[error("embedded broker did not accept connections on {addr} within {secs}s")]
     NotListening { addr: SocketAddr, secs: u64 },
 }
@@ -55,6 +66,12 @@ impl EmbeddedBroker {
                 path: dir.clone(),
                 source,
             })?;
+        // tansu only logs a failed bind, and whatever else answers on the port would then be
+        // taken for it: check that the address is free first.
+        drop(
+            std::net::TcpListener::bind(listen)
+                .map_err(|source| EmbeddedBrokerError::Bind { addr: listen, source })?,
+        );
         let db_path = dir.join("tansu.db");
         let storage = storage_url(&db_path, retention_check)?;
         let endpoint =
@@ -78,7 +95,7 @@ impl EmbeddedBroker {
                 tracing::error!(error = ?e, "embedded broker stopped");
             }
         });
-        wait_listening(listen, Duration::from_secs(10)).await?;
+        wait_listening(listen, &task, Duration::from_secs(10)).await?;
         Ok(EmbeddedBroker {
             addr: listen,
             db_path,
@@ -117,9 +134,16 @@ fn storage_url(db_path: &Path, retention_check: Duration) -> Result<Url, Embedde
     })
 }
 
-async fn wait_listening(addr: SocketAddr, limit: Duration) -> Result<(), EmbeddedBrokerError> {
+async fn wait_listening(
+    addr: SocketAddr,
+    task: &JoinHandle<()>,
+    limit: Duration,
+) -> Result<(), EmbeddedBrokerError> {
     let deadline = Instant::now() + limit;
     loop {
+        if task.is_finished() {
+            return Err(EmbeddedBrokerError::Stopped { addr });
+        }
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return Ok(());
         }

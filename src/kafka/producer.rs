@@ -29,8 +29,12 @@ impl Producer {
 
     /// A producer that batches for at most `linger_ms` (0 for latency measurements).
     pub fn with_linger(config: &Config, linger_ms: u32) -> Result<Producer, KafkaError> {
+        // Room for the largest publish body plus its key and headers; librdkafka's default
+        // (1,000,000) refused bodies below the documented 1 MiB limit.
+        let max_message = (config.publish.max_body_bytes + 65_536).max(1_000_000);
         let inner = super::client_config(config, "producer")
             .set("linger.ms", linger_ms.to_string())
+            .set("message.max.bytes", max_message.to_string())
             .set("message.timeout.ms", "30000")
             .create()?;
         Ok(Producer { inner })

@@ -124,6 +124,17 @@ fn channel_prefix(session: &str, channel: &str) -> Vec<u8> {
     k
 }
 
+/// The meta key of the session a position key belongs to.
+fn session_meta_key(position_key: &[u8]) -> Vec<u8> {
+    let len = position_key
+        .get(1..5)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(0, u32::from_be_bytes) as usize;
+    let mut k = vec![META];
+    k.extend_from_slice(position_key.get(1..5 + len).unwrap_or_default());
+    k
+}
+
 fn position_key(session: &str, channel: &str, partition: i32) -> Vec<u8> {
     let mut k = channel_prefix(session, channel);
     k.extend_from_slice(&partition.to_be_bytes());
@@ -271,6 +282,17 @@ impl SessionStore {
         }))
     }
 
+    /// Marks an existing session seen now; false if it does not exist (a deleted session
+    /// stays deleted: a connection that held it must not bring it back as it ends).
+    pub fn mark_seen(&self, session: &str) -> Result<bool, StoreError> {
+        let Some(mut meta) = self.get_meta(session)? else {
+            return Ok(false);
+        };
+        meta.last_seen_ms = now_ms();
+        self.put_meta(session, &meta)?;
+        Ok(true)
+    }
+
     /// Creates the session if new and marks it seen now; returns it.
     pub fn touch(&self, session: &str) -> Result<SessionRecord, StoreError> {
         let now = now_ms();
@@ -363,7 +385,24 @@ impl SessionStore {
             return Ok(0);
         }
         let mut batch = WriteBatch::default();
+        // Acks that raced a delete must not leave positions of a session that is gone.
+        let mut exists: HashMap<Vec<u8>, bool> = HashMap::new();
         for (key, next) in &pending {
+            let meta = session_meta_key(key);
+            let live = match exists.get(&meta) {
+                Some(live) => *live,
+                None => {
+                    let live = self
+                        .db
+                        .get(&meta)
+                        .map_err(|source| StoreError::Db { op: "read", source })?
+                        .is_some();
+                    *exists.entry(meta).or_insert(live)
+                }
+            };
+            if !live {
+                continue;
+            }
             // Keep positions monotonic even if an older value was committed later.
             let current = self
                 .db
@@ -487,7 +526,7 @@ impl SessionStore {
                 // Other nodes only see writes: keep an attached session's last-seen time
                 // fresh, so no node sweeps a session that is in use here.
                 if last_seen < refresh {
-                    self.touch(&id)?;
+                    self.mark_seen(&id)?;
                 }
             } else if last_seen < cutoff && self.delete(&id)? {
                 n += 1;
@@ -613,9 +652,23 @@ mod tests {
         assert_eq!(a.subscriptions[0].channel, "u");
         // "ab" shares a byte prefix with "a" but not a key prefix.
         assert_eq!(store.load("ab").unwrap().unwrap().subscriptions.len(), 2);
+        // A connection ending after its session was deleted (issue 16.4): its last-seen
+        // write and late acks must not bring the session back.
+        store.ack("a", "u", 0, 5);
         assert!(store.delete("a").unwrap());
         assert!(!store.delete("a").unwrap());
+        store.ack("a", "u", 0, 6);
+        assert!(!store.mark_seen("a").unwrap());
+        store.commit().unwrap();
         assert!(store.load("a").unwrap().is_none());
+        let prefix = position_prefix("a");
+        let leftover = store
+            .db
+            .iterator(IteratorMode::From(&prefix, Direction::Forward))
+            .filter_map(Result::ok)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .count();
+        assert_eq!(leftover, 0, "no positions of a deleted session");
         std::thread::sleep(Duration::from_millis(20));
         let n = store
             .expire(Duration::from_millis(10), &|id| id == "b")

@@ -27,6 +27,9 @@ use crate::telemetry;
 use crate::transport::protocol::{self, CloseCode, Command, ErrorCode, From};
 use tracing::Instrument;
 
+/// How long a closing connection waits for the peer to read its close frame and answer.
+const CLOSE_LINGER: Duration = Duration::from_secs(3);
+
 /// Where the starts of a subscription come from.
 enum Resolved {
     /// A client's subscribe: stored in the session, if one is attached.
@@ -147,8 +150,20 @@ enum End {
     Close(CloseCode),
 }
 
+/// A connection being served: its transport, since when, and (once known) why it ended.
+struct Opened {
+    transport: &'static str,
+    at: Instant,
+    reason: Option<&'static str>,
+}
+
 /// One connection's state, owned by its task; the transport is a [`Link`].
+///
+/// Everything it registers elsewhere (router subscriptions, its outbox, the session
+/// attachment, the active-connections gauge, its admission ticket) is released by
+/// [`Connection::release`] and `Drop`, so a panicking task leaks nothing.
 pub struct Connection {
+    opened: Option<Opened>,
     gateway: Arc<Gateway>,
     guard: crate::gateway::ConnectionGuard,
     _ticket: Ticket,
@@ -181,6 +196,23 @@ pub struct Connection {
     grace: Duration,
 }
 
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.release();
+        if let Some(opened) = self.opened.take() {
+            if opened.reason.is_none() {
+                tracing::warn!(
+                    conn = self.guard.id,
+                    "connection ended abruptly (its task panicked or the runtime stopped); \
+                     its subscriptions, session and slots were released"
+                );
+            }
+            let reason = opened.reason.unwrap_or("aborted");
+            telemetry::connection_closed(opened.transport, reason, opened.at.elapsed());
+        }
+    }
+}
+
 impl Connection {
     /// The state of a newly admitted client.
     pub fn new(
@@ -195,6 +227,7 @@ impl Connection {
         let outbox = Arc::new(Outbox::new(ws.outbox_max_messages, ws.outbox_max_bytes));
         let commands = gateway.admission.command_limiter();
         Connection {
+            opened: None,
             guard: gateway.connection_opened(),
             gateway,
             _ticket: ticket,
@@ -237,13 +270,22 @@ impl Connection {
         let conn = self.guard.id;
         let opened = Instant::now();
         telemetry::connection_opened(L::TRANSPORT);
+        self.opened = Some(Opened {
+            transport: L::TRANSPORT,
+            at: opened,
+            reason: None,
+        });
         tracing::debug!(conn, remote = ?self.remote, transport = L::TRANSPORT, "connection opened");
         let mut shutdown = self.gateway.shutdown_signal();
         let hb = self.gateway.config.heartbeat.clone();
         let mut heartbeat = tokio::time::interval(Duration::from_secs(hb.ping_interval_secs));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.reset();
-        self.push_text(protocol::welcome_frame(conn, &self.gateway.node));
+        self.push_text(protocol::welcome_frame(
+            conn,
+            &self.gateway.node,
+            link.protocol(),
+        ));
         let end = loop {
             if let Err(end) = self.flush(&mut link).await {
                 break end;
@@ -322,11 +364,10 @@ impl Connection {
                 }
             }
         };
-        self.unsubscribe_all(false);
-        self.outbox.clear();
-        if let Some((session, _)) = self.session.take() {
-            self.gateway.detach(&session, conn);
-            if let Err(e) = self.gateway.sessions.touch(&session) {
+        let session = self.session.as_ref().map(|(id, _)| id.clone());
+        self.release();
+        if let Some(session) = session {
+            if let Err(e) = self.gateway.sessions.mark_seen(&session) {
                 tracing::warn!(conn, %session, error = %e, "cannot record session last-seen time");
             }
         }
@@ -334,10 +375,12 @@ impl Connection {
             End::Gone => "peer_gone",
             End::Close(code) => code.name(),
         };
-        if let End::Close(code) = end {
-            let _ = tokio::time::timeout(Duration::from_secs(1), link.close(code)).await;
+        if let Some(opened) = &mut self.opened {
+            opened.reason = Some(reason);
         }
-        telemetry::connection_closed(L::TRANSPORT, reason, opened.elapsed());
+        if let End::Close(code) = end {
+            let _ = tokio::time::timeout(CLOSE_LINGER, link.close(code)).await;
+        }
         tracing::info!(
             conn,
             reason,
@@ -345,6 +388,15 @@ impl Connection {
             "connection closed"
         );
         link
+    }
+
+    /// Releases what the connection registered elsewhere; idempotent.
+    fn release(&mut self) {
+        self.unsubscribe_all(false);
+        self.outbox.clear();
+        if let Some((session, _)) = self.session.take() {
+            self.gateway.detach(&session, self.guard.id);
+        }
     }
 
     /// The sender replay readers deliver to, made on first use.
@@ -401,11 +453,15 @@ impl Connection {
         self.subs.values().filter_map(|a| a.behind_since).min()
     }
 
-    /// When the token (plus the configured clock leeway) runs out.
+    /// When the token (plus the configured clock leeway) runs out; `None` without a token,
+    /// or for an `exp` too far ahead to be a time this process will see.
     fn token_deadline(&self) -> Option<tokio::time::Instant> {
-        let exp = self.identity.expires_at? + self.gateway.config.auth.leeway_secs;
+        let exp = self
+            .identity
+            .expires_at?
+            .saturating_add(self.gateway.config.auth.leeway_secs);
         let left = exp.saturating_sub(crate::auth::now_secs());
-        Some(tokio::time::Instant::now() + Duration::from_secs(left))
+        tokio::time::Instant::now().checked_add(Duration::from_secs(left))
     }
 
     fn slow_consumer_close(&self) -> End {
@@ -585,9 +641,8 @@ impl Connection {
     }
 
     async fn on_command(&mut self, text: &str) -> Result<(), End> {
-        let parsed = protocol::parse_command(text, self.gateway.config.websocket.max_command_bytes);
-        // Acks are exempt: they are cheap (a map update, no reply) and clients may send one per event.
-        if !matches!(parsed, Ok(Command::Ack { .. })) && self.commands.check().is_err() {
+        // Every command counts, acks too: a client acks cumulatively, per partition, not per event.
+        if self.commands.check().is_err() {
             self.rate_limited_streak += 1;
             stats().rate_limited_commands.add(1);
             if self.rate_limited_streak > self.gateway.config.limits.max_rate_limited_commands {
@@ -604,6 +659,7 @@ impl Connection {
             return Ok(());
         }
         self.rate_limited_streak = 0;
+        let parsed = protocol::parse_command(text, self.gateway.config.websocket.max_command_bytes);
         match parsed {
             Err(e) => self.error(e.id.as_ref(), e.code, &e.message),
             Ok(Command::Ping { id }) => self.push_text(protocol::pong_frame(id.as_ref())),

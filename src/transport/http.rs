@@ -159,6 +159,23 @@ pub fn routes(
         .unify()
 }
 
+/// The session id after `/v1/admin/sessions/`, percent-decoded. It may hold a `/`:
+/// with authentication, ids are `subject/id`, and both `alice/phone` and
+/// `alice%2Fphone` name that session.
+fn session_id() -> impl Filter<Extract = (String,), Error = warp::Rejection> + Clone {
+    warp::path!("v1" / "admin" / "sessions" / ..)
+        .and(warp::path::tail())
+        .and_then(|tail: warp::path::Tail| async move {
+            let id = percent_encoding::percent_decode_str(tail.as_str())
+                .decode_utf8_lossy()
+                .into_owned();
+            match id.is_empty() {
+                true => Err(warp::reject::not_found()),
+                false => Ok(id),
+            }
+        })
+}
+
 /// `None` when the request may use the admin routes; otherwise the refusal to send.
 fn admin_access(
     gateway: Arc<Gateway>,
@@ -218,7 +235,7 @@ fn sessions_admin(
     };
     let show = {
         let gw = gateway.clone();
-        warp::path!("v1" / "admin" / "sessions" / String)
+        session_id()
             .and(warp::get())
             .and(admin_access(gw.clone()))
             .map(move |id: String, denied: Option<warp::reply::Response>| {
@@ -241,7 +258,7 @@ fn sessions_admin(
                 }
             })
     };
-    let delete = warp::path!("v1" / "admin" / "sessions" / String)
+    let delete = session_id()
         .and(warp::delete())
         .and(admin_access(gateway.clone()))
         .map(move |id: String, denied: Option<warp::reply::Response>| {
@@ -280,5 +297,6 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    super::server::serve(listener, tls, routes(gateway), shutdown).await;
+    let limits = super::server::HttpLimits::from(&gateway.config.server);
+    super::server::serve(listener, tls, limits, routes(gateway), shutdown).await;
 }

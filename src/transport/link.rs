@@ -51,6 +51,10 @@ pub trait Link: Send {
     fn recv(&mut self) -> impl Future<Output = Inbound> + Send;
     /// Writes `batch` in order and flushes it.
     fn send(&mut self, batch: Vec<Outbound>) -> impl Future<Output = Result<(), Gone>> + Send;
+    /// The protocol the client speaks, named in the `welcome` frame.
+    fn protocol(&self) -> &'static str {
+        crate::transport::protocol::SUBPROTOCOL
+    }
     /// Bytes an event takes on this transport (for the delivered-bytes metric).
     fn event_bytes(&self, record: &EncodedRecord) -> usize {
         record.frame.len()

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderMap;
+use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 use warp::Filter;
 use warp::reply::Reply;
@@ -16,6 +16,7 @@ use super::access::request_parts;
 use super::connection::Connection;
 use super::link::{Gone, Inbound, Link, Outbound};
 use super::protocol::CloseCode;
+use super::reply::error_reply;
 use super::resume::Resume;
 use super::sse::Request;
 use crate::gateway::Gateway;
@@ -76,7 +77,11 @@ impl Link for PollLink {
         Ok(())
     }
 
-    async fn close(&mut self, _code: CloseCode) {}
+    /// The answer ends with the `close` frame SSE sends, so a client learns why (1001 on a
+    /// draining node: poll another node).
+    async fn close(&mut self, code: CloseCode) {
+        self.frames.push(super::protocol::close_frame(code));
+    }
 }
 
 /// `GET /v1/poll`.
@@ -105,6 +110,18 @@ async fn poll(
         Ok(request) => request,
         Err(response) => return response,
     };
+    // Before anything is subscribed: the client keeps its cursor and polls another node.
+    if gateway.is_draining() {
+        let mut response = error_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this node is draining: poll another node with the same cursor",
+        );
+        response
+            .headers_mut()
+            .insert("retry-after", http::HeaderValue::from_static("1"));
+        return response;
+    }
     let (resume, ticket, identity) = match request.admit(&gateway, headers, query, remote) {
         Ok(admitted) => admitted,
         Err(response) => return response,

@@ -347,15 +347,14 @@ pub fn parse_command(text: &str, max_bytes: usize) -> Result<Command, CommandErr
                 serde_json::from_value(value.clone()).map_err(|e| invalid(&id, e))?;
             let from = parse_from(f.from.as_ref())
                 .map_err(|m| fail(id.clone(), ErrorCode::InvalidPosition, m))?;
-            if let Some(rate) = f
-                .max_rate
-                .filter(|r| !(r.is_finite() && *r > 0.0 && *r <= 1000.0))
-            {
+            if let Some(rate) = f.max_rate.filter(|r| !super::throttle::valid_rate(*r)) {
                 return Err(fail(
                     id,
                     ErrorCode::InvalidFrame,
                     format!(
-                        "`max_rate` must be a number of updates per second from above 0 to 1000, not {rate}"
+                        "`max_rate` must be a number of updates per second per key from {} to {}, not {rate}",
+                        super::throttle::MIN_RATE,
+                        super::throttle::MAX_RATE
                     ),
                 ));
             }
@@ -525,6 +524,11 @@ pub fn unsubscribed_frame(id: Option<&Value>, channel: &str) -> String {
     with_id(json!({"type": "unsubscribed", "channel": channel}), id)
 }
 
+/// The `close` frame that ends an SSE stream or a long-poll answer (WebSocket has close frames).
+pub fn close_frame(code: CloseCode) -> Value {
+    json!({"type": "close", "code": code.code(), "reason": code.reason()})
+}
+
 /// Marks the point where a subscription's catch-up ended and live delivery began.
 pub fn live_frame(id: Option<&Value>, channel: &str) -> String {
     with_id(json!({"type": "live", "channel": channel}), id)
@@ -587,8 +591,8 @@ pub fn skipped_frame(
 }
 
 /// The first frame on every connection.
-pub fn welcome_frame(connection_id: u64, node: &str) -> String {
-    json!({"type": "welcome", "protocol": SUBPROTOCOL, "connection_id": connection_id,
+pub fn welcome_frame(connection_id: u64, node: &str, protocol: &str) -> String {
+    json!({"type": "welcome", "protocol": protocol, "connection_id": connection_id,
            "node": node, "server": concat!("kgate/", env!("CARGO_PKG_VERSION"))})
     .to_string()
 }

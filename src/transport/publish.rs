@@ -3,8 +3,10 @@
 //! The body is the record's value (JSON is checked when the content type says JSON);
 //! the key comes from `?key=`, headers from `kgate-header-<name>` request headers.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
+use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use serde_json::json;
 use warp::Filter;
@@ -12,6 +14,7 @@ use warp::reply::Reply;
 
 use super::access::{forbidden, identify, request_parts};
 use super::reply::error_reply;
+use crate::codec::depth::nests_deeper_than;
 use crate::gateway::Gateway;
 use crate::stats::stats;
 use std::sync::Arc;
@@ -23,24 +26,46 @@ pub const HEADER_PREFIX: &str = "kgate-header-";
 pub fn route(
     gateway: Arc<Gateway>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
-    let max = gateway.config.publish.max_body_bytes as u64;
     warp::path!("v1" / "publish" / String)
         .and(warp::post())
         .and(request_parts())
-        .and(
-            // Refuse by Content-Length before reading; a chunked body is capped as it is read.
-            warp::body::content_length_limit(max)
-                .and(warp::body::bytes())
-                .map(Ok)
-                .or(warp::any().map(|| Err(())))
-                .unify(),
-        )
+        // The body as a stream: nothing of it is read until the request passed every check.
+        .and(warp::body::stream())
         .then(
-            move |topic: String, headers: HeaderMap, query: String, body: Result<Bytes, ()>| {
+            move |topic: String, headers: HeaderMap, query: String, body| {
                 let gateway = gateway.clone();
                 async move { publish(&gateway, &topic, &headers, &query, body).await }
             },
         )
+}
+
+/// Why a body could not be read within its limit.
+enum BodyError {
+    TooLarge,
+    Read(warp::Error),
+}
+
+/// Reads at most `max` bytes of `body`.
+async fn read_body(
+    body: impl futures_util::Stream<Item = Result<impl Buf, warp::Error>>,
+    expected: usize,
+    max: usize,
+) -> Result<Bytes, BodyError> {
+    let mut body = std::pin::pin!(body);
+    let mut out = bytes::BytesMut::with_capacity(expected.min(max));
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(BodyError::Read)?;
+        if out.len() + chunk.remaining() > max {
+            return Err(BodyError::TooLarge);
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            out.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(out.freeze())
 }
 
 async fn publish(
@@ -48,7 +73,7 @@ async fn publish(
     topic: &str,
     headers: &HeaderMap,
     query: &str,
-    body: Result<Bytes, ()>,
+    body: impl futures_util::Stream<Item = Result<impl Buf, warp::Error>>,
 ) -> warp::reply::Response {
     let Some(producer) = &gateway.producer else {
         return error_reply(
@@ -57,10 +82,18 @@ async fn publish(
             "publish.enabled is off",
         );
     };
+    // Token, permission and size come first: an unauthenticated or oversized body is
+    // refused without reading it.
     let identity = match identify(gateway, headers, query) {
         Ok(identity) => identity,
         Err(response) => return response,
     };
+    // Permission before existence, so the answer does not tell strangers what is served.
+    if !identity.permissions.can_publish(topic) {
+        return forbidden(&format!(
+            "the token does not permit publishing to {topic:?}"
+        ));
+    }
     if gateway.router.topic(topic).is_none() {
         return error_reply(
             StatusCode::NOT_FOUND,
@@ -68,20 +101,34 @@ async fn publish(
             &format!("topic {topic:?} is not served here"),
         );
     }
-    if !identity.permissions.can_publish(topic) {
-        return forbidden(&format!(
-            "the token does not permit publishing to {topic:?}"
-        ));
-    }
-    let Ok(body) = body else {
-        return error_reply(
+    let limits = &gateway.config.publish;
+    let too_large = || {
+        error_reply(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             &format!(
                 "the body must be at most publish.max_body_bytes = {} bytes, with a Content-Length",
-                gateway.config.publish.max_body_bytes
+                limits.max_body_bytes
             ),
-        );
+        )
+    };
+    let length = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(length) = length.filter(|l| *l <= limits.max_body_bytes as u64) else {
+        return too_large();
+    };
+    let body = match read_body(body, length as usize, limits.max_body_bytes).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => return too_large(),
+        Err(BodyError::Read(e)) => {
+            return error_reply(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                &format!("the body could not be read: {e}"),
+            );
+        }
     };
     let is_json = headers
         .get("content-type")
@@ -93,6 +140,16 @@ async fn publish(
                 StatusCode::BAD_REQUEST,
                 "invalid_json",
                 &format!("the body is not JSON: {e}"),
+            );
+        }
+        if nests_deeper_than(&body, limits.max_json_depth) {
+            return error_reply(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                &format!(
+                    "the body nests arrays and objects deeper than publish.max_json_depth = {}",
+                    limits.max_json_depth
+                ),
             );
         }
     }
@@ -126,6 +183,14 @@ async fn publish(
             }))
             .into_response()
         }
+        Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => error_reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "record_too_large",
+            &format!(
+                "the record (body, key and headers) is larger than topic {topic:?} accepts \
+                 (its max.message.bytes)"
+            ),
+        ),
         Err(e) => error_reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "kafka_unavailable",

@@ -65,6 +65,12 @@ impl Resume {
         let Some(text) = cursor else {
             return Ok(resume);
         };
+        // With a cursor, `from` no longer applies: a partition the cursor does not name has
+        // delivered nothing yet (the answer that handed out the cursor may have come before
+        // any catch-up), so it resumes from its earliest record, never from the live end.
+        for (_, start) in &mut resume.channels {
+            *start = Start::Resume(BTreeMap::new());
+        }
         let positions = match Cursor::decode(text)? {
             Cursor::Inline(positions) => positions,
             Cursor::Checkpoint { id, delta } => {
@@ -90,11 +96,8 @@ impl Resume {
             let Some((_, start)) = resume.channels.get_mut(p.channel as usize) else {
                 return Err(CursorError::OutOfRange);
             };
-            match start {
-                Start::Resume(map) => {
-                    map.insert(p.partition, p.next);
-                }
-                other => *other = Start::Resume(BTreeMap::from([(p.partition, p.next)])),
+            if let Start::Resume(map) = start {
+                map.insert(p.partition, p.next);
             }
             resume.positions.insert((p.channel, p.partition), p.next);
         }
@@ -283,6 +286,13 @@ mod tests {
             "{}",
             commands[1]
         );
+        // A cursor that names no partition (handed out before catch-up delivered anything)
+        // resumes every channel from its earliest record, whatever `from` says.
+        let empty = Resume::new(&channels, "latest".into(), Some("p1."), store.clone())
+            .expect("empty cursor");
+        for command in empty.commands() {
+            assert!(command.contains(r#""others":"earliest""#), "{command}");
+        }
         assert_eq!(
             Resume::new(&channels, "latest".into(), Some("c1.nosuch.AAAA"), store).err(),
             Some(CursorError::UnknownCheckpoint)

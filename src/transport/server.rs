@@ -77,11 +77,58 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
     })
 }
 
+/// Bounds on HTTP connections before they become a WebSocket or a stream.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Headers must arrive within this (also the keep-alive idle limit).
+    pub header_read_timeout: Duration,
+    /// Open connections not yet upgraded.
+    pub max_connections: usize,
+}
+
+impl From<&crate::config::ServerConfig> for HttpLimits {
+    fn from(server: &crate::config::ServerConfig) -> Self {
+        HttpLimits {
+            header_read_timeout: Duration::from_secs(server.header_read_timeout_secs),
+            max_connections: server.max_http_connections,
+        }
+    }
+}
+
+/// Logs at most once per `every`: refusals under attack must not flood the log.
+struct Throttled {
+    every: Duration,
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl Throttled {
+    fn new(every: Duration) -> Self {
+        Throttled {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// How many were suppressed since the last line, when a line is due now.
+    fn due(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|l| now.duration_since(l) < self.every) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
 /// Serves `routes` on `listener` (over TLS when `tls` is set) until `shutdown` completes,
 /// then lets open HTTP exchanges finish (upgraded WebSockets are drained by the gateway).
 pub async fn serve<F>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    limits: HttpLimits,
     routes: F,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
@@ -95,18 +142,37 @@ pub async fn serve<F>(
     // Each connection task holds a sender; when all are dropped, every exchange is done.
     let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut shutdown = std::pin::pin!(shutdown);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let (mut accept_log, mut refusal_log) = (
+        Throttled::new(Duration::from_secs(5)),
+        Throttled::new(Duration::from_secs(5)),
+    );
+    let mut backoff = Duration::from_millis(10);
     loop {
         let (stream, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of file descriptors and the like: back off (up to 1 s) instead of
+                    // spinning, and keep accepting once descriptors are free again.
+                    if let Some(suppressed) = accept_log.due() {
+                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, suppressed, "accept failed");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
             },
             _ = &mut shutdown => break,
+        };
+        backoff = Duration::from_millis(10);
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            crate::stats::stats().refused_http_connections.add(1);
+            if let Some(suppressed) = refusal_log.due() {
+                tracing::warn!(%addr, max = limits.max_connections, suppressed, "HTTP connection refused: server.max_http_connections are open");
+            }
+            drop(stream);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let service = warp::service(routes.clone());
@@ -119,15 +185,18 @@ pub async fn serve<F>(
         let tls = tls.clone();
         let stop = stop_rx.clone();
         let open = open_tx.clone();
+        let timeout = limits.header_read_timeout;
         tokio::spawn(async move {
+            // Held until the connection ends or becomes a WebSocket (hyper hands it over).
+            let _slot = slot;
             let result = match tls {
-                None => serve_connection(TokioIo::new(stream), service, stop).await,
+                None => serve_connection(TokioIo::new(stream), service, stop, timeout).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                         .await
                     {
                         Ok(Ok(stream)) => {
-                            serve_connection(TokioIo::new(stream), service, stop).await
+                            serve_connection(TokioIo::new(stream), service, stop, timeout).await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%addr, error = %e, "TLS handshake failed");
@@ -141,6 +210,9 @@ pub async fn serve<F>(
                 }
             };
             if let Err(e) = result {
+                if e.is_timeout() {
+                    crate::stats::stats().header_timeouts.add(1);
+                }
                 tracing::debug!(%addr, error = %e, "HTTP connection ended with an error");
             }
             drop(open);
@@ -158,6 +230,7 @@ async fn serve_connection<I, S, B>(
     io: I,
     service: S,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    header_read_timeout: Duration,
 ) -> Result<(), hyper::Error>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -167,6 +240,9 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let conn = http1::Builder::new()
+        // Starts when the connection opens and each time it goes idle between requests.
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
         .serve_connection(io, service)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);

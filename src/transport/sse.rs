@@ -76,8 +76,7 @@ impl Link for SseLink {
     }
 
     async fn close(&mut self, code: CloseCode) {
-        let frame =
-            serde_json::json!({"type": "close", "code": code.code(), "reason": code.reason()});
+        let frame = super::protocol::close_frame(code);
         let _ = self
             .tx
             .send(Ok(Event::default().data(frame.to_string())))

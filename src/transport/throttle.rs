@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::codec::EncodedRecord;
+pub use crate::config::{MAX_RATE, MIN_RATE, valid_rate};
 
 /// Throttle state of one subscription.
 #[derive(Debug)]
@@ -24,8 +25,13 @@ struct Slot {
 }
 
 impl Throttle {
-    /// A throttle of `rate` updates per second per key.
+    /// A throttle of `rate` updates per second per key. A rate outside the valid range
+    /// (a session stored before it was enforced, say) is clamped to it, never a panic.
     pub fn new(rate: f64) -> Throttle {
+        let rate = match rate.is_nan() {
+            true => MAX_RATE,
+            false => rate.clamp(MIN_RATE, MAX_RATE),
+        };
         Throttle {
             interval: Duration::from_secs_f64(1.0 / rate),
             keys: HashMap::new(),
@@ -111,5 +117,21 @@ mod tests {
         t.flush_due(t0 + Duration::from_millis(250), &mut out);
         assert_eq!(offsets(&out), vec![0, 3, 2], "1 was replaced by 2");
         assert_eq!(t.flush_due(t0 + Duration::from_millis(600), &mut out), None);
+    }
+
+    /// Issue 17.1: rates a client or an old stored session may hold never panic.
+    #[test]
+    fn any_rate_makes_a_throttle_that_works() {
+        let t0 = Instant::now();
+        for rate in [1e-300, 1e-19, 0.0, -1.0, f64::NAN, f64::INFINITY, 1e300, 5e-324] {
+            let mut t = Throttle::new(rate);
+            let mut out = Vec::new();
+            t.offer(rec(0, "A"), t0, &mut out);
+            t.offer(rec(1, "A"), t0, &mut out);
+            assert_eq!(out.len(), 1, "rate {rate}");
+            let _ = t.flush_due(t0 + Duration::from_secs(2_000), &mut out);
+            assert_eq!(out.len(), 2, "rate {rate}");
+        }
+        assert!(!valid_rate(1e-300) && !valid_rate(f64::NAN) && valid_rate(MIN_RATE));
     }
 }

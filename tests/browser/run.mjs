@@ -176,11 +176,15 @@ try {
   await sdk.waitForTimeout(500);
   const acked = await publish(8);
   await waitFor("8 records on the session client", () => sdk.evaluate(() => window.acked.length >= 8));
-  await sdk.waitForTimeout(300); // the gateway commits acks every 20 ms
-  const stored = await (await fetch(`${base}/v1/admin/sessions/${session}`)).json();
-  const positions = stored.subscriptions && stored.subscriptions[0] && stored.subscriptions[0].positions;
   const want = {};
   acked.forEach((x) => { const [p, o] = x.split(":").map(Number); want[p] = Math.max(want[p] || 0, o + 1); });
+  // The SDK acks once per partition every ackIntervalMs (1 s); the gateway commits every 20 ms.
+  let positions = null;
+  await waitFor("the acknowledged positions in the session", async () => {
+    const stored = await (await fetch(`${base}/v1/admin/sessions/${session}`)).json();
+    positions = stored.subscriptions && stored.subscriptions[0] && stored.subscriptions[0].positions;
+    return positions && Object.entries(want).every(([p, next]) => positions[p] === next);
+  }, 10000);
   for (const [p, next] of Object.entries(want)) {
     if (!positions || positions[p] !== next) fail(`session positions ${JSON.stringify(positions)} do not match the acknowledged ${JSON.stringify(want)}`);
   }
@@ -213,6 +217,41 @@ try {
   await delivering;
   await status.screenshot({ path: `${artifacts}/status-page.png` });
   console.log(`ok: the status page plots ${seen.connections[seen.connections.length - 1]} connections and up to ${Math.round(Math.max.apply(null, seen.rate))} records/s delivered`);
+
+  // 7. A misspelled option is reported, not silently ignored.
+  const warned = await sdk.evaluate(() => {
+    const warnings = [];
+    const real = console.warn;
+    console.warn = (m) => warnings.push(String(m));
+    const c = new KGate.Client({ channels: ["x"], initialMs: 5, backoff: { initialDelayMs: 5 } });
+    console.warn = real;
+    return { warnings, initialMs: c.options.backoff.initialMs };
+  });
+  if (warned.warnings.length !== 2 || !warned.warnings[0].includes("initialMs") || !warned.warnings[1].includes("backoff.initialDelayMs") || warned.initialMs !== 500) {
+    fail(`unknown options: expected two warnings naming them and the defaults kept, got ${JSON.stringify(warned)}`);
+  }
+  console.log(`ok: unknown options are warned about: ${warned.warnings[1]}`);
+
+  // 8. Long-polling on a node that starts draining: the SDK reconnects with its backoff
+  // (to another node, through a balancer) instead of polling the draining node in a loop.
+  // Last: the gateway stays drained.
+  const drained = await openDemo(browser, "&transports=poll");
+  if ((await drained.evaluate(() => window.kgateClient.transport)) !== "poll") fail("expected the poll transport");
+  await drained.evaluate(() => {
+    window.kgateClient.options.backoff.initialMs = 1000;
+    window.pollStates = [];
+    window.kgateClient.on("state", (s) => window.pollStates.push(s));
+  });
+  let polls = 0;
+  drained.on("request", (r) => { if (r.url().includes("/v1/poll")) polls++; });
+  const drain = await fetch(`${base}/v1/admin/drain`, { method: "POST" });
+  if (!drain.ok) fail(`drain answered ${drain.status}`);
+  await drained.waitForTimeout(3000);
+  const states = await drained.evaluate(() => window.pollStates.map((s) => [s.state, s.detail && s.detail.reason]));
+  const reasons = states.filter((s) => s[0] === "reconnecting").map((s) => s[1]);
+  if (!reasons.length || !reasons[0].startsWith("closed 1001")) fail(`expected a reconnect for "closed 1001", got ${JSON.stringify(states)}`);
+  if (polls > 8) fail(`${polls} polls in 3 s against a draining node: no backoff`);
+  console.log(`ok: on a draining node the long-polling SDK reconnected with backoff (${reasons.join("; ")}; ${polls} requests in 3 s)`);
 } finally {
   await browser.close();
 }

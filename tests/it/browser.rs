@@ -1,7 +1,8 @@
 //! Issue 6: the SDK and the demo page in a real browser (Debian's chromium, driven by
 //! playwright-core from tests/browser/run.mjs): live data, resume after a cut
 //! connection with no missing offset, fallback to SSE and to long-polling, a board opened
-//! mid-session from a snapshot, the status page, and a screenshot of the demo page as an artifact.
+//! mid-session from a snapshot, the status page, warnings for unknown options, long-polling
+//! on a draining node, and a screenshot of the demo page as an artifact.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -41,7 +42,7 @@ fn sdk_and_demo_page_in_chromium() {
     );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok:")).count(),
-        10,
+        12,
         "{stdout}"
     );
     assert!(artifacts.join("demo-page.png").exists(), "screenshot saved");

@@ -91,19 +91,38 @@ fn serve_with_embedded_broker_and_demo_data_is_tailed() {
     }
 }
 
+/// Runs `kgate serve` expecting it to exit with an error within 60 s; returns its stderr.
 fn serve_fails(env: &[(&str, &str)], args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serve.log");
     let mut cmd = Command::new(kgate_bin());
     cmd.arg("serve")
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stderr(std::fs::File::create(&log).expect("log file"));
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("run serve");
-    assert!(!out.status.success(), "serve should have failed");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    let mut child = cmd.spawn().expect("run serve");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for serve") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "serve still running after 60 s:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "serve should have failed:\n{stderr}");
+    stderr
 }
 
 #[test]
@@ -125,6 +144,16 @@ fn invalid_config_names_key_value_and_expectation() {
         err.contains("listen") && err.contains("localhost-ish"),
         "{err}"
     );
+
+    // `[[topics]]` from the environment, as one inline array of tables.
+    let err = serve_fails(
+        &[
+            ("KGATE_AUTH__MODE", "none"),
+            ("KGATE_TOPICS", r#"[{name="ok"}, {name="bad topic"}]"#),
+        ],
+        &[],
+    );
+    assert!(err.contains("topics.name") && err.contains("bad topic"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.toml");
@@ -165,6 +194,9 @@ fn unreachable_kafka_is_retried_with_backoff_not_a_panic() {
             ("KGATE_KAFKA__REQUEST_TIMEOUT_MS", "300".into()),
             ("KGATE_KAFKA__RETRY_INITIAL_MS", "100".into()),
             ("KGATE_AUTH__MODE", "none".into()),
+            // Not config keys (issue 16.5): `tail`'s own variable and a user's.
+            ("KGATE_TOKEN", "not-a-config-key".into()),
+            ("KGATE_BIN", "/usr/local/bin/kgate".into()),
         ],
         &dir.path().join("serve.log"),
     );
@@ -193,4 +225,27 @@ fn unreachable_kafka_is_retried_with_backoff_not_a_panic() {
     );
     assert!(!log.contains("panicked"), "{log}");
     gw.kill();
+}
+
+/// Issue 16.6: with the embedded broker's port taken, `serve --demo` exits naming the
+/// address and the key to change, instead of using whatever answers there.
+#[test]
+fn embedded_broker_port_in_use_stops_serve_with_the_address_and_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let err = serve_fails(
+        &[
+            ("KGATE_SERVER__LISTEN", &listen),
+            ("KGATE_SERVER__DATA_DIR", &data),
+            ("KGATE_EMBEDDED_BROKER__LISTEN", &addr),
+        ],
+        &["--demo"],
+    );
+    assert!(
+        err.contains(&addr) && err.contains("embedded_broker.listen"),
+        "{err}"
+    );
 }

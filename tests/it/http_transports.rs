@@ -165,28 +165,30 @@ fn events_of(page: &Value) -> Vec<Value> {
         .collect()
 }
 
+/// One long-poll request: (status, JSON body).
+fn get(url: String) -> tokio::task::JoinHandle<(u16, Value)> {
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent.get(&url).call().expect("poll");
+        let status = response.status().as_u16();
+        (
+            status,
+            response
+                .body_mut()
+                .read_json::<Value>()
+                .unwrap_or(Value::Null),
+        )
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_pages_through_records_by_cursor_and_waits_when_there_are_none() {
     let t = topic("poll");
     let gw = Gateway::start(&[(&t, 1)], "");
     let base = format!("http://127.0.0.1:{}/v1/poll?channel={t}", gw.port);
-    let get = |url: String| {
-        tokio::task::spawn_blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .into();
-            let mut response = agent.get(&url).call().expect("poll");
-            let status = response.status().as_u16();
-            (
-                status,
-                response
-                    .body_mut()
-                    .read_json::<Value>()
-                    .unwrap_or(Value::Null),
-            )
-        })
-    };
     // No records yet: the poll waits, then answers with no events and a cursor at the live end.
     let started = Instant::now();
     let (status, first) = get(format!("{base}&wait_ms=700")).await.unwrap();
@@ -228,4 +230,75 @@ async fn long_poll_pages_through_records_by_cursor_and_waits_when_there_are_none
         (status, page["code"].as_str()),
         (400, Some("invalid_cursor"))
     );
+}
+
+/// Issue 16.1: a poll answered before catch-up delivered anything hands out a cursor that
+/// names no partition; resuming from it must start at the earliest record, not the live end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_from_a_cursor_naming_no_partition_skips_nothing() {
+    let t = topic("pollempty");
+    let gw = Gateway::start(&[(&t, 2)], "");
+    produce(&t, 0..28).await;
+    let base = format!("http://127.0.0.1:{}/v1/poll?channel={t}", gw.port);
+    // What a first `from=earliest&wait_ms=0` poll may hand out: no position at all.
+    let mut cursor = "p1.".to_string();
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let (status, page) = get(format!("{base}&cursor={cursor}&wait_ms=1000"))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{page}");
+        seen.extend(events_of(&page).iter().map(|e| e["offset"].as_i64().unwrap()));
+        cursor = page["cursor"].as_str().expect("cursor").to_string();
+        if seen.len() >= 28 {
+            break;
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..28).collect::<Vec<_>>(), "every retained record, once");
+    // The same from a first poll that answers at once, as the SDK's does.
+    let (_, first) = get(format!("{base}&from=earliest&wait_ms=0")).await.unwrap();
+    let mut seen: Vec<i64> = events_of(&first).iter().map(|e| e["offset"].as_i64().unwrap()).collect();
+    let mut cursor = first["cursor"].as_str().expect("cursor").to_string();
+    for _ in 0..20 {
+        if seen.len() >= 28 {
+            break;
+        }
+        let (_, page) = get(format!("{base}&cursor={cursor}&wait_ms=1000")).await.unwrap();
+        seen.extend(events_of(&page).iter().map(|e| e["offset"].as_i64().unwrap()));
+        cursor = page["cursor"].as_str().expect("cursor").to_string();
+    }
+    assert_eq!(seen.len(), 28, "{seen:?}");
+}
+
+/// Issue 16.9: a draining node tells a long-poll client so, with the close frame SSE gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_on_a_draining_node_gets_a_close_frame() {
+    let t = topic("polldrain");
+    let gw = Gateway::start(&[(&t, 1)], "");
+    let base = format!("http://127.0.0.1:{}/v1/poll?channel={t}", gw.port);
+    let waiting = get(format!("{base}&wait_ms=20000"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let port = gw.port;
+    let drained = tokio::task::spawn_blocking(move || {
+        ureq::post(&format!("http://127.0.0.1:{port}/v1/admin/drain"))
+            .send_empty()
+            .map(|r| r.status().as_u16())
+    })
+    .await
+    .unwrap();
+    assert_eq!(drained.ok(), Some(200));
+    // The poll that was waiting ends with a close frame and its cursor.
+    let (status, page) = waiting.await.unwrap();
+    assert_eq!(status, 200, "{page}");
+    let close = page["frames"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["type"] == "close"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no close frame: {page}"));
+    assert_eq!(close["code"], 1001, "{close}");
+    assert!(page["cursor"].is_string(), "{page}");
+    // A new poll is turned away before it subscribes, keeping the client's cursor valid.
+    let (status, page) = get(format!("{base}&wait_ms=1000")).await.unwrap();
+    assert_eq!((status, page["code"].as_str()), (503, Some("draining")), "{page}");
 }

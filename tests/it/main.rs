@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod docker;
 mod harness;
+mod hostile;
 mod http_transports;
 mod observability;
 mod payloads;

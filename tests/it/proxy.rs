@@ -1,6 +1,7 @@
 //! Issue 6: docker/nginx.conf in front of the gateway (Debian's nginx): WebSocket and
 //! SSE stream through it, and SSE events are not held back by proxy buffering.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -48,7 +49,9 @@ impl Nginx {
             .into_iter()
             .find(|b| Path::new(b).exists())
             .unwrap_or("nginx");
+        // Its own process group: stopping it reaches the workers too, even if the master died.
         let child = Command::new(bin)
+            .process_group(0)
             .args(["-p", &d.to_string(), "-c", &file.display().to_string()])
             .args([
                 "-g",
@@ -64,10 +67,43 @@ impl Nginx {
     }
 }
 
+impl Nginx {
+    /// The worker processes of this nginx (children of its master).
+    fn workers(&self) -> Vec<u32> {
+        let master = self.child.id();
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        procs
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                // /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces, so split after ')'.
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                    stat.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                        == Some(master)
+                })
+            })
+            .collect()
+    }
+}
+
 impl Drop for Nginx {
+    /// nginx's own graceful stop (SIGQUIT: the master ends its workers, then itself); the
+    /// whole process group is killed if that takes longer than 10 s. SIGKILL on the master
+    /// alone would orphan the workers.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-QUIT", &pid]).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = Command::new("kill").args(["-KILL", &format!("-{pid}")]).status();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -128,4 +164,21 @@ async fn websocket_and_sse_stream_through_nginx() {
     let (messages, headers, _) = reader.await.expect("SSE reader");
     assert_eq!(offsets(&messages), (200..205).collect::<Vec<i64>>());
     assert_eq!(headers["content-type"], "text/event-stream");
+
+    // Stopping nginx stops its workers too: CI runs again on the same machine (issue 16.10).
+    let workers = nginx.workers();
+    assert!(!workers.is_empty(), "nginx has worker processes");
+    drop(nginx);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let alive = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+    };
+    while workers.iter().any(alive) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nginx workers {workers:?} outlived the test"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

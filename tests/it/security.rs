@@ -700,3 +700,99 @@ async fn sse_and_poll_use_the_same_token_checks() {
         (401, Some("token_missing"))
     );
 }
+
+/// Issue 17.1: an `exp` far in the future is arithmetic on a client-supplied number:
+/// 10^19 once panicked the connection, and 2^64-1 wrapped into an immediate 4001.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn far_future_expiry_neither_panics_nor_closes() {
+    let t = topic("farexp");
+    let config = auth_toml("").replace("leeway_secs = 0", "leeway_secs = 30");
+    let gw = Gateway::start(&[(&t, 1)], &config);
+    for exp in [json!(10_000_000_000_000_000_000u64), json!(u64::MAX)] {
+        let token = hs256(&claims("far", json!({ "exp": exp })));
+        let mut c = Client::connect_with_token(&gw.ws_url(), Some(&token))
+            .await
+            .unwrap_or_else(|e| panic!("exp {exp}: {e}"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.send_text(json!({"type": "ping", "id": 1}).to_string())
+            .await
+            .expect("send");
+        let f = next_frame(&mut c).await;
+        assert_eq!(f["type"], "pong", "exp {exp}: {f}");
+    }
+}
+
+/// Issue 17.3, 17.6, 17.7 and 17.10: publish checks the token, the permission and the
+/// Content-Length before it reads a body; the documented 1 MiB is reachable; deep JSON
+/// is refused; and a stranger cannot tell which topics are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_refuses_before_reading_and_accepts_up_to_its_limit() {
+    use std::io::{Read, Write};
+    let t = topic("publish-limits");
+    let gw = Gateway::start(&[(&t, 1)], &auth_toml(""));
+    let writer = hs256(&claims("svc", json!({"publish": [t.clone()]})));
+    let url = |t: &str| format!("http://127.0.0.1:{}/v1/publish/{t}", gw.port);
+
+    // Headers announcing 1 MB and no token: 401 at once, though no body byte was sent.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "POST /v1/publish/{t} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head)
+        .expect("an answer before the body was sent");
+    assert_eq!(&head, b"HTTP/1.1 401", "{}", String::from_utf8_lossy(&head));
+
+    // Just under 1 MiB of JSON: produced (it was 503 "MessageSizeTooLarge").
+    let big = format!("\"{}\"", "x".repeat(1024 * 1024 - 100));
+    let (status, answer) = request("POST", &url(&t), Some(&writer), Some(("application/json", big.as_bytes())));
+    assert_eq!(status, 200, "{answer}");
+
+    // 100,000 levels of nesting: refused.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (status, answer) = request("POST", &url(&t), Some(&writer), Some(("application/json", deep.as_bytes())));
+    assert_eq!((status, answer["code"].as_str()), (400, Some("invalid_json")), "{answer}");
+    assert!(answer["message"].as_str().unwrap_or("").contains("max_json_depth"), "{answer}");
+
+    // No permission: 403 whether or not the topic is served.
+    let (status, answer) = request("POST", &url("no-such-topic"), Some(&writer), Some(("application/json", b"{}")));
+    assert_eq!((status, answer["code"].as_str()), (403, Some("forbidden")), "{answer}");
+}
+
+/// Issue 17.5: with auth on, sessions are listed as `subject/id`; each listed id can be
+/// shown and deleted, spelled with `/` or `%2F`, and `kgate sessions` reaches it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_sessions_can_be_shown_and_deleted_by_operators() {
+    let t = topic("scoped");
+    let gw = Gateway::start(&[(&t, 1)], &auth_toml(""));
+    let alice = hs256(&claims("alice", json!({"channels": ["*"]})));
+    let admin = hs256(&claims("ops", json!({"admin": true})));
+    let mut c = Client::connect_with_token(&gw.ws_url(), Some(&alice))
+        .await
+        .expect("alice connects");
+    c.attach("phone").await.expect("attach");
+    let base = format!("http://127.0.0.1:{}/v1/admin/sessions", gw.port);
+    let (status, list) = request("GET", &base, Some(&admin), None);
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["sessions"][0]["id"], "alice/phone", "{list}");
+    for spelling in ["alice/phone", "alice%2Fphone"] {
+        let (status, shown) = request("GET", &format!("{base}/{spelling}"), Some(&admin), None);
+        assert_eq!((status, shown["id"].as_str()), (200, Some("alice/phone")), "{spelling}: {shown}");
+    }
+    let out = std::process::Command::new(kgate_bin())
+        .args(["sessions", "show", "alice/phone", "--url"])
+        .arg(format!("http://127.0.0.1:{}", gw.port))
+        .args(["--token", &admin])
+        .output()
+        .expect("kgate sessions");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (status, deleted) = request("DELETE", &format!("{base}/alice%2Fphone"), Some(&admin), None);
+    assert_eq!((status, deleted["deleted"].as_str()), (200, Some("alice/phone")), "{deleted}");
+    match c.next_within(Duration::from_secs(10)).await {
+        Ok(Incoming::Closed(Some((code, _)))) => assert_eq!(code, 4010),
+        other => panic!("expected close 4010, got {other:?}"),
+    }
+}

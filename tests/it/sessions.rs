@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kgate::client::Client;
+use kgate::client::{Client, Incoming};
 use kgate::kafka::producer::Producer;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -354,7 +354,7 @@ async fn d_thousand_durable_clients_resume_at_once_after_restart() {
         tokio::spawn(async move {
             let mut ledger = Ledger::default();
             ledger.connections.push(BTreeMap::new());
-            assert!(pump(&mut c, &t, &mut ledger, 1, &|l| l.complete(&first)).await);
+            assert!(pump(&mut c, &t, &mut ledger, 50, &|l| l.complete(&first)).await);
             tokio::time::sleep(Duration::from_millis(100)).await; // let the acks commit
             ledger
         })
@@ -539,4 +539,44 @@ async fn sessions_are_listed_shown_deleted_and_expire() {
     assert!(ok && out.contains("deleted"), "{out}");
     let (ok, out) = cli(&["list", "--data-dir", &data]);
     assert!(ok && !out.contains("keeper"), "{out}");
+}
+
+/// Issue 16.4: deleting an attached session closes its connection with 4010, and the
+/// connection's last writes as it ends do not bring the session back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_session_stays_deleted() {
+    let t = topic("delsession");
+    let gw = Gateway::start(&[(&t, 1)], "");
+    let url = gw.ws_url();
+    let (mut c, _) = durable(&url, "doomed", &t, true).await.unwrap();
+    let port = gw.port;
+    let deleted = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let status = |r: Result<http::Response<ureq::Body>, ureq::Error>| {
+            r.map(|r| r.status().as_u16()).unwrap_or(0)
+        };
+        let session = format!("http://127.0.0.1:{port}/v1/admin/sessions/doomed");
+        let delete = status(agent.delete(&session).call());
+        // Give the closing connection time for whatever it writes as it ends.
+        std::thread::sleep(Duration::from_millis(500));
+        (delete, status(agent.get(&session).call()))
+    })
+    .await
+    .unwrap();
+    loop {
+        match c.next_within(WAIT).await.expect("close") {
+            Incoming::Closed(close) => {
+                assert_eq!(close.map(|c| c.0), Some(4010));
+                break;
+            }
+            Incoming::Frame(_) => {}
+        }
+    }
+    assert_eq!(deleted, (200, 404), "deleted, then gone");
+    let (_, attached) = durable(&url, "doomed", &t, false).await.unwrap();
+    assert_eq!(attached["resumed"], false, "{attached}");
+    assert_eq!(attached["subscriptions"], json!([]), "{attached}");
 }

@@ -146,6 +146,25 @@ async fn start_from_earliest_offset_and_timestamp() {
     let mut c = subscribed_client(&gw.ws_url(), &t, json!({"timestamp": middle})).await;
     let events = read_events(&mut c, 15, WAIT).await;
     assert_eq!(by_partition(&events)[&0], (10..25).collect::<Vec<_>>());
+
+    // A timestamp after every record starts at the live end, whatever the broker answers
+    // for it (tansu answers offset 0; issue 16.2): no replay, then live records.
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 1_000;
+    let mut c = subscribed_client(&gw.ws_url(), &t, json!({"timestamp": after})).await;
+    let (_, before_live) = c.until("live", WAIT).await.expect("live marker");
+    let early = c.next_within(Duration::from_millis(500)).await;
+    assert!(
+        before_live.iter().all(|f| f["type"] != "event")
+            && !matches!(early, Ok(Incoming::Frame(ref f)) if f["type"] == "event"),
+        "nothing replayed: {before_live:?} {early:?}"
+    );
+    produce(&t, 3, 1).await;
+    let events = read_events(&mut c, 3, WAIT).await;
+    assert_eq!(by_partition(&events)[&0], (25..28).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityE
 use super::Socket;
 use crate::codec::EncodedRecord;
 use crate::transport::link::{Gone, Inbound, Link, Outbound};
-use crate::transport::protocol::CloseCode;
+use crate::transport::protocol::{BINARY_SUBPROTOCOL, CloseCode, SUBPROTOCOL};
 
 /// An upgraded WebSocket.
 pub(super) struct WsLink {
@@ -57,6 +57,13 @@ impl Link for WsLink {
         self.socket.flush().await.map_err(|_| Gone)
     }
 
+    fn protocol(&self) -> &'static str {
+        match self.binary {
+            true => BINARY_SUBPROTOCOL,
+            false => SUBPROTOCOL,
+        }
+    }
+
     fn event_bytes(&self, record: &EncodedRecord) -> usize {
         match (&record.binary, self.binary) {
             (Some(envelope), true) => envelope.len(),
@@ -64,11 +71,21 @@ impl Link for WsLink {
         }
     }
 
+    /// Sends the close frame, then reads and discards until the peer's close: a socket
+    /// closed with unread input is reset, and a reset destroys what the peer has not read
+    /// yet (the close frame among it). The caller bounds how long this may take.
     async fn close(&mut self, code: CloseCode) {
         let frame = CloseFrame {
             code: WsCloseCode::from(code.code()),
             reason: code.reason().into(),
         };
-        let _ = self.socket.close(Some(frame)).await;
+        if self.socket.close(Some(frame)).await.is_err() {
+            return;
+        }
+        while let Some(Ok(message)) = self.socket.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
     }
 }
