@@ -28,7 +28,7 @@ use crate::transport::protocol::{self, CloseCode, Command, ErrorCode, From};
 use tracing::Instrument;
 
 /// How long a closing connection waits for the peer to read its close frame and answer.
-const CLOSE_LINGER: Duration = Duration::from_secs(3);
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
 /// Where the starts of a subscription come from.
 enum Resolved {
