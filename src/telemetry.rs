@@ -76,6 +76,11 @@ pub fn connection_opened(transport: &'static str) {
     gauge!("kgate_connections_active", "transport" => transport).increment(1.0);
 }
 
+/// Fetch requests ingest has sent to Kafka so far (from librdkafka's statistics).
+pub fn ingest_fetch_requests(total: u64) {
+    counter!("kgate_ingest_fetch_requests_total").absolute(total);
+}
+
 /// A connection ended: why, and how long it lived.
 pub fn connection_closed(transport: &'static str, reason: &'static str, lifetime: Duration) {
     counter!("kgate_connections_closed_total", "transport" => transport, "reason" => reason)

@@ -24,6 +24,18 @@ pub enum IngestError {
     Spawn(#[from] std::io::Error),
 }
 
+/// How ingest fetches while no client subscribes to anything. Only for the embedded
+/// broker: it holds every fetch for the full wait and each one costs it sqlite queries,
+/// so an idle gateway fetching continuously keeps a core busy. Real Kafka answers a fetch
+/// when data arrives and costs nothing while waiting.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleFetch {
+    /// Fetch once this often while idle (lag and the ring stay this fresh)...
+    pub every: Duration,
+    /// ...staying unpaused this long each time (a few fetch waits).
+    pub window: Duration,
+}
+
 /// The running ingest thread; stopped and joined on drop.
 pub struct Ingest {
     stop: Arc<AtomicBool>,
@@ -32,8 +44,19 @@ pub struct Ingest {
 
 impl Ingest {
     /// Assigns every partition of the router's topics at its live position and starts consuming.
-    pub fn start(config: &Config, router: Arc<Router>) -> Result<Ingest, IngestError> {
-        let consumer: BaseConsumer<IngestContext> = super::consumer_config(config, "ingest")
+    /// With `idle`, partitions are paused while the router has no subscription.
+    pub fn start(
+        config: &Config,
+        router: Arc<Router>,
+        idle: Option<IdleFetch>,
+    ) -> Result<Ingest, IngestError> {
+        let mut settings = super::consumer_config(config, "ingest");
+        if idle.is_some() {
+            // librdkafka waits this long after a resume before it fetches (default 500 ms):
+            // longer than an idle fetch window, which would then never fetch.
+            settings.set("fetch.error.backoff.ms", "20");
+        }
+        let consumer: BaseConsumer<IngestContext> = settings
             // Large fetches keep up with fan-out; the queue is bounded by librdkafka.
             .set("queued.max.messages.kbytes", "65536")
             // Statistics carry each partition's high watermark (for lag) at no extra request.
@@ -41,21 +64,14 @@ impl Ingest {
             .create_with_context(IngestContext {
                 router: router.clone(),
             })?;
-        let mut tpl = TopicPartitionList::new();
-        for route in router.topics() {
-            for p in 0..route.partitions() {
-                let offset = route.live_offset(p).unwrap_or(0);
-                tpl.add_partition_offset(route.name(), p, Offset::Offset(offset))?;
-            }
-        }
-        consumer.assign(&tpl)?;
+        assign_live(&consumer, &router)?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("kgate-ingest".into())
             .spawn({
                 let stop = stop.clone();
                 let max_bytes = config.limits.max_outbound_record_bytes;
-                move || run(consumer, router, stop, max_bytes)
+                move || run(consumer, router, stop, max_bytes, idle)
             })?;
         Ok(Ingest {
             stop,
@@ -86,6 +102,12 @@ impl ClientContext for IngestContext {
             .values()
             .any(|b| b.state == "UP" && b.nodeid >= 0);
         self.router.set_kafka_reachable(up);
+        let fetches: i64 = statistics
+            .brokers
+            .values()
+            .filter_map(|b| b.req.get("Fetch"))
+            .sum();
+        crate::telemetry::ingest_fetch_requests(fetches.max(0) as u64);
         for (name, topic) in &statistics.topics {
             let Some(route) = self.router.topic(name) else {
                 continue;
@@ -101,16 +123,84 @@ impl ClientContext for IngestContext {
 
 impl ConsumerContext for IngestContext {}
 
+/// Assigns every partition of the router's topics at the next offset it will dispatch.
+fn assign_live<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    router: &Router,
+) -> Result<(), KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for route in router.topics() {
+        for p in 0..route.partitions() {
+            let offset = route.live_offset(p).unwrap_or(0);
+            tpl.add_partition_offset(route.name(), p, Offset::Offset(offset))?;
+        }
+    }
+    consumer.assign(&tpl)
+}
+
+/// Pauses and resumes fetching for [`IdleFetch`].
+struct Pacer {
+    idle: IdleFetch,
+    /// While paused: when the next fetch window opens. While fetching: `None`.
+    paused_until: Option<Instant>,
+    /// When the current fetch window opened.
+    resumed_at: Instant,
+}
+
+impl Pacer {
+    /// Pauses or resumes every assigned partition as the router's subscriptions require;
+    /// returns how long the next poll may wait.
+    fn pace(&mut self, consumer: &BaseConsumer<IngestContext>, router: &Router) -> Duration {
+        let now = Instant::now();
+        let idle = router.topics().all(|t| t.subscription_count() == 0);
+        match self.paused_until {
+            Some(until) if !idle || now >= until => {
+                // Assigned afresh at the next offsets to dispatch: nothing skipped, nothing
+                // repeated. (librdkafka's pause/resume fetched again only after seconds.)
+                if let Err(e) = assign_live(consumer, router) {
+                    tracing::warn!(error = %e, "ingest: cannot resume fetching");
+                    return POLL;
+                }
+                self.paused_until = None;
+                self.resumed_at = now;
+            }
+            Some(until) => return (until - now).min(POLL),
+            None if idle && now.duration_since(self.resumed_at) >= self.idle.window => {
+                if let Err(e) = consumer.unassign() {
+                    tracing::warn!(error = %e, "ingest: cannot pause fetching");
+                    return POLL;
+                }
+                self.paused_until = Some(now + self.idle.every);
+            }
+            None => {}
+        }
+        POLL
+    }
+}
+
+/// The longest single poll: how often `stop` and the pacer are looked at.
+const POLL: Duration = Duration::from_millis(100);
+
 fn run(
     consumer: BaseConsumer<IngestContext>,
     router: Arc<Router>,
     stop: Arc<AtomicBool>,
     max_bytes: usize,
+    idle: Option<IdleFetch>,
 ) {
     router.set_ready(true);
     let mut last_error_log: Option<Instant> = None;
+    let mut pacer = idle.map(|idle| Pacer {
+        idle,
+        paused_until: None,
+        resumed_at: Instant::now(),
+    });
     while !stop.load(Ordering::Acquire) {
-        match consumer.poll(Duration::from_millis(100)) {
+        let wait = match &mut pacer {
+            Some(pacer) => pacer.pace(&consumer, &router),
+            None => POLL,
+        };
+        match consumer.poll(wait) {
             None => {}
             Some(Ok(message)) => {
                 let Some(route) = router.topic(rdkafka::Message::topic(&message)) else {

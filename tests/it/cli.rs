@@ -33,6 +33,36 @@ fn serve_with_embedded_broker_and_demo_data_is_tailed() {
         assert!(Instant::now() < deadline, "not ready:\n{}", gw.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Nobody subscribes yet: ingest fetches from the embedded broker in short windows once
+    // a second, not continuously (each fetch costs the broker sqlite queries; issue 16.7).
+    let fetches = || {
+        let (_, body) = http_get(port, "/metrics").expect("metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix("kgate_ingest_fetch_requests_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .expect("kgate_ingest_fetch_requests_total in /metrics")
+    };
+    // ...and ingest still keeps up with what the demo produces.
+    let ingested = || {
+        let (_, body) = http_get(port, "/v1/topics").expect("topics");
+        let topics: Value = serde_json::from_str(&body).expect("topics JSON");
+        topics["topics"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|t| t["live_offsets"].as_array().cloned().unwrap_or_default())
+            .filter_map(|o| o.as_i64())
+            .sum::<i64>()
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let (before, offsets_before) = (fetches(), ingested());
+    std::thread::sleep(Duration::from_secs(4));
+    let idle = fetches() - before;
+    assert!(
+        idle < 40.0,
+        "{idle} fetch requests in 4 s while idle (continuous fetching makes about 160)"
+    );
+    assert!(ingested() > offsets_before, "ingest stalled while idle");
     let out = Command::new(kgate_bin())
         .args([
             "tail",
