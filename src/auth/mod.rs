@@ -224,6 +224,11 @@ impl Authenticator {
                     let (Some(subject), Some(exp)) = (c.sub, c.exp) else {
                         return Err(AuthError::MissingClaim("sub and exp".into()));
                     };
+                    // An empty subject would turn off session scoping: `phone` instead of
+                    // `alice/phone`, shared with every other empty-subject token.
+                    if subject.is_empty() {
+                        return Err(AuthError::MissingClaim("a non-empty sub".into()));
+                    }
                     return Ok(Identity {
                         subject,
                         permissions: Permissions {

@@ -87,6 +87,11 @@ const META: u8 = b'm';
 const POSITION: u8 = b'p';
 /// Resume-cursor checkpoints of the HTTP transports: created time, then encoded positions.
 const CHECKPOINT: u8 = b'c';
+/// Each owner's checkpoints, oldest first: owner, created time, checkpoint id (no value).
+const CHECKPOINT_OWNER: u8 = b'o';
+/// Checkpoints one owner (a token subject, or a client address) may hold: a client needs
+/// only its latest few cursors, and unbounded polls must not grow the store.
+pub const CHECKPOINTS_PER_OWNER: usize = 16;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -109,6 +114,12 @@ fn meta_key(session: &str) -> Vec<u8> {
 fn checkpoint_key(id: &str) -> Vec<u8> {
     let mut k = vec![CHECKPOINT];
     push_str(&mut k, id);
+    k
+}
+
+fn owner_prefix(owner: &str) -> Vec<u8> {
+    let mut k = vec![CHECKPOINT_OWNER];
+    push_str(&mut k, owner);
     k
 }
 
@@ -447,12 +458,37 @@ impl SessionStore {
         Ok(())
     }
 
-    /// Stores a resume-cursor checkpoint (positions encoded by `codec::cursor`).
-    pub fn put_checkpoint(&self, id: &str, positions: &[u8]) -> Result<(), StoreError> {
-        let mut value = now_ms().to_be_bytes().to_vec();
+    /// Stores a resume-cursor checkpoint (positions encoded by `codec::cursor`) for
+    /// `owner`, deleting the owner's oldest beyond [`CHECKPOINTS_PER_OWNER`].
+    pub fn put_checkpoint(&self, owner: &str, id: &str, positions: &[u8]) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut value = now.to_be_bytes().to_vec();
         value.extend_from_slice(positions);
         let mut batch = WriteBatch::default();
         batch.put(checkpoint_key(id), value);
+        let prefix = owner_prefix(owner);
+        let mut index = prefix.clone();
+        index.extend_from_slice(&now.to_be_bytes());
+        index.extend_from_slice(id.as_bytes());
+        batch.put(&index, []);
+        let mut held = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&prefix, Direction::Forward))
+        {
+            let (key, _) = item.map_err(|source| StoreError::Db { op: "scan", source })?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            held.push(key);
+        }
+        let excess = (held.len() + 1).saturating_sub(CHECKPOINTS_PER_OWNER);
+        for key in held.iter().take(excess) {
+            if let Some(old) = key.get(prefix.len() + 8..) {
+                batch.delete(checkpoint_key(&String::from_utf8_lossy(old)));
+            }
+            batch.delete(key);
+        }
         self.write(batch, "write")
     }
 
@@ -465,11 +501,31 @@ impl SessionStore {
         Ok(value.map(|v| v.get(8..).unwrap_or_default().to_vec()))
     }
 
-    /// Deletes checkpoints older than `ttl`; returns how many.
+    /// Deletes checkpoints older than `ttl` (and their owner index); returns how many.
     pub fn expire_checkpoints(&self, ttl: Duration) -> Result<usize, StoreError> {
         let cutoff = now_ms() - ttl.as_millis() as i64;
         let mut batch = WriteBatch::default();
         let mut n = 0;
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&[CHECKPOINT_OWNER], Direction::Forward))
+        {
+            let (key, _) = item.map_err(|source| StoreError::Db { op: "scan", source })?;
+            if key.first() != Some(&CHECKPOINT_OWNER) {
+                break;
+            }
+            let owner_len = key
+                .get(1..5)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map_or(0, u32::from_be_bytes) as usize;
+            let created = key
+                .get(5 + owner_len..13 + owner_len)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, i64::from_be_bytes);
+            if created < cutoff {
+                batch.delete(&key);
+            }
+        }
         for item in self
             .db
             .iterator(IteratorMode::From(&[CHECKPOINT], Direction::Forward))
@@ -631,6 +687,33 @@ mod tests {
             }]
         );
         assert_eq!(store.list().unwrap().len(), 1);
+    }
+
+    /// Issue 17.9: a client that polls without end keeps at most 16 checkpoints.
+    #[test]
+    fn checkpoints_are_bounded_per_owner_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SessionStore::open(dir.path(), false).unwrap();
+        for i in 0..40 {
+            store.put_checkpoint("mallory", &format!("m{i:02}"), &[1, 2, 3]).unwrap();
+        }
+        store.put_checkpoint("alice", "a0", &[4]).unwrap();
+        let held = (0..40)
+            .filter(|i| store.checkpoint(&format!("m{i:02}")).unwrap().is_some())
+            .count();
+        assert_eq!(held, CHECKPOINTS_PER_OWNER);
+        assert!(store.checkpoint("m39").unwrap().is_some(), "the newest stay");
+        assert!(store.checkpoint("m00").unwrap().is_none(), "the oldest go");
+        assert_eq!(store.checkpoint("a0").unwrap(), Some(vec![4]), "others keep theirs");
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(store.expire_checkpoints(Duration::from_millis(10)).unwrap(), 17);
+        let index = store
+            .db
+            .iterator(IteratorMode::From(&[CHECKPOINT_OWNER], Direction::Forward))
+            .filter_map(Result::ok)
+            .take_while(|(k, _)| k.first() == Some(&CHECKPOINT_OWNER))
+            .count();
+        assert_eq!(index, 0, "expiry removes the owner index too");
     }
 
     #[test]

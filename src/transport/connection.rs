@@ -73,6 +73,58 @@ async fn wait_for_snapshot(route: &TopicRoute) -> Result<(), (ErrorCode, String)
     Ok(())
 }
 
+/// Refuses an offset past its partition's end: the subscription would wait, silent, for
+/// records that may never come. Ingest may lag Kafka (or the node the client came from),
+/// so Kafka's own end is asked before refusing.
+async fn offsets_within_end(
+    gateway: &Gateway,
+    route: &TopicRoute,
+    offsets: &std::collections::BTreeMap<i32, i64>,
+) -> Result<(), (ErrorCode, String)> {
+    for (&partition, &offset) in offsets {
+        if partition >= route.partitions() {
+            continue; // refused with its own message by the caller
+        }
+        let known = route
+            .live_offset(partition)
+            .into_iter()
+            .chain(route.high_watermark(partition))
+            .max()
+            .unwrap_or(0);
+        if offset <= known {
+            continue;
+        }
+        let (_, end) = gateway
+            .cluster
+            .watermarks(route.name(), partition)
+            .await
+            .map_err(|e| (ErrorCode::KafkaUnavailable, e.to_string()))?;
+        if offset > end {
+            return Err((
+                ErrorCode::InvalidPosition,
+                format!(
+                    "offset {offset} of {:?} partition {partition} is past its end: the next record there will be offset {end}",
+                    &**route.name()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// When a token that expires at `exp` (Unix seconds) runs out, `leeway` seconds later,
+/// as an instant (`now` being `now_secs`); `None` when that is too far ahead to represent.
+/// Both numbers come from a client's token: no arithmetic here may overflow.
+fn expiry_deadline(
+    now: tokio::time::Instant,
+    now_secs: u64,
+    exp: u64,
+    leeway: u64,
+) -> Option<tokio::time::Instant> {
+    let left = exp.saturating_add(leeway).saturating_sub(now_secs);
+    now.checked_add(Duration::from_secs(left))
+}
+
 /// The next replayed record, or never while no replay has started.
 async fn next_replay(rx: Option<&mut mpsc::Receiver<Addressed>>) -> Option<Addressed> {
     match rx {
@@ -379,7 +431,11 @@ impl Connection {
             opened.reason = Some(reason);
         }
         if let End::Close(code) = end {
-            let _ = tokio::time::timeout(CLOSE_LINGER, link.close(code)).await;
+            let linger = match code.peer_may_answer() {
+                true => CLOSE_LINGER,
+                false => Duration::from_millis(200),
+            };
+            let _ = tokio::time::timeout(linger, link.close(code)).await;
         }
         tracing::info!(
             conn,
@@ -456,12 +512,12 @@ impl Connection {
     /// When the token (plus the configured clock leeway) runs out; `None` without a token,
     /// or for an `exp` too far ahead to be a time this process will see.
     fn token_deadline(&self) -> Option<tokio::time::Instant> {
-        let exp = self
-            .identity
-            .expires_at?
-            .saturating_add(self.gateway.config.auth.leeway_secs);
-        let left = exp.saturating_sub(crate::auth::now_secs());
-        tokio::time::Instant::now().checked_add(Duration::from_secs(left))
+        expiry_deadline(
+            tokio::time::Instant::now(),
+            crate::auth::now_secs(),
+            self.identity.expires_at?,
+            self.gateway.config.auth.leeway_secs,
+        )
     }
 
     fn slow_consumer_close(&self) -> End {
@@ -888,6 +944,9 @@ impl Connection {
             wait_for_snapshot(route).await?;
         }
         let partitions = route.partitions();
+        if let From::Offsets(offsets) | From::OffsetsElseEarliest(offsets) = &from {
+            offsets_within_end(&gateway, route, offsets).await?;
+        }
         let starts: Vec<Start> = match from {
             From::Latest => vec![Start::Latest; partitions as usize],
             From::Earliest => vec![Start::Earliest; partitions as usize],
@@ -1069,5 +1128,36 @@ impl Connection {
         for name in names {
             self.remove_subscription(&name, forget);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000)
+        ))]
+
+        /// Token claims arithmetic (issue 17.1): any `exp` and leeway, never a panic, and a
+        /// deadline that is never before now.
+        #[test]
+        fn expiry_deadlines_never_overflow(exp in any::<u64>(), leeway in any::<u64>(), now_secs in any::<u64>()) {
+            let now = tokio::time::Instant::now();
+            if let Some(deadline) = expiry_deadline(now, now_secs, exp, leeway) {
+                prop_assert!(deadline >= now);
+            }
+        }
+    }
+
+    #[test]
+    fn far_expiries_have_no_deadline_and_past_ones_are_due_now() {
+        let now = tokio::time::Instant::now();
+        assert_eq!(expiry_deadline(now, 1_000, u64::MAX, 60), None);
+        assert_eq!(expiry_deadline(now, 1_000, 10_000_000_000_000_000_000, 60), None);
+        assert_eq!(expiry_deadline(now, 1_000, 900, 60), Some(now));
+        assert_eq!(expiry_deadline(now, 1_000, 1_000, 60), Some(now + Duration::from_secs(60)));
     }
 }

@@ -118,6 +118,12 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
+    /// False when the peer is presumed gone or not reading (no pong, a write that timed
+    /// out): waiting for its close reply would only hold the socket.
+    pub fn peer_may_answer(self) -> bool {
+        !matches!(self, CloseCode::HeartbeatTimeout | CloseCode::WriteTimeout)
+    }
+
     /// The numeric code.
     pub fn code(self) -> u16 {
         match self {
@@ -813,12 +819,63 @@ mod fuzz {
             })
     }
 
+    /// Cases per property: 3,000 in `cargo test`; `PROPTEST_CASES=1000000` runs longer.
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3000)
+    }
+
+    /// `max_rate` values where float arithmetic breaks: tiny, huge, subnormal, any.
+    fn rate() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            (-400i32..400).prop_map(|e| Value::from(10f64.powi(e))),
+            Just(Value::from(5e-324)),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            any::<u64>().prop_map(Value::from),
+        ]
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(3000))]
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
 
         #[test]
         fn arbitrary_text_never_panics(text in ".{0,300}") {
             let _ = parse_command(&text, 4096);
+        }
+
+        /// The whole subscribe path past the parser: a rate that is accepted drives a
+        /// throttle through offers and flushes at any time (1e-300 once panicked here).
+        #[test]
+        fn accepted_rates_make_throttles_that_never_panic(
+            rate in rate(),
+            offsets in proptest::collection::vec(0i64..i64::MAX, 1..8),
+            later in proptest::collection::vec(0u64..u64::MAX / 4, 1..8),
+        ) {
+            let text = json!({"type": "subscribe", "channel": "t", "max_rate": rate,
+                              "from": {"offsets": {"0": offsets[0]}}}).to_string();
+            if let Ok(Command::Subscribe { options, .. }) = parse_command(&text, 4096) {
+                let rate = options.max_rate.unwrap_or(1.0);
+                prop_assert!(crate::config::valid_rate(rate));
+                let mut throttle = super::super::throttle::Throttle::new(rate);
+                let start = std::time::Instant::now();
+                let mut out = Vec::new();
+                for (offset, ns) in offsets.iter().zip(later.iter().cycle()) {
+                    let record = crate::codec::EncodedRecord::new(
+                        crate::codec::RecordMeta { topic: "t".into(), partition: 0, offset: *offset },
+                        Some(bytes::Bytes::from_static(b"k")),
+                        "{}".into(),
+                    );
+                    let at = start
+                        .checked_add(std::time::Duration::from_nanos(*ns))
+                        .unwrap_or(start);
+                    throttle.offer(std::sync::Arc::new(record), at, &mut out);
+                    let _ = throttle.flush_due(at, &mut out);
+                }
+                prop_assert!(!out.is_empty());
+            }
         }
 
         #[test]

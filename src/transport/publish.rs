@@ -119,7 +119,19 @@ async fn publish(
     let Some(length) = length.filter(|l| *l <= limits.max_body_bytes as u64) else {
         return too_large();
     };
-    let body = match read_body(body, length as usize, limits.max_body_bytes).await {
+    let within = std::time::Duration::from_secs(gateway.config.server.body_read_timeout_secs);
+    let read = read_body(body, length as usize, limits.max_body_bytes);
+    let Ok(read) = tokio::time::timeout(within, read).await else {
+        return error_reply(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            &format!(
+                "the body did not arrive within server.body_read_timeout_secs = {}",
+                within.as_secs()
+            ),
+        );
+    };
+    let body = match read {
         Ok(body) => body,
         Err(BodyError::TooLarge) => return too_large(),
         Err(BodyError::Read(e)) => {

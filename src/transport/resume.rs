@@ -41,6 +41,8 @@ pub struct Resume {
     channels: Vec<(Arc<str>, Start)>,
     positions: BTreeMap<(u32, i32), i64>,
     store: Arc<SessionStore>,
+    /// Whose checkpoints these are (bounded per owner): a token subject or a client address.
+    owner: String,
     /// The last checkpoint written or resumed from, and the positions it holds.
     checkpoint: Option<(String, BTreeMap<(u32, i32), i64>)>,
 }
@@ -60,6 +62,7 @@ impl Resume {
                 .collect(),
             positions: BTreeMap::new(),
             store,
+            owner: String::new(),
             checkpoint: None,
         };
         let Some(text) = cursor else {
@@ -102,6 +105,12 @@ impl Resume {
             resume.positions.insert((p.channel, p.partition), p.next);
         }
         Ok(resume)
+    }
+
+    /// Stores this client's checkpoints under `owner` (a token subject or client address).
+    pub fn owned_by(mut self, owner: String) -> Resume {
+        self.owner = owner;
+        self
     }
 
     /// The subscribe commands that start every channel.
@@ -184,7 +193,10 @@ impl Resume {
             return Cursor::Inline(all).encode();
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
-        if let Err(e) = self.store.put_checkpoint(&id, &encode_positions(&all)) {
+        if let Err(e) = self
+            .store
+            .put_checkpoint(&self.owner, &id, &encode_positions(&all))
+        {
             // Correct but long: the inline form.
             tracing::warn!(error = %e, "cannot store a cursor checkpoint; sending positions inline");
             return Cursor::Inline(all).encode();

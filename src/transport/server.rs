@@ -25,6 +25,24 @@ use crate::config::TlsConfig;
 #[derive(Debug, Clone, Copy)]
 struct RemoteAddr(SocketAddr);
 
+/// Ends the HTTP connection a request came on (its socket and buffers), from a
+/// handler whose response can no longer finish: a stalled SSE reader, say.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionAbort(Arc<tokio::sync::Notify>);
+
+impl ConnectionAbort {
+    /// Closes the connection now, whatever it is writing.
+    pub fn abort(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// The abort handle of the request's HTTP connection (absent outside [`serve`]).
+pub fn connection_abort()
+-> impl Filter<Extract = (Option<ConnectionAbort>,), Error = Infallible> + Clone {
+    warp::ext::optional::<ConnectionAbort>()
+}
+
 /// The client address of the request being routed.
 pub fn remote_addr() -> impl Filter<Extract = (Option<SocketAddr>,), Error = Infallible> + Clone {
     warp::ext::optional::<RemoteAddr>().map(|r: Option<RemoteAddr>| r.map(|r| r.0))
@@ -176,9 +194,12 @@ pub async fn serve<F>(
         };
         let _ = stream.set_nodelay(true);
         let service = warp::service(routes.clone());
+        let abort = ConnectionAbort::default();
+        let aborted = abort.clone();
         let service =
             hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(RemoteAddr(addr));
+                request.extensions_mut().insert(abort.clone());
                 let mut service = service.clone();
                 service.call(request)
             });
@@ -190,13 +211,16 @@ pub async fn serve<F>(
             // Held until the connection ends or becomes a WebSocket (hyper hands it over).
             let _slot = slot;
             let result = match tls {
-                None => serve_connection(TokioIo::new(stream), service, stop, timeout).await,
+                None => {
+                    serve_connection(TokioIo::new(stream), service, stop, timeout, aborted).await
+                }
                 Some(acceptor) => {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                         .await
                     {
                         Ok(Ok(stream)) => {
-                            serve_connection(TokioIo::new(stream), service, stop, timeout).await
+                            serve_connection(TokioIo::new(stream), service, stop, timeout, aborted)
+                                .await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%addr, error = %e, "TLS handshake failed");
@@ -231,6 +255,7 @@ async fn serve_connection<I, S, B>(
     service: S,
     mut stop: tokio::sync::watch::Receiver<bool>,
     header_read_timeout: Duration,
+    abort: ConnectionAbort,
 ) -> Result<(), hyper::Error>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -249,6 +274,8 @@ where
     tokio::select! {
         result = conn.as_mut() => return result,
         _ = stop.wait_for(|stopped| *stopped) => {}
+        // Dropping the connection closes the socket and frees what it buffered.
+        _ = abort.0.notified() => return Ok(()),
     }
     conn.as_mut().graceful_shutdown();
     conn.await

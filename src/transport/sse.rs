@@ -6,12 +6,16 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
 
 use http::{HeaderMap, HeaderValue, StatusCode};
 use tokio::sync::mpsc;
 use warp::Filter;
 use warp::reply::Reply;
-use warp::sse::Event;
 
 use super::access::{admit, request_parts};
 use super::connection::Connection;
@@ -19,6 +23,7 @@ use super::link::{Gone, Inbound, Link, Outbound};
 use super::protocol::CloseCode;
 use super::reply::error_reply;
 use super::resume::Resume;
+use super::server::ConnectionAbort;
 use crate::auth::Identity;
 use crate::gateway::Gateway;
 use crate::limits::Ticket;
@@ -27,11 +32,32 @@ use crate::limits::Ticket;
 /// connection back (its outbox and slow-consumer policy then apply).
 const BUFFER_EVENTS: usize = 256;
 
+/// How long a closed stream may take to deliver its last frames before its HTTP
+/// connection is ended anyway (the client is not reading).
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
+
+/// One SSE message as the pieces of its wire form. An event's frame is the buffer every
+/// recipient shares, not a copy.
+type Message = [Bytes; 3];
+
 /// The SSE link: protocol frames out, no commands in (the channels come from the URL).
 struct SseLink {
-    tx: mpsc::Sender<Result<Event, Infallible>>,
+    tx: mpsc::Sender<Message>,
     commands: std::vec::IntoIter<String>,
     resume: Resume,
+    /// Ends the HTTP connection when the stream cannot finish (a stalled reader).
+    abort: Option<ConnectionAbort>,
+    /// Set by the body once it has sent everything, the close included.
+    finished: Arc<AtomicBool>,
+}
+
+/// `id:<cursor>`, `data:<frame>` and a blank line; no id line without a cursor.
+fn message(id: Option<String>, data: Bytes) -> Message {
+    let head = match id {
+        Some(id) => Bytes::from(format!("id:{id}\ndata:")),
+        None => Bytes::from_static(b"data:"),
+    };
+    [head, data, Bytes::from_static(b"\n\n")]
 }
 
 impl Link for SseLink {
@@ -50,37 +76,52 @@ impl Link for SseLink {
 
     async fn send(&mut self, batch: Vec<Outbound>) -> Result<(), Gone> {
         for item in batch {
-            let event = match item {
+            let message = match item {
                 Outbound::Control(text) => {
                     self.resume.on_control(&text);
-                    let event = Event::default();
                     // A subscribe reply carries the cursor too: a client that disconnects
                     // before its first event still resumes from its start positions.
-                    let event = match text.contains(r#""type":"subscribed""#) {
-                        true => event.id(self.resume.cursor()),
-                        false => event,
-                    };
-                    event.data(text)
+                    let id = text
+                        .contains(r#""type":"subscribed""#)
+                        .then(|| self.resume.cursor());
+                    message(id, Bytes::from(text))
                 }
                 Outbound::Event { channel, record } => {
                     self.resume.on_event(&channel, &record);
-                    Event::default()
-                        .id(self.resume.cursor())
-                        .data(record.frame.as_str())
+                    let frame = Bytes::from(record.frame.clone());
+                    message(Some(self.resume.cursor()), frame)
                 }
-                Outbound::Ping => Event::default().comment("ping"),
+                Outbound::Ping => [
+                    Bytes::from_static(b": ping\n\n"),
+                    Bytes::new(),
+                    Bytes::new(),
+                ],
             };
-            self.tx.send(Ok(event)).await.map_err(|_| Gone)?;
+            self.tx.send(message).await.map_err(|_| Gone)?;
         }
         Ok(())
     }
 
+    /// Queues the `close` frame. A client that has not read the stream to its end within
+    /// [`CLOSE_LINGER`] (or whose buffer is full already) loses its HTTP connection, so
+    /// its socket and buffered frames do not outlive the kgate connection.
     async fn close(&mut self, code: CloseCode) {
-        let frame = super::protocol::close_frame(code);
-        let _ = self
-            .tx
-            .send(Ok(Event::default().data(frame.to_string())))
-            .await;
+        let frame = super::protocol::close_frame(code).to_string();
+        let queued = self.tx.try_send(message(None, Bytes::from(frame))).is_ok();
+        let Some(abort) = self.abort.clone() else {
+            return;
+        };
+        if !queued {
+            abort.abort();
+            return;
+        }
+        let finished = self.finished.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(CLOSE_LINGER).await;
+            if !finished.load(Ordering::Acquire) {
+                abort.abort();
+            }
+        });
     }
 }
 
@@ -147,7 +188,11 @@ impl Request {
         remote: Option<SocketAddr>,
     ) -> Result<(Resume, Ticket, Identity), warp::reply::Response> {
         let (ticket, identity) = admit(gateway, headers, query, remote)?;
-        Ok((self.resume(gateway)?, ticket, identity))
+        let owner = match identity.subject.is_empty() {
+            true => remote.map(|r| r.ip().to_string()).unwrap_or_default(),
+            false => identity.subject.clone(),
+        };
+        Ok((self.resume(gateway)?.owned_by(owner), ticket, identity))
     }
 
     /// The resume state, or the 400 answer for a bad cursor.
@@ -171,9 +216,13 @@ pub fn route(
         .and(warp::get())
         .and(request_parts())
         .and(super::server::remote_addr())
+        .and(super::server::connection_abort())
         .map(
-            move |headers: HeaderMap, query: String, remote: Option<SocketAddr>| {
-                open(gateway.clone(), &headers, &query, remote)
+            move |headers: HeaderMap,
+                  query: String,
+                  remote: Option<SocketAddr>,
+                  abort: Option<ConnectionAbort>| {
+                open(gateway.clone(), &headers, &query, remote, abort)
             },
         )
 }
@@ -183,6 +232,7 @@ fn open(
     headers: &HeaderMap,
     query: &str,
     remote: Option<SocketAddr>,
+    abort: Option<ConnectionAbort>,
 ) -> warp::reply::Response {
     let mut request = match Request::parse(query, "last_event_id") {
         Ok(request) => request,
@@ -197,19 +247,22 @@ fn open(
         Err(response) => return response,
     };
     let (tx, rx) = mpsc::channel(BUFFER_EVENTS);
+    let finished = Arc::new(AtomicBool::new(false));
     let link = SseLink {
         tx,
         commands: resume.commands().into_iter(),
         resume,
+        abort,
+        finished: finished.clone(),
     };
     tokio::spawn(async move {
         Connection::new(gateway, remote, ticket, identity)
             .run(link)
             .await;
     });
-    let stream = tokio_stream_from(rx);
-    let mut response = warp::sse::reply(stream).into_response();
+    let mut response = warp::reply::stream(body(rx, finished)).into_response();
     let h = response.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("text/event-stream"));
     // Proxies must pass events through as they come.
     h.insert(
         "cache-control",
@@ -219,9 +272,20 @@ fn open(
     response
 }
 
-/// The receiving end of the link as a `Stream` for the HTTP body.
-fn tokio_stream_from(
-    rx: mpsc::Receiver<Result<Event, Infallible>>,
-) -> impl futures_util::Stream<Item = Result<Event, Infallible>> + Send + 'static {
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
+/// The receiving end of the link as the HTTP body, each message's pieces in order;
+/// `finished` is set once the link is gone and all it sent went to the body.
+fn body(
+    rx: mpsc::Receiver<Message>,
+    finished: Arc<AtomicBool>,
+) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send + Sync + 'static {
+    let messages =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let pieces = messages.flat_map(|m| {
+        futures_util::stream::iter(m.into_iter().filter(|b| !b.is_empty()).map(Ok))
+    });
+    let end = futures_util::stream::once(async move {
+        finished.store(true, Ordering::Release);
+        Ok(Bytes::new())
+    });
+    pieces.chain(end)
 }

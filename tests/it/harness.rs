@@ -181,8 +181,13 @@ impl Gateway {
     pub fn start_on(bootstrap: &str, topics: &[(&str, i32)], extra: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
+        // `extra` may open with a `[server]` table: its keys join the harness's own.
+        let (server, extra) = match extra.strip_prefix("[server]\n") {
+            Some(rest) => rest.split_at(rest.find("\n[").map_or(rest.len(), |i| i + 1)),
+            None => ("", extra),
+        };
         let mut toml = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nshutdown_timeout_secs = 5\n\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\nfetch_wait_max_ms = 5\ncreate_missing_topics = true\nretry_initial_ms = 100\nretry_max_ms = 1000\n\n",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nshutdown_timeout_secs = 5\n{server}\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\nfetch_wait_max_ms = 5\ncreate_missing_topics = true\nretry_initial_ms = 100\nretry_max_ms = 1000\n\n",
             dir.path().join("data").display(),
         );
         for (name, partitions) in topics {

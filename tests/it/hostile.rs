@@ -106,3 +106,166 @@ async fn an_ack_flood_is_rate_limited_like_any_command() {
     assert!(no_session <= 7, "only the burst was executed: {no_session}");
     assert!(limited >= 10, "{limited}");
 }
+
+/// 17.10: a subscription from an offset past the partition's end was accepted and then
+/// silent; it is refused with `invalid_position` naming the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_past_the_end_are_refused() {
+    let t = topic("hostile-past-end");
+    let gw = Gateway::start(&[(&t, 1)], "");
+    producer()
+        .send(&t, Some(b"k"), Some(b"{}"), None)
+        .await
+        .expect("produce");
+    let mut c = Client::connect(&gw.ws_url()).await.expect("connect");
+    c.send_text(json!({"type": "subscribe", "id": 1, "channel": t, "from": {"offsets": {"0": 1_000_000}}}).to_string())
+        .await
+        .expect("send");
+    let f = next_frame(&mut c).await;
+    assert_eq!(f["code"], "invalid_position", "{f}");
+    let message = f["message"].as_str().unwrap_or("");
+    assert!(message.contains("offset 1000000") && message.contains("will be offset 1"), "{f}");
+    // At the end exactly is fine: the next record.
+    c.send_text(json!({"type": "subscribe", "id": 2, "channel": t, "from": {"offsets": {"0": 1}}}).to_string())
+        .await
+        .expect("send");
+    let (subscribed, _) = c.until("subscribed", WAIT).await.expect("subscribed");
+    assert_eq!(subscribed["id"], 2);
+}
+
+/// 17.4: an SSE reader that stops reading is closed at the write timeout, and its socket
+/// and buffered frames go with it (they once stayed until the client went away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_sse_readers_lose_their_sockets() {
+    use tokio::io::AsyncWriteExt;
+    let t = topic("hostile-sse");
+    let gw = Gateway::start(&[(&t, 1)], "[websocket]\nwrite_timeout_secs = 1\n");
+    let mut stalled = Vec::new();
+    for _ in 0..5 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        // A small receive buffer, never read: the gateway's writes block soon.
+        socket.set_recv_buffer_size(4096).expect("rcvbuf");
+        let mut s = socket
+            .connect(([127, 0, 0, 1], gw.port).into())
+            .await
+            .expect("connect");
+        let request = format!(
+            "GET /v1/sse?channel={t} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+        );
+        s.write_all(request.as_bytes()).await.expect("request");
+        stalled.push(s);
+    }
+    let ports: Vec<u16> = stalled
+        .iter()
+        .map(|s| s.local_addr().expect("addr").port())
+        .collect();
+    assert!(ports.iter().all(|p| established(gw.port, *p)), "the streams are open");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    produce_sized(&t, 3000, 2000).await;
+    // The gateway's side of each stalled socket leaves ESTABLISHED once it is closed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let open: Vec<u16> = ports
+            .iter()
+            .copied()
+            .filter(|p| established(gw.port, *p))
+            .collect();
+        if open.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway still holds the stalled SSE sockets of client ports {open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(stalled);
+}
+
+/// True while the socket from `server` to client port `client` (loopback, IPv4) is
+/// ESTABLISHED on the server's side, per /proc/net/tcp.
+fn established(server: u16, client: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let port = |addr: &str| {
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    table.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.len() > 3 && port(f[1]) == Some(server) && port(f[2]) == Some(client) && f[3] == "01"
+    })
+}
+
+/// Produces `n` records of `size` bytes to `topic`.
+async fn produce_sized(topic: &str, n: usize, size: usize) {
+    let producer = producer();
+    let body = format!("\"{}\"", "x".repeat(size));
+    for i in 0..n {
+        let key = format!("k{}", i % 7);
+        producer
+            .send(topic, Some(key.as_bytes()), Some(body.as_bytes()), None)
+            .await
+            .expect("produce");
+    }
+}
+
+/// True when the server has closed `s` (a read gives end of file or an error) within `limit`.
+async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// 17.2: slowloris headers and silent sockets are closed after the header-read timeout,
+/// and connections not yet upgraded are counted against a limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_silent_http_connections_are_closed_and_limited() {
+    use tokio::io::AsyncWriteExt;
+    let t = topic("hostile-slowloris");
+    let gw = Gateway::start(
+        &[(&t, 1)],
+        "[server]\nheader_read_timeout_secs = 1\nmax_http_connections = 20\n",
+    );
+    let addr = format!("127.0.0.1:{}", gw.port);
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ").await.expect("write");
+    let dripping = tokio::spawn(async move {
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if slow.write_all(b"a").await.is_err() {
+                break;
+            }
+        }
+        closed_within(&mut slow, Duration::from_secs(1)).await
+    });
+    assert!(closed_within(&mut silent, Duration::from_secs(5)).await, "silent socket still open");
+    assert!(dripping.await.expect("slowloris"), "slowloris connection still open");
+    // 20 silent connections fill the HTTP slots: the next socket is closed at once...
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(tokio::net::TcpStream::connect(&addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut refused = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    assert!(closed_within(&mut refused, Duration::from_millis(500)).await, "over the limit");
+    // ...until the header-read timeout frees the slots.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get(gw.port, "/healthz").is_none_or(|(status, _)| status != 200) {
+        assert!(Instant::now() < deadline, "healthz never answered again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, stats) = http_get(gw.port, "/v1/stats").expect("stats");
+    let stats: Value = serde_json::from_str(&stats).expect("stats JSON");
+    assert!(stats["refused"]["http_connections"].as_u64() >= Some(1), "{stats}");
+    assert!(stats["refused"]["header_timeouts"].as_u64() >= Some(2), "{stats}");
+    drop(held);
+}

@@ -192,6 +192,14 @@ async fn every_bad_token_is_refused_with_401_and_its_reason() {
             "token_missing_claim",
         ),
         (
+            // Issue 17.10: an empty subject would turn off session scoping.
+            "empty subject",
+            bearer(&hs256(
+                &json!({"sub": "", "iss": ISSUER, "aud": AUDIENCE, "exp": now() + 60}),
+            )),
+            "token_missing_claim",
+        ),
+        (
             "HS384",
             bearer(
                 &encode(
