@@ -135,12 +135,25 @@ fn channel_prefix(session: &str, channel: &str) -> Vec<u8> {
     k
 }
 
+/// The big-endian u32 at the start of `bytes` (0 when too short).
+fn be_u32(bytes: Option<&[u8]>) -> u32 {
+    bytes
+        .and_then(|b| b.get(..4))
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(0, u32::from_be_bytes)
+}
+
+/// The big-endian i64 at the start of `bytes` (0 when too short).
+fn be_i64(bytes: Option<&[u8]>) -> i64 {
+    bytes
+        .and_then(|b| b.get(..8))
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, i64::from_be_bytes)
+}
+
 /// The meta key of the session a position key belongs to.
 fn session_meta_key(position_key: &[u8]) -> Vec<u8> {
-    let len = position_key
-        .get(1..5)
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map_or(0, u32::from_be_bytes) as usize;
+    let len = be_u32(position_key.get(1..)) as usize;
     let mut k = vec![META];
     k.extend_from_slice(position_key.get(1..5 + len).unwrap_or_default());
     k
@@ -444,18 +457,27 @@ impl SessionStore {
         Ok(true)
     }
 
-    fn delete_prefix_into(&self, prefix: &[u8], batch: &mut WriteBatch) -> Result<(), StoreError> {
+    /// Calls `each` with every key starting with `prefix`, and its value, in key order.
+    fn scan(
+        &self,
+        prefix: &[u8],
+        mut each: impl FnMut(&[u8], &[u8]),
+    ) -> Result<(), StoreError> {
         for item in self
             .db
             .iterator(IteratorMode::From(prefix, Direction::Forward))
         {
-            let (key, _) = item.map_err(|source| StoreError::Db { op: "scan", source })?;
+            let (key, value) = item.map_err(|source| StoreError::Db { op: "scan", source })?;
             if !key.starts_with(prefix) {
                 break;
             }
-            batch.delete(key);
+            each(&key, &value);
         }
         Ok(())
+    }
+
+    fn delete_prefix_into(&self, prefix: &[u8], batch: &mut WriteBatch) -> Result<(), StoreError> {
+        self.scan(prefix, |key, _| batch.delete(key))
     }
 
     /// Stores a resume-cursor checkpoint (positions encoded by `codec::cursor`) for
@@ -472,16 +494,7 @@ impl SessionStore {
         index.extend_from_slice(id.as_bytes());
         batch.put(&index, []);
         let mut held = Vec::new();
-        for item in self
-            .db
-            .iterator(IteratorMode::From(&prefix, Direction::Forward))
-        {
-            let (key, _) = item.map_err(|source| StoreError::Db { op: "scan", source })?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            held.push(key);
-        }
+        self.scan(&prefix, |key, _| held.push(key.to_vec()))?;
         let excess = (held.len() + 1).saturating_sub(CHECKPOINTS_PER_OWNER);
         for key in held.iter().take(excess) {
             if let Some(old) = key.get(prefix.len() + 8..) {
@@ -506,43 +519,20 @@ impl SessionStore {
         let cutoff = now_ms() - ttl.as_millis() as i64;
         let mut batch = WriteBatch::default();
         let mut n = 0;
-        for item in self
-            .db
-            .iterator(IteratorMode::From(&[CHECKPOINT_OWNER], Direction::Forward))
-        {
-            let (key, _) = item.map_err(|source| StoreError::Db { op: "scan", source })?;
-            if key.first() != Some(&CHECKPOINT_OWNER) {
-                break;
+        // Owner index keys: the owner (length-prefixed), then the created time.
+        self.scan(&[CHECKPOINT_OWNER], |key, _| {
+            let owner_len = be_u32(key.get(1..)) as usize;
+            if be_i64(key.get(5 + owner_len..)) < cutoff {
+                batch.delete(key);
             }
-            let owner_len = key
-                .get(1..5)
-                .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                .map_or(0, u32::from_be_bytes) as usize;
-            let created = key
-                .get(5 + owner_len..13 + owner_len)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map_or(0, i64::from_be_bytes);
-            if created < cutoff {
-                batch.delete(&key);
-            }
-        }
-        for item in self
-            .db
-            .iterator(IteratorMode::From(&[CHECKPOINT], Direction::Forward))
-        {
-            let (key, value) = item.map_err(|source| StoreError::Db { op: "scan", source })?;
-            if key.first() != Some(&CHECKPOINT) {
-                break;
-            }
-            let created = value
-                .get(..8)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map_or(0, i64::from_be_bytes);
-            if created < cutoff {
-                batch.delete(&key);
+        })?;
+        // Checkpoint values start with their created time.
+        self.scan(&[CHECKPOINT], |key, value| {
+            if be_i64(Some(value)) < cutoff {
+                batch.delete(key);
                 n += 1;
             }
-        }
+        })?;
         self.write(batch, "write")?;
         Ok(n)
     }
