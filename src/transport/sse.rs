@@ -289,3 +289,70 @@ fn body(
     });
     pieces.chain(end)
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Query strings made of the pieces the SSE and long-poll parsers look for.
+    fn query() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            prop::sample::select(vec!["channel", "from", "cursor", "last_event_id", "wait_ms", "max"])
+                .prop_map(str::to_string),
+            "[a-z%]{0,6}",
+        ];
+        let value = prop_oneof![
+            Just("p1.".to_string()),
+            Just("c1.x.AAAA".to_string()),
+            "p1\\.[A-Za-z0-9_-]{0,40}",
+            "c1\\.[a-z0-9]{0,8}\\.[A-Za-z0-9_-]{0,20}",
+            "ts:-?[0-9]{0,22}",
+            "[A-Za-z0-9:,%._-]{0,30}",
+            ".{0,20}",
+        ];
+        proptest::collection::vec((key, value), 0..8).prop_map(|pairs| {
+            pairs
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("&")
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+        ))]
+
+        /// The HTTP request path of SSE and long-poll, from the query to the subscribe
+        /// commands, against a real session store: an answer or a 400, never a panic.
+        #[test]
+        fn arbitrary_queries_never_panic(query in query()) {
+            thread_local! {
+                static STORE: (tempfile::TempDir, Arc<crate::session::store::SessionStore>) = {
+                    let dir = tempfile::tempdir().expect("temp dir");
+                    let store = crate::session::store::SessionStore::open(dir.path(), false)
+                        .expect("store");
+                    (dir, Arc::new(store))
+                };
+            }
+            for param in ["cursor", "last_event_id"] {
+                if let Ok(request) = Request::parse(&query, param) {
+                    let store = STORE.with(|(_, store)| store.clone());
+                    if let Ok(mut resume) = Resume::new(
+                        &request.channels,
+                        request.from.clone(),
+                        request.cursor.as_deref(),
+                        store,
+                    ) {
+                        for command in resume.commands() {
+                            let _ = super::super::protocol::parse_command(&command, 1 << 20);
+                        }
+                        let _ = resume.cursor();
+                    }
+                }
+            }
+        }
+    }
+}
