@@ -33,8 +33,21 @@ fn environment() -> Env {
 /// (`KGATE_SERVER_LISTEN`): ignored, so worth a warning naming the spelling that works.
 pub fn misspelled_env_vars() -> Vec<(String, String)> {
     const SECTIONS: [&str; 16] = [
-        "server", "tls", "auth", "publish", "poll", "kafka", "embedded_broker", "topics",
-        "schema_registry", "websocket", "replay", "sessions", "cluster", "limits", "heartbeat",
+        "server",
+        "tls",
+        "auth",
+        "publish",
+        "poll",
+        "kafka",
+        "embedded_broker",
+        "topics",
+        "schema_registry",
+        "websocket",
+        "replay",
+        "sessions",
+        "cluster",
+        "limits",
+        "heartbeat",
         "log",
     ];
     std::env::vars_os()
@@ -560,7 +573,10 @@ impl Config {
                 "server.body_read_timeout_secs",
                 self.server.body_read_timeout_secs as usize,
             ),
-            ("server.max_http_connections", self.server.max_http_connections),
+            (
+                "server.max_http_connections",
+                self.server.max_http_connections,
+            ),
             ("websocket.max_message_bytes", ws.max_message_bytes),
             ("websocket.max_frame_bytes", ws.max_frame_bytes),
             ("websocket.max_command_bytes", ws.max_command_bytes),

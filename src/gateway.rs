@@ -106,8 +106,10 @@ impl Gateway {
             );
             // tansu reads at the start of a fetch and then holds it for the full wait, so
             // latency is up to twice the wait; 15 ms keeps the demo's p99 near 30 ms.
-            config.kafka.fetch_wait_max_ms =
-                config.kafka.fetch_wait_max_ms.min(EMBEDDED_FETCH_WAIT_MAX_MS);
+            config.kafka.fetch_wait_max_ms = config
+                .kafka
+                .fetch_wait_max_ms
+                .min(EMBEDDED_FETCH_WAIT_MAX_MS);
             Some(broker)
         } else {
             None

@@ -212,10 +212,7 @@ pub(super) fn validate(
                 "a registry URL or schema_registry.local_dir: format = \"avro_confluent\" resolves schema ids",
             ));
         }
-        if let Some(rate) = topic
-            .max_rate
-            .filter(|r| !valid_rate(*r))
-        {
+        if let Some(rate) = topic.max_rate.filter(|r| !valid_rate(*r)) {
             return Err(invalid(
                 "topics.max_rate",
                 format!("{rate} {which}"),

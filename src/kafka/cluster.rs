@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use parking_lot::Mutex;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -308,7 +308,9 @@ impl Cluster {
             }
             match probe.poll(left) {
                 Some(Ok(m)) => {
-                    found.entry(m.partition()).or_insert(m.timestamp().to_millis());
+                    found
+                        .entry(m.partition())
+                        .or_insert(m.timestamp().to_millis());
                 }
                 Some(Err(e)) => {
                     let _ = probe.unassign();

@@ -69,8 +69,10 @@ impl EmbeddedBroker {
         // tansu only logs a failed bind, and whatever else answers on the port would then be
         // taken for it: check that the address is free first.
         drop(
-            std::net::TcpListener::bind(listen)
-                .map_err(|source| EmbeddedBrokerError::Bind { addr: listen, source })?,
+            std::net::TcpListener::bind(listen).map_err(|source| EmbeddedBrokerError::Bind {
+                addr: listen,
+                source,
+            })?,
         );
         let db_path = dir.join("tansu.db");
         let storage = storage_url(&db_path, retention_check)?;

@@ -458,11 +458,7 @@ impl SessionStore {
     }
 
     /// Calls `each` with every key starting with `prefix`, and its value, in key order.
-    fn scan(
-        &self,
-        prefix: &[u8],
-        mut each: impl FnMut(&[u8], &[u8]),
-    ) -> Result<(), StoreError> {
+    fn scan(&self, prefix: &[u8], mut each: impl FnMut(&[u8], &[u8])) -> Result<(), StoreError> {
         for item in self
             .db
             .iterator(IteratorMode::From(prefix, Direction::Forward))
@@ -482,7 +478,12 @@ impl SessionStore {
 
     /// Stores a resume-cursor checkpoint (positions encoded by `codec::cursor`) for
     /// `owner`, deleting the owner's oldest beyond [`CHECKPOINTS_PER_OWNER`].
-    pub fn put_checkpoint(&self, owner: &str, id: &str, positions: &[u8]) -> Result<(), StoreError> {
+    pub fn put_checkpoint(
+        &self,
+        owner: &str,
+        id: &str,
+        positions: &[u8],
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut value = now.to_be_bytes().to_vec();
         value.extend_from_slice(positions);
@@ -685,18 +686,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SessionStore::open(dir.path(), false).unwrap();
         for i in 0..40 {
-            store.put_checkpoint("mallory", &format!("m{i:02}"), &[1, 2, 3]).unwrap();
+            store
+                .put_checkpoint("mallory", &format!("m{i:02}"), &[1, 2, 3])
+                .unwrap();
         }
         store.put_checkpoint("alice", "a0", &[4]).unwrap();
         let held = (0..40)
             .filter(|i| store.checkpoint(&format!("m{i:02}")).unwrap().is_some())
             .count();
         assert_eq!(held, CHECKPOINTS_PER_OWNER);
-        assert!(store.checkpoint("m39").unwrap().is_some(), "the newest stay");
+        assert!(
+            store.checkpoint("m39").unwrap().is_some(),
+            "the newest stay"
+        );
         assert!(store.checkpoint("m00").unwrap().is_none(), "the oldest go");
-        assert_eq!(store.checkpoint("a0").unwrap(), Some(vec![4]), "others keep theirs");
+        assert_eq!(
+            store.checkpoint("a0").unwrap(),
+            Some(vec![4]),
+            "others keep theirs"
+        );
         std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(store.expire_checkpoints(Duration::from_millis(10)).unwrap(), 17);
+        assert_eq!(
+            store.expire_checkpoints(Duration::from_millis(10)).unwrap(),
+            17
+        );
         let index = store
             .db
             .iterator(IteratorMode::From(&[CHECKPOINT_OWNER], Direction::Forward))

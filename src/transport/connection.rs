@@ -1156,8 +1156,14 @@ mod tests {
     fn far_expiries_have_no_deadline_and_past_ones_are_due_now() {
         let now = tokio::time::Instant::now();
         assert_eq!(expiry_deadline(now, 1_000, u64::MAX, 60), None);
-        assert_eq!(expiry_deadline(now, 1_000, 10_000_000_000_000_000_000, 60), None);
+        assert_eq!(
+            expiry_deadline(now, 1_000, 10_000_000_000_000_000_000, 60),
+            None
+        );
         assert_eq!(expiry_deadline(now, 1_000, 900, 60), Some(now));
-        assert_eq!(expiry_deadline(now, 1_000, 1_000, 60), Some(now + Duration::from_secs(60)));
+        assert_eq!(
+            expiry_deadline(now, 1_000, 1_000, 60),
+            Some(now + Duration::from_secs(60))
+        );
     }
 }

@@ -132,7 +132,10 @@ impl Throttled {
     /// How many were suppressed since the last line, when a line is due now.
     fn due(&mut self) -> Option<u64> {
         let now = std::time::Instant::now();
-        if self.last.is_some_and(|l| now.duration_since(l) < self.every) {
+        if self
+            .last
+            .is_some_and(|l| now.duration_since(l) < self.every)
+        {
             self.suppressed += 1;
             return None;
         }

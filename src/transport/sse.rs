@@ -262,7 +262,10 @@ fn open(
     });
     let mut response = warp::reply::stream(body(rx, finished)).into_response();
     let h = response.headers_mut();
-    h.insert("content-type", HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
     // Proxies must pass events through as they come.
     h.insert(
         "cache-control",
@@ -280,9 +283,8 @@ fn body(
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send + Sync + 'static {
     let messages =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    let pieces = messages.flat_map(|m| {
-        futures_util::stream::iter(m.into_iter().filter(|b| !b.is_empty()).map(Ok))
-    });
+    let pieces = messages
+        .flat_map(|m| futures_util::stream::iter(m.into_iter().filter(|b| !b.is_empty()).map(Ok)));
     let end = futures_util::stream::once(async move {
         finished.store(true, Ordering::Release);
         Ok(Bytes::new())
@@ -298,8 +300,15 @@ mod fuzz {
     /// Query strings made of the pieces the SSE and long-poll parsers look for.
     fn query() -> impl Strategy<Value = String> {
         let key = prop_oneof![
-            prop::sample::select(vec!["channel", "from", "cursor", "last_event_id", "wait_ms", "max"])
-                .prop_map(str::to_string),
+            prop::sample::select(vec![
+                "channel",
+                "from",
+                "cursor",
+                "last_event_id",
+                "wait_ms",
+                "max"
+            ])
+            .prop_map(str::to_string),
             "[a-z%]{0,6}",
         ];
         let value = prop_oneof![

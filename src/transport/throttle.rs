@@ -123,7 +123,16 @@ mod tests {
     #[test]
     fn any_rate_makes_a_throttle_that_works() {
         let t0 = Instant::now();
-        for rate in [1e-300, 1e-19, 0.0, -1.0, f64::NAN, f64::INFINITY, 1e300, 5e-324] {
+        for rate in [
+            1e-300,
+            1e-19,
+            0.0,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            1e300,
+            5e-324,
+        ] {
             let mut t = Throttle::new(rate);
             let mut out = Vec::new();
             t.offer(rec(0, "A"), t0, &mut out);

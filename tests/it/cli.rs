@@ -183,7 +183,10 @@ fn invalid_config_names_key_value_and_expectation() {
         ],
         &[],
     );
-    assert!(err.contains("topics.name") && err.contains("bad topic"), "{err}");
+    assert!(
+        err.contains("topics.name") && err.contains("bad topic"),
+        "{err}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.toml");

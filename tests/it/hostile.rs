@@ -48,9 +48,11 @@ async fn tiny_max_rates_are_refused_and_connections_release_everything() {
     let gw = Gateway::start(&[(&t, 1)], "");
     let mut c = Client::connect(&gw.ws_url()).await.expect("connect");
     for rate in [json!(1e-300), json!(1e-19), json!(0.0005), json!(5000)] {
-        c.send_text(json!({"type": "subscribe", "id": 1, "channel": t, "max_rate": rate}).to_string())
-            .await
-            .expect("send");
+        c.send_text(
+            json!({"type": "subscribe", "id": 1, "channel": t, "max_rate": rate}).to_string(),
+        )
+        .await
+        .expect("send");
         let f = next_frame(&mut c).await;
         assert_eq!(f["code"], "invalid_frame", "max_rate {rate}: {f}");
     }
@@ -71,7 +73,10 @@ async fn tiny_max_rates_are_refused_and_connections_release_everything() {
     while subscriptions(gw.port, &t) != 0
         || metric(gw.port, "kgate_connections_active", "websocket") != 0.0
     {
-        assert!(Instant::now() < deadline, "subscription or gauge left behind");
+        assert!(
+            Instant::now() < deadline,
+            "subscription or gauge left behind"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -102,7 +107,11 @@ async fn an_ack_flood_is_rate_limited_like_any_command() {
             Err(e) => panic!("{e}"),
         }
     };
-    assert_eq!(close, Some(4029), "{no_session} no_session, {limited} rate_limited");
+    assert_eq!(
+        close,
+        Some(4029),
+        "{no_session} no_session, {limited} rate_limited"
+    );
     assert!(no_session <= 7, "only the burst was executed: {no_session}");
     assert!(limited >= 10, "{limited}");
 }
@@ -118,17 +127,26 @@ async fn offsets_past_the_end_are_refused() {
         .await
         .expect("produce");
     let mut c = Client::connect(&gw.ws_url()).await.expect("connect");
-    c.send_text(json!({"type": "subscribe", "id": 1, "channel": t, "from": {"offsets": {"0": 1_000_000}}}).to_string())
-        .await
-        .expect("send");
+    c.send_text(
+        json!({"type": "subscribe", "id": 1, "channel": t, "from": {"offsets": {"0": 1_000_000}}})
+            .to_string(),
+    )
+    .await
+    .expect("send");
     let f = next_frame(&mut c).await;
     assert_eq!(f["code"], "invalid_position", "{f}");
     let message = f["message"].as_str().unwrap_or("");
-    assert!(message.contains("offset 1000000") && message.contains("will be offset 1"), "{f}");
+    assert!(
+        message.contains("offset 1000000") && message.contains("will be offset 1"),
+        "{f}"
+    );
     // At the end exactly is fine: the next record.
-    c.send_text(json!({"type": "subscribe", "id": 2, "channel": t, "from": {"offsets": {"0": 1}}}).to_string())
-        .await
-        .expect("send");
+    c.send_text(
+        json!({"type": "subscribe", "id": 2, "channel": t, "from": {"offsets": {"0": 1}}})
+            .to_string(),
+    )
+    .await
+    .expect("send");
     let (subscribed, _) = c.until("subscribed", WAIT).await.expect("subscribed");
     assert_eq!(subscribed["id"], 2);
 }
@@ -159,7 +177,10 @@ async fn stalled_sse_readers_lose_their_sockets() {
         .iter()
         .map(|s| s.local_addr().expect("addr").port())
         .collect();
-    assert!(ports.iter().all(|p| established(gw.port, *p)), "the streams are open");
+    assert!(
+        ports.iter().all(|p| established(gw.port, *p)),
+        "the streams are open"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     produce_sized(&t, 3000, 2000).await;
     // The gateway's side of each stalled socket leaves ESTABLISHED once it is closed.
@@ -235,9 +256,15 @@ async fn slow_and_silent_http_connections_are_closed_and_limited() {
         "[server]\nheader_read_timeout_secs = 1\nmax_http_connections = 20\n",
     );
     let addr = format!("127.0.0.1:{}", gw.port);
-    let mut silent = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-    let mut slow = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ").await.expect("write");
+    let mut silent = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let mut slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ")
+        .await
+        .expect("write");
     let dripping = tokio::spawn(async move {
         for _ in 0..30 {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -247,16 +274,31 @@ async fn slow_and_silent_http_connections_are_closed_and_limited() {
         }
         closed_within(&mut slow, Duration::from_secs(1)).await
     });
-    assert!(closed_within(&mut silent, Duration::from_secs(5)).await, "silent socket still open");
-    assert!(dripping.await.expect("slowloris"), "slowloris connection still open");
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(5)).await,
+        "silent socket still open"
+    );
+    assert!(
+        dripping.await.expect("slowloris"),
+        "slowloris connection still open"
+    );
     // 20 silent connections fill the HTTP slots: the next socket is closed at once...
     let mut held = Vec::new();
     for _ in 0..20 {
-        held.push(tokio::net::TcpStream::connect(&addr).await.expect("connect"));
+        held.push(
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect"),
+        );
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut refused = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-    assert!(closed_within(&mut refused, Duration::from_millis(500)).await, "over the limit");
+    let mut refused = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    assert!(
+        closed_within(&mut refused, Duration::from_millis(500)).await,
+        "over the limit"
+    );
     // ...until the header-read timeout frees the slots.
     let deadline = Instant::now() + Duration::from_secs(10);
     while http_get(gw.port, "/healthz").is_none_or(|(status, _)| status != 200) {
@@ -265,7 +307,13 @@ async fn slow_and_silent_http_connections_are_closed_and_limited() {
     }
     let (_, stats) = http_get(gw.port, "/v1/stats").expect("stats");
     let stats: Value = serde_json::from_str(&stats).expect("stats JSON");
-    assert!(stats["refused"]["http_connections"].as_u64() >= Some(1), "{stats}");
-    assert!(stats["refused"]["header_timeouts"].as_u64() >= Some(2), "{stats}");
+    assert!(
+        stats["refused"]["http_connections"].as_u64() >= Some(1),
+        "{stats}"
+    );
+    assert!(
+        stats["refused"]["header_timeouts"].as_u64() >= Some(2),
+        "{stats}"
+    );
     drop(held);
 }

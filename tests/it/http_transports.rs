@@ -248,24 +248,43 @@ async fn long_poll_from_a_cursor_naming_no_partition_skips_nothing() {
             .await
             .unwrap();
         assert_eq!(status, 200, "{page}");
-        seen.extend(events_of(&page).iter().map(|e| e["offset"].as_i64().unwrap()));
+        seen.extend(
+            events_of(&page)
+                .iter()
+                .map(|e| e["offset"].as_i64().unwrap()),
+        );
         cursor = page["cursor"].as_str().expect("cursor").to_string();
         if seen.len() >= 28 {
             break;
         }
     }
     seen.sort_unstable();
-    assert_eq!(seen, (0..28).collect::<Vec<_>>(), "every retained record, once");
+    assert_eq!(
+        seen,
+        (0..28).collect::<Vec<_>>(),
+        "every retained record, once"
+    );
     // The same from a first poll that answers at once, as the SDK's does.
-    let (_, first) = get(format!("{base}&from=earliest&wait_ms=0")).await.unwrap();
-    let mut seen: Vec<i64> = events_of(&first).iter().map(|e| e["offset"].as_i64().unwrap()).collect();
+    let (_, first) = get(format!("{base}&from=earliest&wait_ms=0"))
+        .await
+        .unwrap();
+    let mut seen: Vec<i64> = events_of(&first)
+        .iter()
+        .map(|e| e["offset"].as_i64().unwrap())
+        .collect();
     let mut cursor = first["cursor"].as_str().expect("cursor").to_string();
     for _ in 0..20 {
         if seen.len() >= 28 {
             break;
         }
-        let (_, page) = get(format!("{base}&cursor={cursor}&wait_ms=1000")).await.unwrap();
-        seen.extend(events_of(&page).iter().map(|e| e["offset"].as_i64().unwrap()));
+        let (_, page) = get(format!("{base}&cursor={cursor}&wait_ms=1000"))
+            .await
+            .unwrap();
+        seen.extend(
+            events_of(&page)
+                .iter()
+                .map(|e| e["offset"].as_i64().unwrap()),
+        );
         cursor = page["cursor"].as_str().expect("cursor").to_string();
     }
     assert_eq!(seen.len(), 28, "{seen:?}");
@@ -300,5 +319,9 @@ async fn long_poll_on_a_draining_node_gets_a_close_frame() {
     assert!(page["cursor"].is_string(), "{page}");
     // A new poll is turned away before it subscribes, keeping the client's cursor valid.
     let (status, page) = get(format!("{base}&wait_ms=1000")).await.unwrap();
-    assert_eq!((status, page["code"].as_str()), (503, Some("draining")), "{page}");
+    assert_eq!(
+        (status, page["code"].as_str()),
+        (503, Some("draining")),
+        "{page}"
+    );
 }

@@ -530,7 +530,10 @@ async fn binary_subprotocol_delivers_avro_envelopes() {
     let text = topic("bintext");
     let gw = Gateway::start(&[(&text, 1)], &topic_entry(&bin, 1, "binary = true"));
     let mut c = Client::connect_binary(&gw.ws_url()).await.unwrap();
-    assert_eq!(c.protocol, "kgate.v1.avro", "welcome names the negotiated subprotocol");
+    assert_eq!(
+        c.protocol, "kgate.v1.avro",
+        "welcome names the negotiated subprotocol"
+    );
     for t in [&bin, &text] {
         c.subscribe(t, json!("latest")).await.unwrap();
         c.until("subscribed", WAIT).await.unwrap();

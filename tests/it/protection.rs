@@ -283,7 +283,10 @@ async fn command_flood_is_refused_then_closed() {
     // The documented count: `max_rate_limited_commands` refusals in a row, then the close
     // (more only if a refilled token served a command in between and restarted the count).
     assert!(limited >= 10, "{limited} refusals, {pongs} pongs");
-    assert!(pongs <= 7, "at most the burst (and its refill) was served: {pongs} pongs");
+    assert!(
+        pongs <= 7,
+        "at most the burst (and its refill) was served: {pongs} pongs"
+    );
     assert!(
         stats(gw.port)["refused"]["rate_limited_commands"]
             .as_u64()

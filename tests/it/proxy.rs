@@ -98,7 +98,9 @@ impl Drop for Nginx {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while self.child.try_wait().ok().flatten().is_none() {
             if std::time::Instant::now() > deadline {
-                let _ = Command::new("kill").args(["-KILL", &format!("-{pid}")]).status();
+                let _ = Command::new("kill")
+                    .args(["-KILL", &format!("-{pid}")])
+                    .status();
                 let _ = self.child.wait();
                 break;
             }
@@ -178,5 +180,8 @@ async fn websocket_and_sse_stream_through_nginx() {
         })
     };
     let left: Vec<&u32> = workers.iter().filter(alive).collect();
-    assert!(left.is_empty(), "nginx workers {left:?} outlived their master");
+    assert!(
+        left.is_empty(),
+        "nginx workers {left:?} outlived their master"
+    );
 }

@@ -756,18 +756,47 @@ async fn publish_refuses_before_reading_and_accepts_up_to_its_limit() {
 
     // Just under 1 MiB of JSON: produced (it was 503 "MessageSizeTooLarge").
     let big = format!("\"{}\"", "x".repeat(1024 * 1024 - 100));
-    let (status, answer) = request("POST", &url(&t), Some(&writer), Some(("application/json", big.as_bytes())));
+    let (status, answer) = request(
+        "POST",
+        &url(&t),
+        Some(&writer),
+        Some(("application/json", big.as_bytes())),
+    );
     assert_eq!(status, 200, "{answer}");
 
     // 100,000 levels of nesting: refused.
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    let (status, answer) = request("POST", &url(&t), Some(&writer), Some(("application/json", deep.as_bytes())));
-    assert_eq!((status, answer["code"].as_str()), (400, Some("invalid_json")), "{answer}");
-    assert!(answer["message"].as_str().unwrap_or("").contains("max_json_depth"), "{answer}");
+    let (status, answer) = request(
+        "POST",
+        &url(&t),
+        Some(&writer),
+        Some(("application/json", deep.as_bytes())),
+    );
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (400, Some("invalid_json")),
+        "{answer}"
+    );
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("max_json_depth"),
+        "{answer}"
+    );
 
     // No permission: 403 whether or not the topic is served.
-    let (status, answer) = request("POST", &url("no-such-topic"), Some(&writer), Some(("application/json", b"{}")));
-    assert_eq!((status, answer["code"].as_str()), (403, Some("forbidden")), "{answer}");
+    let (status, answer) = request(
+        "POST",
+        &url("no-such-topic"),
+        Some(&writer),
+        Some(("application/json", b"{}")),
+    );
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (403, Some("forbidden")),
+        "{answer}"
+    );
 }
 
 /// Issue 17.5: with auth on, sessions are listed as `subject/id`; each listed id can be
@@ -788,7 +817,11 @@ async fn scoped_sessions_can_be_shown_and_deleted_by_operators() {
     assert_eq!(list["sessions"][0]["id"], "alice/phone", "{list}");
     for spelling in ["alice/phone", "alice%2Fphone"] {
         let (status, shown) = request("GET", &format!("{base}/{spelling}"), Some(&admin), None);
-        assert_eq!((status, shown["id"].as_str()), (200, Some("alice/phone")), "{spelling}: {shown}");
+        assert_eq!(
+            (status, shown["id"].as_str()),
+            (200, Some("alice/phone")),
+            "{spelling}: {shown}"
+        );
     }
     let out = std::process::Command::new(kgate_bin())
         .args(["sessions", "show", "alice/phone", "--url"])
@@ -796,9 +829,22 @@ async fn scoped_sessions_can_be_shown_and_deleted_by_operators() {
         .args(["--token", &admin])
         .output()
         .expect("kgate sessions");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (status, deleted) = request("DELETE", &format!("{base}/alice%2Fphone"), Some(&admin), None);
-    assert_eq!((status, deleted["deleted"].as_str()), (200, Some("alice/phone")), "{deleted}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, deleted) = request(
+        "DELETE",
+        &format!("{base}/alice%2Fphone"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(
+        (status, deleted["deleted"].as_str()),
+        (200, Some("alice/phone")),
+        "{deleted}"
+    );
     match c.next_within(Duration::from_secs(10)).await {
         Ok(Incoming::Closed(Some((code, _)))) => assert_eq!(code, 4010),
         other => panic!("expected close 4010, got {other:?}"),
