@@ -66,18 +66,15 @@ impl Cluster {
     /// Creates the metadata client (this does not contact the cluster yet).
     pub fn new(config: &Config) -> Result<Cluster, ClusterError> {
         let servers = config.bootstrap_servers();
-        let consumer: BaseConsumer = crate::kafka::consumer_config(config, "meta")
-            .create()
-            .map_err(|source| ClusterError::Client {
-                servers: servers.clone(),
-                source,
-            })?;
-        let probe: BaseConsumer = crate::kafka::consumer_config(config, "probe")
-            .create()
-            .map_err(|source| ClusterError::Client {
-                servers: servers.clone(),
-                source,
-            })?;
+        let client = |role: &str| -> Result<BaseConsumer, ClusterError> {
+            crate::kafka::consumer_config(config, role)
+                .create()
+                .map_err(|source| ClusterError::Client {
+                    servers: servers.clone(),
+                    source,
+                })
+        };
+        let (consumer, probe) = (client("meta")?, client("probe")?);
         Ok(Cluster {
             consumer: Arc::new(consumer),
             probe: Arc::new(Mutex::new(probe)),
