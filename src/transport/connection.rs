@@ -252,14 +252,25 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.release();
         if let Some(opened) = self.opened.take() {
-            if opened.reason.is_none() {
-                tracing::warn!(
-                    conn = self.guard.id,
-                    "connection ended abruptly (its task panicked or the runtime stopped); \
-                     its subscriptions, session and slots were released"
-                );
-            }
-            let reason = opened.reason.unwrap_or("aborted");
+            // No reason means the loop never finished: its task is unwinding from a panic,
+            // or its future was dropped (an HTTP request whose client went away).
+            let reason = match (opened.reason, std::thread::panicking()) {
+                (Some(reason), _) => reason,
+                (None, true) => {
+                    tracing::warn!(
+                        conn = self.guard.id,
+                        "connection task panicked; its subscriptions, session and slots were released"
+                    );
+                    "aborted"
+                }
+                (None, false) => {
+                    tracing::debug!(
+                        conn = self.guard.id,
+                        "connection dropped before it finished"
+                    );
+                    "cancelled"
+                }
+            };
             telemetry::connection_closed(opened.transport, reason, opened.at.elapsed());
         }
     }

@@ -5,6 +5,7 @@ mod browser;
 mod cli;
 mod cluster;
 mod docker;
+mod fuzz;
 mod harness;
 mod hostile;
 mod http_transports;

@@ -23,12 +23,12 @@ fn key_file(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     jsonwebtoken::get_current_timestamp() as i64
 }
 
 /// `[auth]` with one key of each algorithm, issuer and audience checks, no leeway.
-fn auth_toml(extra: &str) -> String {
+pub(crate) fn auth_toml(extra: &str) -> String {
     format!(
         "[auth]\nmode = \"jwt\"\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\nleeway_secs = 0\n{extra}\n\
          [[auth.keys]]\nalg = \"HS256\"\nkey = \"{SECRET}\"\n\n\
@@ -40,7 +40,7 @@ fn auth_toml(extra: &str) -> String {
 }
 
 /// Standard claims for `sub` valid for an hour, merged with `extra`.
-fn claims(sub: &str, extra: Value) -> Value {
+pub(crate) fn claims(sub: &str, extra: Value) -> Value {
     let mut c =
         json!({"sub": sub, "iss": ISSUER, "aud": AUDIENCE, "exp": now() + 3600, "iat": now()});
     if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
@@ -51,7 +51,7 @@ fn claims(sub: &str, extra: Value) -> Value {
     c
 }
 
-fn hs256(claims: &Value) -> String {
+pub(crate) fn hs256(claims: &Value) -> String {
     hs256_with(claims, SECRET)
 }
 
