@@ -37,8 +37,13 @@ pub struct Proc {
 impl Proc {
     /// Spawns `kgate <args>` with `env`, stderr to `log`, exiting when this handle is dropped.
     pub fn spawn(args: &[&str], env: &[(&str, String)], log: &Path) -> Proc {
+        Self::spawn_program(kgate_bin(), args, env, log)
+    }
+
+    /// Spawns `program <args>` like [`Proc::spawn`].
+    pub fn spawn_program(program: &str, args: &[&str], env: &[(&str, String)], log: &Path) -> Proc {
         let file = std::fs::File::create(log).expect("log file");
-        let mut cmd = Command::new(kgate_bin());
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -47,7 +52,9 @@ impl Proc {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn kgate");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
         let stdin = child.stdin.take();
         Proc {
             child,
@@ -74,6 +81,23 @@ impl Drop for Proc {
     }
 }
 
+/// Which broker the tests run against: `KGATE_TEST_BROKER=tansu|kafka` (default tansu,
+/// kgate's embedded broker; `kafka` is Apache Kafka from `tests/kafka/kafka`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    Tansu,
+    Kafka,
+}
+
+/// The broker this run uses.
+pub fn broker_kind() -> BrokerKind {
+    match std::env::var("KGATE_TEST_BROKER").as_deref() {
+        Ok("kafka") => BrokerKind::Kafka,
+        Ok("tansu") | Ok("") | Err(_) => BrokerKind::Tansu,
+        Ok(other) => panic!("KGATE_TEST_BROKER={other:?}: use tansu or kafka"),
+    }
+}
+
 /// The broker shared by every test in this binary (its process exits with ours:
 /// it watches its stdin, which closes when this process ends).
 pub struct Broker {
@@ -87,21 +111,8 @@ pub fn broker() -> &'static Broker {
     static BROKER: OnceLock<Broker> = OnceLock::new();
     BROKER.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let proc = Proc::spawn(
-            &[
-                "broker",
-                "--listen",
-                &addr,
-                "--data-dir",
-                &dir.path().display().to_string(),
-                "--exit-on-stdin-eof",
-            ],
-            &[],
-            &dir.path().join("broker.log"),
-        );
-        wait_tcp(&addr, Duration::from_secs(30));
+        let addr = format!("127.0.0.1:{}", free_port_pair());
+        let proc = spawn_broker(&addr, dir.path());
         Broker {
             addr,
             _proc: Mutex::new(proc),
@@ -110,25 +121,59 @@ pub fn broker() -> &'static Broker {
     })
 }
 
-/// Starts a broker process on `addr` with its data in `dir`; retention is applied every second.
+/// A free loopback port whose successor is free too (Kafka's controller listens there).
+pub fn free_port_pair() -> u16 {
+    loop {
+        let port = free_port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Starts a broker process of this run's kind on `addr` (pick it with
+/// [`free_port_pair`]) with its data in `dir`, and waits until it serves; retention
+/// is applied every second. The same `dir` restarts the same broker.
 pub fn spawn_broker(addr: &str, dir: &Path) -> Proc {
-    let proc = Proc::spawn(
-        &[
-            "broker",
-            "--listen",
-            addr,
-            "--data-dir",
-            &dir.display().to_string(),
-            "--exit-on-stdin-eof",
-        ],
-        &[(
-            "KGATE_EMBEDDED_BROKER__RETENTION_CHECK_SECS",
-            "1".to_string(),
-        )],
-        &dir.join(format!("broker-{}.log", free_port())),
-    );
-    wait_tcp(addr, Duration::from_secs(30));
-    proc
+    let log = dir.join(format!("broker-{}.log", free_port()));
+    match broker_kind() {
+        BrokerKind::Tansu => {
+            let data = dir.display().to_string();
+            let args = [
+                "broker",
+                "--listen",
+                addr,
+                "--data-dir",
+                &data,
+                "--exit-on-stdin-eof",
+            ];
+            let env = [(
+                "KGATE_EMBEDDED_BROKER__RETENTION_CHECK_SECS",
+                "1".to_string(),
+            )];
+            let proc = Proc::spawn(&args, &env, &log);
+            wait_tcp(addr, Duration::from_secs(30));
+            proc
+        }
+        BrokerKind::Kafka => {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka/kafka");
+            let port = addr.rsplit(':').next().expect("addr has a port");
+            let data = dir.join("kafka").display().to_string();
+            let args = ["run", port, &data, "--exit-on-stdin-eof"];
+            let proc = Proc::spawn_program(&script.display().to_string(), &args, &[], &log);
+            // The broker logs this once it serves clients; the port opens earlier.
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while !proc.log_text().contains("Kafka Server started") {
+                assert!(
+                    Instant::now() < deadline,
+                    "Kafka did not start within 90 s:\n{}",
+                    proc.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            proc
+        }
+    }
 }
 
 /// Waits until `addr` accepts TCP connections.

@@ -287,7 +287,7 @@ async fn b_sigkill_while_streaming_100k_records_to_100_durable_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_broker_restart_mid_stream_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = format!("127.0.0.1:{}", free_port_pair());
     let mut broker = spawn_broker(&addr, dir.path());
     let t = topic("brokerrestart");
     let gw = Gateway::start_on(&addr, &[(&t, 3)], "");
@@ -410,7 +410,9 @@ async fn e_resume_before_the_retained_range_gets_a_gap_frame() {
             .unwrap();
     let topic = NewTopic::new(&t, 1, TopicReplication::Fixed(1))
         .set("cleanup.policy", "delete")
-        .set("retention.ms", "60000");
+        .set("retention.ms", "60000")
+        // Kafka deletes whole closed segments only: roll one a second.
+        .set("segment.ms", "1000");
     admin
         .create_topics(&[topic], &AdminOptions::new())
         .await
@@ -434,6 +436,10 @@ async fn e_resume_before_the_retained_range_gets_a_gap_frame() {
         .unwrap()
         .as_millis() as i64;
     for i in 0..10 {
+        if i == 5 {
+            // The new records go into a later segment than the old ones.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
         let ts = if i < 5 { now - 3_600_000 } else { now };
         let body = format!("{{\"i\":{i}}}");
         producer
