@@ -1,15 +1,19 @@
 //! The fan-out scenario: N clients live on one channel while records are
 //! produced as fast as the broker takes them; the figure is deliveries per
 //! second across all clients. Baselines, with the same load client: a raw
-//! rdkafka consumer reading the same records (what one Kafka reader gets), the
-//! kafkajs + ws bridge, and nchan fed by HTTP POST.
+//! rdkafka consumer reading the same records (what one Kafka reader gets), Centrifugo
+//! consuming the same Kafka, the floor (a broadcast server with no Kafka), the kafkajs +
+//! ws bridge, and nchan fed by HTTP POST. kgate, Centrifugo and the floor also report
+//! their CPU time per delivered message.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use super::baseline::{Bridge, Nchan};
+use super::centrifugo::Centrifugo;
+use super::floor::Floor;
 use super::load::{Connect, LoadClient, Target, connect_many};
-use super::{GatewayProc, Row, produce, progress};
+use super::{CpuMeter, GatewayProc, Row, produce, produce_with, progress};
 use crate::kafka::producer::Producer;
 
 /// Options of the fan-out scenario.
@@ -39,6 +43,11 @@ impl Delivery {
     /// Messages per second over all clients.
     pub fn rate(&self) -> f64 {
         self.received as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Microseconds of a server's CPU time (`cpu`, over this delivery) per message delivered.
+    pub fn cpu_per_message(&self, cpu: Duration) -> f64 {
+        cpu.as_secs_f64() * 1e6 / self.received.max(1) as f64
     }
 }
 
@@ -85,12 +94,16 @@ pub async fn deliver_each(
 /// Runs the scenario; returns the summary rows.
 pub async fn run_fanout(opts: &FanoutOptions) -> anyhow::Result<Vec<Row>> {
     let dir = tempfile::tempdir()?;
-    let (_broker, bootstrap) = super::procs::broker(dir.path())?;
-    let (topic, bridge_topic) = ("bench-fanout", "bench-fanout-bridge");
+    let (broker, bootstrap) = super::procs::broker(dir.path())?;
+    let (topic, bridge_topic, centrifugo_topic) = (
+        "bench-fanout",
+        "bench-fanout-bridge",
+        "bench-fanout-centrifugo",
+    );
     let mut gw = GatewayProc::start(
         &dir.path().join("gw"),
         &bootstrap,
-        &[(topic, 1), (bridge_topic, 1)],
+        &[(topic, 1), (bridge_topic, 1), (centrifugo_topic, 1)],
         "",
     )?;
     let config = super::kafka_config(&bootstrap);
@@ -112,7 +125,11 @@ pub async fn run_fanout(opts: &FanoutOptions) -> anyhow::Result<Vec<Row>> {
     )
     .await?;
     progress(format!("kgate: producing {n} records to {clients} clients"));
+    let cpu = CpuMeter::start(&[gw.proc.pid(), broker.proc.pid()]);
     let kgate = deliver(load, n, produce(&producer, topic, n)).await?;
+    let [kgate_cpu, broker_cpu] = cpu.used()[..] else {
+        unreachable!("two processes measured")
+    };
     if kgate.received != kgate.expected {
         anyhow::bail!(
             "kgate lost messages: {} of {} arrived",
@@ -126,6 +143,18 @@ pub async fn run_fanout(opts: &FanoutOptions) -> anyhow::Result<Vec<Row>> {
             format!("kgate: messages delivered ({n} records)"),
             kgate.rate(),
             "msgs/s",
+            None,
+        ),
+        row(
+            "kgate: CPU per delivered message".into(),
+            kgate.cpu_per_message(kgate_cpu),
+            "us/msg",
+            None,
+        ),
+        row(
+            format!("{}: CPU during the kgate run", broker.kind),
+            broker_cpu.as_secs_f64(),
+            "s",
             None,
         ),
         row(
@@ -149,6 +178,78 @@ pub async fn run_fanout(opts: &FanoutOptions) -> anyhow::Result<Vec<Row>> {
         "records/s",
         Some(kgate.rate() / raw_rate),
     ));
+
+    // The peers that deliver every record: Centrifugo on the same Kafka, and the floor.
+    let peer_rows = |name: &str, d: &Delivery, cpu: Duration| {
+        let lost = d.expected - d.received;
+        vec![
+            row(
+                format!("{name}: messages delivered ({n} records, {lost} lost)"),
+                d.rate(),
+                "msgs/s",
+                Some(kgate.rate() / d.rate()),
+            ),
+            row(
+                format!("{name}: CPU per delivered message"),
+                d.cpu_per_message(cpu),
+                "us/msg",
+                Some(kgate.cpu_per_message(kgate_cpu) / d.cpu_per_message(cpu)),
+            ),
+        ]
+    };
+    match Centrifugo::unavailable() {
+        Some(why) => progress(format!("skipping the Centrifugo peer: {why}")),
+        None => {
+            let centrifugo = Centrifugo::start(
+                &dir.path().join("centrifugo"),
+                &bootstrap,
+                centrifugo_topic,
+                false,
+            )?;
+            centrifugo
+                .wait_consuming(&producer, centrifugo_topic)
+                .await?;
+            let load = connect_many(&centrifugo.target(), clients, Connect::default()).await?;
+            progress(format!(
+                "Centrifugo {}: producing {n} records to {clients} clients",
+                super::centrifugo::VERSION
+            ));
+            let cpu = CpuMeter::start(&[centrifugo.proc.pid()]);
+            let feed = produce_with(
+                &producer,
+                centrifugo_topic,
+                n,
+                Some(super::centrifugo::headers()),
+            );
+            let d = deliver(load, n, feed).await?;
+            rows.extend(peer_rows(
+                &format!("peer: Centrifugo {}", super::centrifugo::VERSION),
+                &d,
+                cpu.used()[0],
+            ));
+        }
+    }
+    {
+        let mut floor = Floor::start(dir.path())?;
+        let load = connect_many(
+            &Target::Plain {
+                url: floor.ws_url(),
+            },
+            clients,
+            Connect::default(),
+        )
+        .await?;
+        progress(format!(
+            "floor: generating {n} records for {clients} clients"
+        ));
+        let cpu = CpuMeter::start(&[floor.proc.pid()]);
+        let d = deliver(load, n, floor.generate(n, 0.0)).await?;
+        rows.extend(peer_rows(
+            "floor: broadcast server, no Kafka",
+            &d,
+            cpu.used()[0],
+        ));
+    }
 
     let bn = opts.baseline_records;
     let baseline_row = |name: &str, d: &Delivery| {

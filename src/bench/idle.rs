@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use super::baseline::Nchan;
+use super::centrifugo::Centrifugo;
 use super::load::{Connect, Target, connect_many};
 use super::procs::{Proc, rss_bytes, tree_rss_bytes};
 use super::{GatewayProc, Row, progress};
@@ -43,6 +44,26 @@ pub async fn run_idle(opts: &IdleOptions) -> anyhow::Result<Vec<Row>> {
         unit: "bytes".into(),
         ratio: None,
     }];
+    match Centrifugo::unavailable() {
+        Some(why) => progress(format!("skipping the Centrifugo peer: {why}")),
+        None => {
+            let dir = dir.path().join("centrifugo");
+            let centrifugo = Centrifugo::start(&dir, &bootstrap, topic, false)?;
+            let pid = centrifugo.proc.pid();
+            drop(connect_many(&centrifugo.target(), 1, Connect::default()).await?);
+            let bytes = measure(&dir, &centrifugo.target(), opts, || rss_bytes(pid)).await?;
+            rows.push(Row {
+                scenario: scenario.clone(),
+                metric: format!(
+                    "peer: Centrifugo {} RSS per idle subscribed connection",
+                    super::centrifugo::VERSION
+                ),
+                value: bytes,
+                unit: "bytes".into(),
+                ratio: Some(kgate / bytes),
+            });
+        }
+    }
     match Nchan::unavailable() {
         Some(why) => progress(format!("skipping the nchan baseline: {why}")),
         None => {
@@ -92,6 +113,7 @@ async fn measure(
 fn target_name(target: &Target) -> &'static str {
     match target {
         Target::Kgate { .. } => "kgate",
+        Target::Centrifugo { .. } => "Centrifugo",
         Target::Plain { .. } => "baseline",
     }
 }
@@ -105,9 +127,10 @@ async fn hold(
     processes: usize,
 ) -> anyhow::Result<Vec<Proc>> {
     let exe = std::env::current_exe().context("cannot find the kgate executable")?;
-    let (url, channel) = match target {
-        Target::Kgate { url, channels } => (url, channels.first().cloned()),
-        Target::Plain { url } => (url, None),
+    let (url, channel, centrifugo) = match target {
+        Target::Kgate { url, channels } => (url, channels.first().cloned(), false),
+        Target::Centrifugo { url, channel } => (url, Some(channel.clone()), true),
+        Target::Plain { url } => (url, None, false),
     };
     let mut children = Vec::new();
     let mut outputs = Vec::new();
@@ -120,6 +143,9 @@ async fn hold(
             .arg(format!("127.0.0.{}", 2 + i));
         if let Some(channel) = &channel {
             cmd.args(["--channel", channel]);
+        }
+        if centrifugo {
+            cmd.arg("--centrifugo");
         }
         let (proc, stdout) = Proc::piped(cmd, dir.join(format!("hold-{i}.log")))?;
         children.push(proc);
@@ -151,12 +177,17 @@ async fn hold(
 pub async fn run_hold(
     url: &str,
     channel: Option<&str>,
+    centrifugo: bool,
     clients: usize,
     bind: IpAddr,
 ) -> anyhow::Result<()> {
-    let target = match channel {
-        Some(channel) => Target::kgate(url, channel),
-        None => Target::Plain {
+    let target = match (channel, centrifugo) {
+        (Some(channel), true) => Target::Centrifugo {
+            url: url.to_string(),
+            channel: channel.to_string(),
+        },
+        (Some(channel), false) => Target::kgate(url, channel),
+        (None, _) => Target::Plain {
             url: url.to_string(),
         },
     };

@@ -25,6 +25,9 @@ pub enum Target {
     Kgate { url: String, channels: Vec<String> },
     /// A server that pushes every record to every connection (the baselines): count every message.
     Plain { url: String },
+    /// Centrifugo's JSON protocol: connect, subscribe to `channel`, count publications
+    /// (several may share a frame, one per line) and answer its pings.
+    Centrifugo { url: String, channel: String },
 }
 
 impl Target {
@@ -38,7 +41,9 @@ impl Target {
 
     fn url(&self) -> &str {
         match self {
-            Target::Kgate { url, .. } | Target::Plain { url } => url,
+            Target::Kgate { url, .. } | Target::Plain { url } | Target::Centrifugo { url, .. } => {
+                url
+            }
         }
     }
 }
@@ -52,10 +57,20 @@ pub struct Connect {
     pub idle: bool,
 }
 
+/// Which protocol a connected client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Speaks {
+    Kgate,
+    Plain,
+    Centrifugo,
+}
+
 /// One connected load client.
 pub struct LoadClient {
     socket: WebSocketStream<TcpStream>,
-    kgate: bool,
+    speaks: Speaks,
+    /// Publications of a Centrifugo frame not yet returned.
+    pending: std::collections::VecDeque<Utf8Bytes>,
 }
 
 impl LoadClient {
@@ -96,8 +111,29 @@ impl LoadClient {
                 .with_context(|| format!("WebSocket handshake with {url} failed"))?;
         let mut client = LoadClient {
             socket,
-            kgate: false,
+            speaks: Speaks::Plain,
+            pending: Default::default(),
         };
+        if let Target::Centrifugo { channel, .. } = target {
+            let commands = format!(
+                "{}\n{}",
+                json!({"id": 1, "connect": {}}),
+                json!({"id": 2, "subscribe": {"channel": channel}})
+            );
+            client.socket.send(Message::Text(commands.into())).await?;
+            loop {
+                let Some(text) = client.next_text().await? else {
+                    bail!("Centrifugo closed the connection before the subscription");
+                };
+                if text.contains(r#""error""#) {
+                    bail!("Centrifugo refused: {text}");
+                }
+                if text.lines().any(|l| l.starts_with(r#"{"id":2"#)) {
+                    break;
+                }
+            }
+            client.speaks = Speaks::Centrifugo;
+        }
         if let Target::Kgate { channels, .. } = target {
             for channel in channels {
                 let cmd = json!({"type": "subscribe", "channel": channel, "from": "latest"});
@@ -118,7 +154,7 @@ impl LoadClient {
                     _ => {}
                 }
             }
-            client.kgate = true;
+            client.speaks = Speaks::Kgate;
         }
         Ok(client)
     }
@@ -136,12 +172,29 @@ impl LoadClient {
 
     /// The next message carrying a record (`None` when the connection closed).
     pub async fn next_record(&mut self) -> anyhow::Result<Option<Utf8Bytes>> {
-        while let Some(text) = self.next_text().await? {
-            if !self.kgate || text.starts_with(r#"{"type":"event""#) {
-                return Ok(Some(text));
+        loop {
+            if let Some(publication) = self.pending.pop_front() {
+                return Ok(Some(publication));
+            }
+            let Some(text) = self.next_text().await? else {
+                return Ok(None);
+            };
+            match self.speaks {
+                Speaks::Plain => return Ok(Some(text)),
+                Speaks::Kgate if text.starts_with(r#"{"type":"event""#) => return Ok(Some(text)),
+                Speaks::Kgate => {}
+                Speaks::Centrifugo => {
+                    for line in text.lines() {
+                        if line.starts_with(r#"{"push""#) && line.contains(r#""pub""#) {
+                            self.pending.push_back(Utf8Bytes::from(line.to_string()));
+                        } else if line == "{}" {
+                            // A ping: Centrifugo disconnects clients that do not answer.
+                            self.socket.send(Message::Text("{}".into())).await?;
+                        }
+                    }
+                }
             }
         }
-        Ok(None)
     }
 
     /// Reads up to `n` records, giving up when none arrives for `quiet` (60 s before the

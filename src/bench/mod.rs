@@ -2,7 +2,9 @@
 //! measure kgate against a baseline in the same run.
 
 mod baseline;
+mod centrifugo;
 mod fanout;
+mod floor;
 mod idle;
 mod latency;
 mod load;
@@ -21,9 +23,10 @@ use crate::client::Client;
 use crate::kafka::producer::Producer;
 
 pub use fanout::{FanoutOptions, run_fanout};
+pub use floor::serve as floor_serve;
 pub use idle::{IdleOptions, run_hold, run_idle};
 pub use latency::{LatencyOptions, run_latency};
-pub use procs::{GatewayProc, Proc};
+pub use procs::{BrokerChoice, CpuMeter, GatewayProc, Proc, choose_broker};
 pub use replay::{ReplayOptions, run_replay};
 pub use storm::{StormOptions, run_storm};
 pub use ticker::{TickerOptions, run_ticker};
@@ -68,11 +71,11 @@ pub fn print_table(rows: &[Row]) {
 }
 
 /// Settings for the bench's own Kafka clients (producers, the raw consumer) on `bootstrap`,
-/// with the same 5 ms fetch wait the gateways get.
+/// with the same fetch wait the gateways get.
 pub fn kafka_config(bootstrap: &str) -> crate::config::Config {
     let mut config = crate::config::Config::default();
     config.kafka.bootstrap_servers = bootstrap.to_string();
-    config.kafka.fetch_wait_max_ms = 5;
+    config.kafka.fetch_wait_max_ms = procs::fetch_wait_max_ms();
     config
 }
 
@@ -98,6 +101,16 @@ pub fn bench_record(i: usize, ts_us: u64) -> (String, String) {
 
 /// Produces `n` 100-byte JSON records to `topic` (keys cycle over 100 symbols), reporting progress.
 pub async fn produce(producer: &Producer, topic: &str, n: usize) -> anyhow::Result<Duration> {
+    produce_with(producer, topic, n, None).await
+}
+
+/// [`produce`], each record carrying `headers`.
+pub async fn produce_with(
+    producer: &Producer,
+    topic: &str,
+    n: usize,
+    headers: Option<rdkafka::message::OwnedHeaders>,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let mut sent = 0;
     let mut last_report = Instant::now();
@@ -105,9 +118,10 @@ pub async fn produce(producer: &Producer, topic: &str, n: usize) -> anyhow::Resu
         let size = 10_000.min(n - sent);
         let sends = (sent..sent + size).map(|i| {
             let (key, body) = bench_record(i, load::now_us());
+            let headers = headers.clone();
             async move {
                 producer
-                    .send(topic, Some(key.as_bytes()), Some(body.as_bytes()), None)
+                    .send(topic, Some(key.as_bytes()), Some(body.as_bytes()), headers)
                     .await
             }
         });

@@ -63,6 +63,11 @@ impl Proc {
         let _ = self.child.kill();
     }
 
+    /// The child's stdin, to write to (the child exits once it is dropped).
+    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.child.stdin.take()
+    }
+
     /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -131,23 +136,145 @@ pub fn wait_tcp(addr: &str, limit: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts `kgate broker` on a free port with its data in `dir`.
-pub fn broker(dir: &Path) -> anyhow::Result<(Proc, String)> {
-    let addr = format!("127.0.0.1:{}", free_port()?);
-    let proc = Proc::spawn(
-        &[
-            "broker",
-            "--listen",
-            &addr,
-            "--data-dir",
-            &dir.display().to_string(),
-            "--exit-on-stdin-eof",
-        ],
-        &[],
-        dir.join("broker.log"),
-    )?;
-    wait_tcp(&addr, Duration::from_secs(30))?;
-    Ok((proc, addr))
+/// The broker a bench runs against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerChoice {
+    /// Apache Kafka, run by the script at this path (`tests/kafka/kafka` in the repository).
+    Kafka(PathBuf),
+    /// kgate's embedded development broker (tansu with sqlite).
+    Tansu,
+}
+
+static BROKER: std::sync::OnceLock<BrokerChoice> = std::sync::OnceLock::new();
+
+/// Chooses the broker every scenario of this process starts (once, before any runs).
+pub fn choose_broker(choice: BrokerChoice) {
+    let _ = BROKER.set(choice);
+}
+
+/// The fetch wait of the bench's gateways and Kafka clients: Kafka answers a fetch as soon
+/// as records arrive, so its default serves; tansu holds every fetch for the whole wait.
+pub fn fetch_wait_max_ms() -> u32 {
+    match BROKER.get() {
+        Some(BrokerChoice::Tansu) => 5,
+        _ => crate::config::Config::default().kafka.fetch_wait_max_ms,
+    }
+}
+
+/// A started broker: its process (CPU is measured on it) and bootstrap address.
+pub struct Broker {
+    pub proc: Proc,
+    pub kind: &'static str,
+}
+
+/// Starts the chosen broker (Apache Kafka unless [`choose_broker`] said otherwise) on a
+/// free port with its data in `dir`; returns it and its bootstrap address.
+pub fn broker(dir: &Path) -> anyhow::Result<(Broker, String)> {
+    let default = BrokerChoice::Kafka(PathBuf::from("tests/kafka/kafka"));
+    match BROKER.get().unwrap_or(&default) {
+        BrokerChoice::Tansu => {
+            let addr = format!("127.0.0.1:{}", free_port()?);
+            let data = dir.display().to_string();
+            let args = [
+                "broker",
+                "--listen",
+                &addr,
+                "--data-dir",
+                &data,
+                "--exit-on-stdin-eof",
+            ];
+            let proc = Proc::spawn(&args, &[], dir.join("broker.log"))?;
+            wait_tcp(&addr, Duration::from_secs(30))?;
+            Ok((
+                Broker {
+                    proc,
+                    kind: "tansu",
+                },
+                addr,
+            ))
+        }
+        BrokerChoice::Kafka(script) => {
+            if !script.exists() {
+                bail!(
+                    "{} not found: benches start Apache Kafka with the repository's script \
+                     (run from the repository root, or pass --broker tansu)",
+                    script.display()
+                );
+            }
+            // The controller listens on the next port.
+            let port = loop {
+                let port = free_port()?;
+                if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+                    break port;
+                }
+            };
+            let mut cmd = Command::new(script);
+            cmd.arg("run")
+                .arg(port.to_string())
+                .arg(dir.join("kafka"))
+                .arg("--exit-on-stdin-eof");
+            let log = dir.join("kafka.log");
+            let proc = Proc::command(cmd, log.clone())?;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            super::progress(format!("starting Apache Kafka on 127.0.0.1:{port}"));
+            while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Kafka Server started")) {
+                if Instant::now() > deadline {
+                    bail!("Kafka did not start within 120 s; see {}", log.display());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok((
+                Broker {
+                    proc,
+                    kind: "kafka",
+                },
+                format!("127.0.0.1:{port}"),
+            ))
+        }
+    }
+}
+
+/// CPU time (user + system) process `pid` has used so far.
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
+    // After the parenthesised command name: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
+        bail!("unexpected /proc/{pid}/stat: {stat}");
+    };
+    // SAFETY: sysconf reads a constant of the running system.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_micros((user + system) * 1_000_000 / per_sec))
+}
+
+/// Measures the CPU processes use over an interval.
+pub struct CpuMeter {
+    start: Vec<(u32, Duration)>,
+}
+
+impl CpuMeter {
+    /// Starts measuring `pids`.
+    pub fn start(pids: &[u32]) -> CpuMeter {
+        CpuMeter {
+            start: pids
+                .iter()
+                .map(|p| (*p, cpu_time(*p).unwrap_or_default()))
+                .collect(),
+        }
+    }
+
+    /// CPU used by each process since [`CpuMeter::start`], in the same order.
+    pub fn used(&self) -> Vec<Duration> {
+        self.start
+            .iter()
+            .map(|(pid, at)| cpu_time(*pid).unwrap_or_default().saturating_sub(*at))
+            .collect()
+    }
 }
 
 /// A gateway process and its configuration directory.
@@ -169,8 +296,9 @@ impl GatewayProc {
         std::fs::create_dir_all(dir)?;
         let port = free_port()?;
         let mut toml = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\nfetch_wait_max_ms = 5\ncreate_missing_topics = true\n\n[log]\nlevel = \"warn\"\n\n",
-            dir.join("data").display()
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\nfetch_wait_max_ms = {}\ncreate_missing_topics = true\n\n[log]\nlevel = \"warn\"\n\n",
+            dir.join("data").display(),
+            fetch_wait_max_ms(),
         );
         for (name, partitions) in topics {
             toml.push_str(&format!(

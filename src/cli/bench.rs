@@ -15,6 +15,19 @@ pub struct Args {
     /// Print the results as JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// The broker each scenario starts: Apache Kafka (run by `--kafka-script`) or tansu,
+    /// kgate's embedded development broker.
+    #[arg(long, global = true, value_enum, default_value_t = BrokerArg::Kafka)]
+    broker: BrokerArg,
+    /// The script that runs Apache Kafka (resolved from Maven Central on first use).
+    #[arg(long, global = true, default_value = "tests/kafka/kafka")]
+    kafka_script: std::path::PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BrokerArg {
+    Kafka,
+    Tansu,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -79,6 +92,12 @@ enum Scenario {
         #[arg(long, default_value_t = 10_000)]
         records: usize,
     },
+    /// Internal: the floor baseline's broadcast server (see src/bench/floor.rs).
+    #[command(hide = true)]
+    FloorServe {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
     /// Internal: hold idle connections for `idle` until stdin closes.
     #[command(hide = true)]
     Hold {
@@ -86,6 +105,9 @@ enum Scenario {
         url: String,
         #[arg(long)]
         channel: Option<String>,
+        /// Speak Centrifugo's protocol on `channel`.
+        #[arg(long)]
+        centrifugo: bool,
         #[arg(long)]
         clients: usize,
         #[arg(long)]
@@ -94,6 +116,10 @@ enum Scenario {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    bench::choose_broker(match args.broker {
+        BrokerArg::Kafka => bench::BrokerChoice::Kafka(args.kafka_script),
+        BrokerArg::Tansu => bench::BrokerChoice::Tansu,
+    });
     let rows: Vec<Row> = match args.scenario {
         Scenario::Fanout {
             clients,
@@ -143,12 +169,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             bench::run_storm(&StormOptions { clients, missed }).await?
         }
         Scenario::Wire { records } => bench::run_wire(&WireOptions { records }).await?,
+        Scenario::FloorServe { listen } => return bench::floor_serve(listen).await,
         Scenario::Hold {
             url,
             channel,
+            centrifugo,
             clients,
             bind,
-        } => return bench::run_hold(&url, channel.as_deref(), clients, bind).await,
+        } => return bench::run_hold(&url, channel.as_deref(), centrifugo, clients, bind).await,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
