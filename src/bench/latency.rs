@@ -2,7 +2,10 @@
 //! rate (by default half of kgate's saturation rate, measured first) to N live
 //! clients; the figure is produce-to-receive time. The baseline is a raw
 //! rdkafka consumer reading the same records at the same time, with the same
-//! fetch settings: kgate's added latency is the difference.
+//! fetch settings: kgate's added latency is the difference. Centrifugo (on the same
+//! Kafka) and the floor (a broadcast server generating the records itself) then serve
+//! the same clients at the same rate; each server's CPU per delivered message is
+//! measured over its run.
 
 use std::time::{Duration, Instant};
 
@@ -11,9 +14,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::centrifugo::{self, Centrifugo};
 use super::fanout::deliver;
+use super::floor::Floor;
 use super::load::{Connect, LoadClient, Target, connect_many, now_us, timestamp_us};
-use super::{GatewayProc, Row, bench_record, produce, progress};
+use super::{CpuMeter, GatewayProc, Row, bench_record, produce, progress};
 use crate::config::Config;
 use crate::kafka::producer::Producer;
 
@@ -75,19 +80,12 @@ pub async fn run_latency(opts: &LatencyOptions) -> anyhow::Result<Vec<Row>> {
         move || raw_latencies(&config, topic, start, total)
     });
     let load = connect_many(&target, clients, Connect::default()).await?;
-    let readers: Vec<_> = load
-        .into_iter()
-        .map(|c| tokio::spawn(client_latencies(c, total)))
-        .collect();
     progress(format!(
-        "producing {total} records at {rate:.0}/s for {} s",
+        "kgate: producing {total} records at {rate:.0}/s for {} s",
         opts.seconds
     ));
-    produce_paced(&producer, topic, rate, total).await?;
-    let mut kgate = histogram()?;
-    for r in readers {
-        kgate.add(r.await??)?;
-    }
+    let feed = produce_paced(&producer, topic, rate, total, None);
+    let (kgate, kgate_cpu) = latencies(load, total, feed, gw.proc.pid()).await?;
     let raw = raw.await??;
     if kgate.len() != (total * clients) as u64 {
         anyhow::bail!(
@@ -123,13 +121,108 @@ pub async fn run_latency(opts: &LatencyOptions) -> anyhow::Result<Vec<Row>> {
         });
     }
     rows.push(Row {
-        scenario,
+        scenario: scenario.clone(),
         metric: "gateway-added p99 (kgate p99 - raw p99)".into(),
         value: ms(&kgate, 0.99) - ms(&raw, 0.99),
         unit: "ms".into(),
         ratio: None,
     });
+    let per_message =
+        |h: &Histogram<u64>, cpu: Duration| cpu.as_secs_f64() * 1e6 / h.len().max(1) as f64;
+    let kgate_cpu = per_message(&kgate, kgate_cpu);
+    rows.push(Row {
+        scenario: scenario.clone(),
+        metric: "kgate: CPU per delivered message".into(),
+        value: kgate_cpu,
+        unit: "us/msg".into(),
+        ratio: None,
+    });
+    // The peers, with the same clients and rate: Centrifugo on the same Kafka, the floor.
+    let mut peer_rows = |name: &str, h: &Histogram<u64>, cpu: Duration| {
+        let lost = (total * clients) as u64 - h.len();
+        for (q_name, q) in [("p50", 0.5), ("p99", 0.99)] {
+            rows.push(Row {
+                scenario: scenario.clone(),
+                metric: format!("{name} client {q_name} ({lost} lost)"),
+                value: ms(h, q),
+                unit: "ms".into(),
+                ratio: Some(ms(&kgate, q) / ms(h, q).max(0.001)),
+            });
+        }
+        rows.push(Row {
+            scenario: scenario.clone(),
+            metric: format!("{name}: CPU per delivered message"),
+            value: per_message(h, cpu),
+            unit: "us/msg".into(),
+            ratio: Some(kgate_cpu / per_message(h, cpu).max(1e-9)),
+        });
+    };
+    match Centrifugo::unavailable() {
+        Some(why) => progress(format!("skipping the Centrifugo peer: {why}")),
+        None => {
+            let peer_topic = "bench-latency-centrifugo";
+            let centrifugo = Centrifugo::start(
+                &dir.path().join("centrifugo"),
+                &bootstrap,
+                peer_topic,
+                false,
+            )?;
+            centrifugo.wait_consuming(&producer, peer_topic).await?;
+            let load = connect_many(&centrifugo.target(), clients, Connect::default()).await?;
+            progress(format!(
+                "Centrifugo: producing {total} records at {rate:.0}/s"
+            ));
+            let feed = produce_paced(
+                &producer,
+                peer_topic,
+                rate,
+                total,
+                Some(centrifugo::headers()),
+            );
+            let (h, cpu) = latencies(load, total, feed, centrifugo.proc.pid()).await?;
+            peer_rows(
+                &format!("peer: Centrifugo {}", centrifugo::VERSION),
+                &h,
+                cpu,
+            );
+        }
+    }
+    let mut floor = Floor::start(dir.path())?;
+    let load = connect_many(
+        &Target::Plain {
+            url: floor.ws_url(),
+        },
+        clients,
+        Connect::default(),
+    )
+    .await?;
+    progress(format!("floor: generating {total} records at {rate:.0}/s"));
+    let pid = floor.proc.pid();
+    let feed = async { floor.generate(total, rate).await.map(|_| ()) };
+    let (h, cpu) = latencies(load, total, feed, pid).await?;
+    peer_rows("floor: broadcast server, no Kafka", &h, cpu);
     Ok(rows)
+}
+
+/// Every client's produce-to-receive times while `feed` sends `total` records, and the
+/// CPU process `pid` used meanwhile.
+async fn latencies(
+    clients: Vec<LoadClient>,
+    total: usize,
+    feed: impl std::future::Future<Output = anyhow::Result<()>>,
+    pid: u32,
+) -> anyhow::Result<(Histogram<u64>, Duration)> {
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|c| tokio::spawn(client_latencies(c, total)))
+        .collect();
+    let cpu = CpuMeter::start(&[pid]);
+    feed.await?;
+    let mut all = histogram()?;
+    for r in readers {
+        all.add(r.await??)?;
+    }
+    Ok((all, cpu.used()[0]))
 }
 
 /// Produces `total` stamped records at `rate` per second without waiting for each acknowledgement.
@@ -138,6 +231,7 @@ async fn produce_paced(
     topic: &str,
     rate: f64,
     total: usize,
+    headers: Option<rdkafka::message::OwnedHeaders>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -149,10 +243,10 @@ async fn produce_paced(
         let due = ((started.elapsed().as_secs_f64() * rate) as usize).min(total);
         for i in sent..due {
             let (key, body) = bench_record(i, now_us());
-            let (producer, topic) = (producer.clone(), topic.to_string());
+            let (producer, topic, headers) = (producer.clone(), topic.to_string(), headers.clone());
             pending.push(tokio::spawn(async move {
                 producer
-                    .send(&topic, Some(key.as_bytes()), Some(body.as_bytes()), None)
+                    .send(&topic, Some(key.as_bytes()), Some(body.as_bytes()), headers)
                     .await
             }));
         }

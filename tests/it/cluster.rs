@@ -252,3 +252,113 @@ fn nodes_started_together_create_topics_without_failing() {
         }
     }
 }
+
+/// Issue 18: Kafka compacts the positions topic. Sessions that rewrite their positions
+/// many times leave, once the cleaner has run, about one record per session key when
+/// the topic is read from its start. (tansu does not compact: Kafka only.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_compacts_the_positions_topic() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+
+    if broker_kind() != BrokerKind::Kafka {
+        eprintln!("kafka_compacts_the_positions_topic: runs with KGATE_TEST_BROKER=kafka");
+        return;
+    }
+    let (t, positions) = (topic("compacted-data"), topic("compacted-positions"));
+    // The gateway keeps a positions topic it finds; this one is cleaned eagerly.
+    let admin: AdminClient<DefaultClientContext> =
+        kgate::kafka::client_config(&client_config(), "test-admin")
+            .create()
+            .expect("admin");
+    let spec = NewTopic::new(&positions, 1, TopicReplication::Fixed(1))
+        .set("cleanup.policy", "compact")
+        .set("min.cleanable.dirty.ratio", "0.01")
+        .set("segment.ms", "200")
+        .set("delete.retention.ms", "100");
+    admin
+        .create_topics(&[spec], &AdminOptions::new())
+        .await
+        .expect("create the positions topic");
+    let gw = Gateway::start(&[(&t, 1)], &node_config(&positions, "compact-1"));
+    let rounds = 40;
+    produce_paced(&producer(), &t, rounds, rounds, Duration::ZERO, None).await;
+
+    // 10 sessions, each acknowledging one more record per round.
+    let sessions = 10;
+    let mut clients = Vec::new();
+    for s in 0..sessions {
+        let mut c = Client::connect(&gw.ws_url()).await.expect("connect");
+        c.attach(&format!("compact-{s}")).await.expect("attach");
+        c.subscribe(&t, json!("earliest")).await.expect("subscribe");
+        c.until("subscribed", WAIT).await.expect("subscribed");
+        clients.push(c);
+    }
+    for offset in 0..rounds as i64 {
+        for c in &mut clients {
+            c.ack(&t, 0, offset).await.expect("ack");
+        }
+        // Past the store's commit interval: each round is its own write.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    for c in clients {
+        c.close().await;
+    }
+
+    let count_from_start = || {
+        let consumer: BaseConsumer =
+            kgate::kafka::consumer_config(&client_config(), "test-compaction")
+                .create()
+                .expect("consumer");
+        let (_, high) = consumer
+            .fetch_watermarks(&positions, 0, Duration::from_secs(10))
+            .expect("watermarks");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&positions, 0, Offset::Beginning)
+            .expect("partition");
+        consumer.assign(&tpl).expect("assign");
+        let mut count = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    count += 1;
+                    if m.offset() + 1 >= high {
+                        break;
+                    }
+                }
+                Some(Err(e)) => panic!("reading {positions}: {e}"),
+                None => {}
+            }
+        }
+        (count, high)
+    };
+    let (before, written) = count_from_start();
+    assert!(
+        written >= (sessions * rounds / 2) as i64,
+        "the sessions rewrote their positions many times: {written} records written"
+    );
+    // Each session has two keys (its record and its partition position).
+    let bound = sessions * 2 + 20;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        // A later write rolls the active segment, which the cleaner never touches.
+        let mut c = Client::connect(&gw.ws_url()).await.expect("connect");
+        c.attach("compact-roll").await.expect("attach");
+        c.close().await;
+        let (now, written) = count_from_start();
+        eprintln!(
+            "positions topic: {written} records written, {now} left from the start (was {before})"
+        );
+        if now <= bound {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Kafka did not compact {positions}: {now} records from the start, more than {bound}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
