@@ -187,6 +187,9 @@ pub struct KafkaConfig {
     pub retry_max_ms: u64,
     /// Timeout for metadata, watermark and offsets-for-times requests.
     pub request_timeout_ms: u64,
+    /// How often the served topics' metadata is read again: partitions a topic gains are
+    /// served from then on, a deleted topic's subscriptions end with `topic_deleted`.
+    pub metadata_refresh_secs: u64,
 }
 
 /// The in-process development broker (tansu with sqlite storage).
@@ -358,6 +361,7 @@ impl Default for KafkaConfig {
             retry_initial_ms: 500,
             retry_max_ms: 30_000,
             request_timeout_ms: 5_000,
+            metadata_refresh_secs: 30,
         }
     }
 }
@@ -528,6 +532,13 @@ impl Config {
                 "kafka.fetch_wait_max_ms",
                 self.kafka.fetch_wait_max_ms,
                 "1 to 300000 milliseconds",
+            ));
+        }
+        if !(1..=3600).contains(&self.kafka.metadata_refresh_secs) {
+            return Err(invalid(
+                "kafka.metadata_refresh_secs",
+                self.kafka.metadata_refresh_secs,
+                "1 to 3600 seconds",
             ));
         }
         if self.kafka.retry_initial_ms == 0 || self.kafka.retry_initial_ms > self.kafka.retry_max_ms

@@ -191,6 +191,11 @@ impl Gateway {
             window: std::time::Duration::from_millis(100),
         });
         let ingest = Ingest::start(&config, router.clone(), idle)?;
+        crate::kafka::layout::spawn_watch(
+            cluster.clone(),
+            &router,
+            std::time::Duration::from_secs(config.kafka.metadata_refresh_secs),
+        );
         let replay = ReplayPool::new(config.clone(), cluster.clone(), router.clone());
         let (shutdown, _) = watch::channel(false);
         let admission = crate::limits::Admission::new(&config.limits);

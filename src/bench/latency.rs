@@ -42,8 +42,13 @@ fn histogram() -> anyhow::Result<Histogram<u64>> {
 pub async fn run_latency(opts: &LatencyOptions) -> anyhow::Result<Vec<Row>> {
     let dir = tempfile::tempdir()?;
     let (_broker, bootstrap) = super::procs::broker(dir.path())?;
-    let topic = "bench-latency";
-    let gw = GatewayProc::start(&dir.path().join("gw"), &bootstrap, &[(topic, 1)], "")?;
+    let (topic, peer_topic) = ("bench-latency", "bench-latency-centrifugo");
+    let gw = GatewayProc::start(
+        &dir.path().join("gw"),
+        &bootstrap,
+        &[(topic, 1), (peer_topic, 1)],
+        "",
+    )?;
     let config = super::kafka_config(&bootstrap);
     // 1 ms of batching: the test broker cannot take thousands of single-record requests a second.
     let producer = Producer::with_linger(&config, 1)?;
@@ -160,7 +165,6 @@ pub async fn run_latency(opts: &LatencyOptions) -> anyhow::Result<Vec<Row>> {
     match Centrifugo::unavailable() {
         Some(why) => progress(format!("skipping the Centrifugo peer: {why}")),
         None => {
-            let peer_topic = "bench-latency-centrifugo";
             let centrifugo = Centrifugo::start(
                 &dir.path().join("centrifugo"),
                 &bootstrap,

@@ -109,6 +109,32 @@ impl Cluster {
         .await?
     }
 
+    /// Every topic the cluster lists, with its partition count, or `None` for a topic
+    /// listed with an error (its layout is unknown for now, not gone).
+    pub async fn layout(
+        &self,
+    ) -> Result<std::collections::HashMap<String, Option<i32>>, ClusterError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let md = this
+                .consumer
+                .fetch_metadata(None, this.timeout)
+                .map_err(|source| ClusterError::Unreachable {
+                    servers: this.servers.clone(),
+                    source,
+                })?;
+            Ok(md
+                .topics()
+                .iter()
+                .map(|t| {
+                    let count = t.error().is_none().then(|| t.partitions().len() as i32);
+                    (t.name().to_string(), count)
+                })
+                .collect())
+        })
+        .await?
+    }
+
     /// Retries [`Cluster::topics`] with exponential backoff until the cluster answers.
     pub async fn wait_reachable(&self, config: &Config) -> TopicPartitions {
         let mut delay = Duration::from_millis(config.kafka.retry_initial_ms);

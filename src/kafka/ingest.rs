@@ -129,7 +129,7 @@ fn assign_live<C: ConsumerContext>(
     router: &Router,
 ) -> Result<(), KafkaError> {
     let mut tpl = TopicPartitionList::new();
-    for route in router.topics() {
+    for route in router.topics().filter(|r| !r.is_deleted()) {
         for p in 0..route.partitions() {
             let offset = route.live_offset(p).unwrap_or(0);
             tpl.add_partition_offset(route.name(), p, Offset::Offset(offset))?;
@@ -195,11 +195,21 @@ fn run(
         paused_until: None,
         resumed_at: Instant::now(),
     });
+    let mut layout = router.layout_version();
     while !stop.load(Ordering::Acquire) {
         let wait = match &mut pacer {
             Some(pacer) => pacer.pace(&consumer, &router),
             None => POLL,
         };
+        // A topic gained partitions or was deleted: assign afresh (a paused pacer will).
+        let paused = pacer.as_ref().is_some_and(|p| p.paused_until.is_some());
+        let current = router.layout_version();
+        if current != layout && !paused {
+            match assign_live(&consumer, &router) {
+                Ok(()) => layout = current,
+                Err(e) => tracing::warn!(error = %e, "ingest: cannot assign the new partitions"),
+            }
+        }
         match consumer.poll(wait) {
             None => {}
             Some(Ok(message)) => {

@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod embedded;
 pub mod ingest;
+pub mod layout;
 pub mod producer;
 pub mod replay;
 pub mod snapshot;

@@ -29,6 +29,8 @@ use crate::session::outbox::{Delivery, Outbox, Push, SubscriptionId};
 /// Routes ingested records to the outboxes of subscribed connections.
 pub struct Router {
     topics: HashMap<Arc<str>, TopicRoute>,
+    /// Bumped when a topic gains partitions or is deleted: ingest assigns afresh.
+    layout: AtomicU64,
     next_id: AtomicU64,
     ready: AtomicBool,
     /// Ingest's client reports a connected broker (from its statistics, every second).
@@ -44,13 +46,33 @@ pub struct TopicRoute {
     max_rate: Option<f64>,
     /// The latest record per key (snapshot topics only).
     latest: Option<Mutex<LastValues>>,
-    /// Next offset ingest will dispatch, per partition.
-    live: Vec<AtomicI64>,
-    /// High watermark per partition, from ingest's statistics (-1 until known).
-    high: Vec<AtomicI64>,
-    /// Recent records per partition (the memory tier of replay).
-    rings: Vec<Mutex<Ring>>,
+    /// Per partition; grows when the topic gains partitions.
+    partitions: RwLock<Vec<PartitionState>>,
+    /// Memory each partition's ring may hold.
+    ring_bytes: usize,
+    /// The topic was deleted from the cluster.
+    deleted: AtomicBool,
     subscribers: RwLock<Subscribers>,
+}
+
+/// One partition of a served topic.
+struct PartitionState {
+    /// Next offset ingest will dispatch.
+    live: AtomicI64,
+    /// High watermark, from ingest's statistics.
+    high: AtomicI64,
+    /// Recent records (the memory tier of replay).
+    ring: Mutex<Ring>,
+}
+
+impl PartitionState {
+    fn new(start: i64, ring_bytes: usize) -> PartitionState {
+        PartitionState {
+            live: AtomicI64::new(start),
+            high: AtomicI64::new(start),
+            ring: Mutex::new(Ring::new(start, ring_bytes)),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -115,17 +137,14 @@ impl Router {
                     slow_consumer: spec.slow_consumer,
                     max_rate: spec.max_rate,
                     latest: spec.snapshot.then(Mutex::default),
-                    high: spec
-                        .start_offsets
-                        .iter()
-                        .map(|&o| AtomicI64::new(o))
-                        .collect(),
-                    rings: spec
-                        .start_offsets
-                        .iter()
-                        .map(|&o| Mutex::new(Ring::new(o, ring_bytes)))
-                        .collect(),
-                    live: spec.start_offsets.into_iter().map(AtomicI64::new).collect(),
+                    partitions: RwLock::new(
+                        spec.start_offsets
+                            .iter()
+                            .map(|&o| PartitionState::new(o, ring_bytes))
+                            .collect(),
+                    ),
+                    ring_bytes,
+                    deleted: AtomicBool::new(false),
                     subscribers: RwLock::new(Subscribers::default()),
                 };
                 (name, route)
@@ -133,11 +152,39 @@ impl Router {
             .collect();
         Router {
             topics,
+            layout: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             ready: AtomicBool::new(false),
             // Start-up just read metadata from the cluster.
             kafka_reachable: AtomicBool::new(true),
         }
+    }
+
+    /// Adds partitions `route` gained in the cluster (they start at offset 0, so
+    /// nothing written to them before this is missed); false when it has no more.
+    pub fn grow(&self, route: &TopicRoute, count: i32) -> bool {
+        let mut partitions = route.partitions.write();
+        if count as usize <= partitions.len() {
+            return false;
+        }
+        partitions.resize_with(count as usize, || PartitionState::new(0, route.ring_bytes));
+        self.layout.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    /// Marks `route` deleted from the cluster: ingest stops reading it, and connections
+    /// end its subscriptions with an error; false if it already was.
+    pub fn mark_deleted(&self, route: &TopicRoute) -> bool {
+        let first = !route.deleted.swap(true, Ordering::AcqRel);
+        if first {
+            self.layout.fetch_add(1, Ordering::AcqRel);
+        }
+        first
+    }
+
+    /// Changes each time a topic gains partitions or is deleted.
+    pub fn layout_version(&self) -> u64 {
+        self.layout.load(Ordering::Acquire)
     }
 
     /// The route of a served topic.
@@ -200,9 +247,10 @@ impl Router {
             }
         }
         let live = route
-            .live
+            .partitions
+            .read()
             .iter()
-            .map(|p| p.load(Ordering::Acquire))
+            .map(|p| p.live.load(Ordering::Acquire))
             .collect();
         Registered { id, live, snapshot }
     }
@@ -228,12 +276,9 @@ impl Router {
     /// Pushes one ingested record to every matching subscription; returns how many outboxes were full.
     pub fn dispatch(&self, route: &TopicRoute, record: Arc<EncodedRecord>) -> usize {
         let subs = route.subscribers.read();
-        let partition = record.meta.partition as usize;
-        if let Some(p) = route.live.get(partition) {
-            p.store(record.meta.offset + 1, Ordering::Release);
-        }
-        if let Some(ring) = route.rings.get(partition) {
-            ring.lock().push(record.clone());
+        if let Some(p) = route.partitions.read().get(record.meta.partition as usize) {
+            p.live.store(record.meta.offset + 1, Ordering::Release);
+            p.ring.lock().push(record.clone());
         }
         if let Some(latest) = &route.latest {
             latest.lock().update(&record);
@@ -295,33 +340,47 @@ impl TopicRoute {
 
     /// Partition count.
     pub fn partitions(&self) -> i32 {
-        self.live.len() as i32
+        self.partitions.read().len() as i32
+    }
+
+    /// Whether the topic was deleted from the cluster.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
     }
 
     /// Next offset ingest will dispatch on `partition`.
     pub fn live_offset(&self, partition: i32) -> Option<i64> {
-        self.live
+        self.partitions
+            .read()
             .get(partition as usize)
-            .map(|p| p.load(Ordering::Acquire))
+            .map(|p| p.live.load(Ordering::Acquire))
     }
 
     /// Records the partition's high watermark (reported by ingest statistics).
     pub fn set_high_watermark(&self, partition: i32, offset: i64) {
-        if let Some(h) = self.high.get(partition as usize) {
-            h.fetch_max(offset, Ordering::AcqRel);
+        if let Some(p) = self.partitions.read().get(partition as usize) {
+            p.high.fetch_max(offset, Ordering::AcqRel);
         }
     }
 
     /// The partition's last known high watermark.
     pub fn high_watermark(&self, partition: i32) -> Option<i64> {
-        self.high
+        self.partitions
+            .read()
             .get(partition as usize)
-            .map(|h| h.load(Ordering::Acquire))
+            .map(|p| p.high.load(Ordering::Acquire))
     }
 
     /// Where the partition's ring begins (every record from there on is in memory).
     pub fn ring_covered_from(&self, partition: i32) -> Option<i64> {
-        Some(self.rings.get(partition as usize)?.lock().covered_from())
+        Some(
+            self.partitions
+                .read()
+                .get(partition as usize)?
+                .ring
+                .lock()
+                .covered_from(),
+        )
     }
 
     /// Hands records a Kafka replay read from `start` up to `until` (where the ring began)
@@ -333,9 +392,10 @@ impl TopicRoute {
         until: i64,
         records: Vec<Arc<EncodedRecord>>,
     ) -> usize {
-        self.rings
+        self.partitions
+            .read()
             .get(partition as usize)
-            .map_or(0, |ring| ring.lock().backfill(start, until, records))
+            .map_or(0, |p| p.ring.lock().backfill(start, until, records))
     }
 
     /// Records of `partition` in `from..until` from memory, if the ring still covers `from`.
@@ -345,8 +405,10 @@ impl TopicRoute {
         from: i64,
         until: i64,
     ) -> Option<Vec<Arc<EncodedRecord>>> {
-        self.rings
+        self.partitions
+            .read()
             .get(partition as usize)?
+            .ring
             .lock()
             .range(from, until)
     }

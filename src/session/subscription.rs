@@ -145,7 +145,14 @@ impl Subscription {
     /// Handles a live record from the router; pushes what must be sent to `out`.
     pub fn on_live(&mut self, record: Arc<EncodedRecord>, out: &mut Vec<Arc<EncodedRecord>>) {
         let cap = self.buffer_cap;
-        let Some(cursor) = self.cursors.get_mut(record.meta.partition as usize) else {
+        let partition = record.meta.partition.max(0) as usize;
+        if partition >= self.cursors.len() {
+            // The topic gained partitions after this subscription began: all of their
+            // records are newer than it.
+            self.cursors
+                .resize_with(partition + 1, || Cursor::Live { next: 0 });
+        }
+        let Some(cursor) = self.cursors.get_mut(partition) else {
             return;
         };
         match cursor {
@@ -322,6 +329,25 @@ mod tests {
 
     fn offsets(out: &[Arc<EncodedRecord>]) -> Vec<i64> {
         out.iter().map(|r| r.meta.offset).collect()
+    }
+
+    #[test]
+    fn partitions_added_later_are_delivered_from_their_first_record() {
+        let (mut s, _) = sub(&[Start::Latest], &[7], 10, "t");
+        let mut out = Vec::new();
+        s.on_live(rec(2, 0, "a"), &mut out);
+        s.on_live(rec(0, 7, "a"), &mut out);
+        s.on_live(rec(2, 0, "a"), &mut out);
+        s.on_live(rec(1, 0, "a"), &mut out);
+        let got: Vec<_> = out
+            .iter()
+            .map(|r| (r.meta.partition, r.meta.offset))
+            .collect();
+        assert_eq!(
+            got,
+            [(2, 0), (0, 7), (1, 0)],
+            "each once, the repeat dropped"
+        );
     }
 
     fn sub(

@@ -73,6 +73,17 @@ async fn wait_for_snapshot(route: &TopicRoute) -> Result<(), (ErrorCode, String)
     Ok(())
 }
 
+/// Refuses a subscription to a topic deleted from the cluster.
+fn not_deleted(route: &TopicRoute) -> Result<(), (ErrorCode, String)> {
+    match route.is_deleted() {
+        true => Err((
+            ErrorCode::TopicDeleted,
+            format!("topic {:?} was deleted from the cluster", &**route.name()),
+        )),
+        false => Ok(()),
+    }
+}
+
 /// Refuses an offset past its partition's end: the subscription would wait, silent, for
 /// records that may never come. Ingest may lag Kafka (or the node the client came from),
 /// so Kafka's own end is asked before refusing.
@@ -408,6 +419,7 @@ impl Connection {
                         break End::Close(CloseCode::IdleTimeout);
                     }
                     self.pending.push(Outbound::Ping);
+                    self.end_deleted_topics();
                 }
                 _ = async { tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)).await }, if flush_at.is_some() => {
                     self.flush_throttles();
@@ -936,6 +948,7 @@ impl Connection {
                 ),
             ));
         };
+        not_deleted(route)?;
         if self.by_channel.contains_key(name) {
             return Err((
                 ErrorCode::AlreadySubscribed,
@@ -1019,6 +1032,7 @@ impl Connection {
                 format!("topic {:?} is no longer served", &*channel.topic),
             )
         })?;
+        not_deleted(route)?;
         let partitions = route.partitions();
         let (persist, mut starts) = match starts {
             Resolved::Requested(s) => (true, s),
@@ -1115,6 +1129,28 @@ impl Connection {
     }
 
     /// Drops a subscription; `forget` also removes it from the attached session.
+    /// Ends the subscriptions to topics deleted from the cluster, each with an error
+    /// naming its channel: no record will come, and waiting silently would look like a
+    /// quiet topic. A durable session forgets them too.
+    fn end_deleted_topics(&mut self) {
+        let router = &self.gateway.router;
+        let gone: Vec<(Arc<str>, Option<Value>)> = self
+            .subs
+            .values()
+            .filter(|a| {
+                router
+                    .topic(&a.sub.channel.topic)
+                    .is_none_or(|r| r.is_deleted())
+            })
+            .map(|a| (a.name.clone(), a.sub.request_id.clone()))
+            .collect();
+        for (name, request_id) in gone {
+            self.remove_subscription(&name, true);
+            let message = format!("the topic of channel {name:?} was deleted from the cluster");
+            self.error(request_id.as_ref(), ErrorCode::TopicDeleted, &message);
+        }
+    }
+
     fn remove_subscription(&mut self, name: &str, forget: bool) -> bool {
         let Some(id) = self.by_channel.remove(name) else {
             return false;

@@ -61,6 +61,8 @@ pub enum ErrorCode {
     InvalidToken,
     /// `snapshot` on a topic without `snapshot = true`, or its cache is still loading.
     SnapshotUnavailable,
+    /// The topic was deleted from the cluster; the subscription was removed.
+    TopicDeleted,
 }
 
 impl ErrorCode {
@@ -88,6 +90,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::InvalidToken => "invalid_token",
             ErrorCode::SnapshotUnavailable => "snapshot_unavailable",
+            ErrorCode::TopicDeleted => "topic_deleted",
         }
     }
 }

@@ -223,16 +223,21 @@ impl Gateway {
     }
 
     /// Starts a gateway on the broker at `bootstrap`.
-    pub fn start_on(bootstrap: &str, topics: &[(&str, i32)], extra: &str) -> Gateway {
+    pub fn start_on<'a>(bootstrap: &str, topics: &[(&str, i32)], extra: &'a str) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        // `extra` may open with a `[server]` table: its keys join the harness's own.
-        let (server, extra) = match extra.strip_prefix("[server]\n") {
-            Some(rest) => rest.split_at(rest.find("\n[").map_or(rest.len(), |i| i + 1)),
-            None => ("", extra),
+        // `extra` may open with a `[server]` table, then a `[kafka]` one: their keys join
+        // the harness's own.
+        let leading = |extra: &'a str, table: &str| -> (&'a str, &'a str) {
+            match extra.strip_prefix(table) {
+                Some(rest) => rest.split_at(rest.find("\n[").map_or(rest.len(), |i| i + 1)),
+                None => ("", extra),
+            }
         };
+        let (server, extra) = leading(extra, "[server]\n");
+        let (kafka, extra) = leading(extra, "[kafka]\n");
         let mut toml = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nshutdown_timeout_secs = 5\n{server}\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\nfetch_wait_max_ms = 5\ncreate_missing_topics = true\nretry_initial_ms = 100\nretry_max_ms = 1000\n\n",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nshutdown_timeout_secs = 5\n{server}\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\nfetch_wait_max_ms = 5\ncreate_missing_topics = true\nretry_initial_ms = 100\nretry_max_ms = 1000\n{kafka}\n",
             dir.path().join("data").display(),
         );
         for (name, partitions) in topics {

@@ -16,3 +16,4 @@ mod proxy;
 mod security;
 mod sessions;
 mod streaming;
+mod topology;
