@@ -42,6 +42,8 @@ def plot(results: Path) -> Path:
     fanout = load(results, "fanout")
     for label, starts, style in [
         ("kgate", "kgate: messages delivered", "o-"),
+        ("Centrifugo", "peer: Centrifugo", "D-"),
+        ("floor (no Kafka)", "floor:", "x:"),
         ("nchan", "baseline: nchan", "s--"),
         ("kafkajs + ws bridge", "baseline: kafkajs", "^--"),
     ]:

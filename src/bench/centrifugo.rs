@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use rdkafka::message::{Header, OwnedHeaders};
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
 
 use super::load::Target;
 use super::procs::{Proc, free_port};
@@ -18,6 +19,17 @@ use super::procs::{Proc, free_port};
 pub const VERSION: &str = "v6.9.1";
 /// The channel bench records are published to.
 pub const CHANNEL: &str = "bench";
+
+/// How a Centrifugo is configured for a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Live delivery only.
+    Live,
+    /// The channel keeps a history and clients recover missed publications on reconnect.
+    History,
+    /// Connections that never read (memory per idle connection).
+    Idle,
+}
 
 /// A running Centrifugo.
 pub struct Centrifugo {
@@ -59,23 +71,29 @@ impl Centrifugo {
         }
     }
 
-    /// Starts Centrifugo consuming `topic` from `bootstrap`; with `history`, the channel
-    /// keeps a history stream and clients recover missed publications on reconnect.
-    pub fn start(dir: &Path, bootstrap: &str, topic: &str, history: bool) -> anyhow::Result<Self> {
+    /// Starts Centrifugo consuming `topic` from `bootstrap`, configured for `mode`.
+    pub fn start(dir: &Path, bootstrap: &str, topic: &str, mode: Mode) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let port = free_port()?;
         let mut channel = json!({"allow_subscribe_for_client": true});
-        if history {
-            channel["history_size"] = json!(1000);
-            channel["history_ttl"] = json!("600s");
-            channel["force_recovery"] = json!(true);
-            channel["force_positioning"] = json!(true);
+        let mut client = json!({"insecure": true, "allowed_origins": ["*"]});
+        match mode {
+            Mode::Live => {}
+            Mode::History => {
+                channel["history_size"] = json!(1000);
+                channel["history_ttl"] = json!("600s");
+                channel["force_recovery"] = json!(true);
+                channel["force_positioning"] = json!(true);
+            }
+            // Idle holders never read, so they never answer a ping: no pong deadline, as
+            // kgate's idle holders stay within its heartbeat timeout.
+            Mode::Idle => client["pong_timeout"] = json!("-1s"),
         }
         let config = json!({
             "http_server": {"address": "127.0.0.1", "port": port},
             "log": {"level": "warn"},
             "health": {"enabled": true},
-            "client": {"insecure": true, "allowed_origins": ["*"]},
+            "client": client,
             "channel": {"without_namespace": channel},
             "consumers": [{
                 "enabled": true,
@@ -99,7 +117,12 @@ impl Centrifugo {
         let proc = Proc::command(cmd, log.clone())?;
         let health = format!("http://127.0.0.1:{port}/health");
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut proc = proc;
         while !ureq::get(&health).call().is_ok_and(|r| r.status() == 200) {
+            if proc.exited() {
+                let log = std::fs::read_to_string(proc.log()).unwrap_or_default();
+                bail!("Centrifugo exited at start:\n{log}");
+            }
             if Instant::now() > deadline {
                 bail!(
                     "Centrifugo did not start within 60 s; see {}",
@@ -111,10 +134,15 @@ impl Centrifugo {
         Ok(Centrifugo { proc, port })
     }
 
+    /// The WebSocket URL of its client protocol.
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/connection/websocket", self.port)
+    }
+
     /// The load client's target.
     pub fn target(&self) -> Target {
         Target::Centrifugo {
-            url: format!("ws://127.0.0.1:{}/connection/websocket", self.port),
+            url: self.ws_url(),
             channel: CHANNEL.to_string(),
         }
     }
@@ -149,5 +177,102 @@ impl Centrifugo {
                 bail!("Centrifugo delivered nothing from {topic} within 60 s");
             }
         }
+    }
+}
+
+/// A Centrifugo subscriber that keeps its stream position, to recover what it missed.
+pub struct Recovering {
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    epoch: String,
+    offset: u64,
+}
+
+impl Recovering {
+    /// Connects and subscribes, recovering from `since` (a previous client's position)
+    /// when given; returns the client and the publications the subscribe reply carried.
+    pub async fn connect(
+        url: &str,
+        since: Option<(String, u64)>,
+    ) -> anyhow::Result<(Recovering, usize)> {
+        use futures_util::SinkExt;
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
+        let mut subscribe = json!({"channel": CHANNEL});
+        if let Some((epoch, offset)) = &since {
+            subscribe["recover"] = json!(true);
+            subscribe["epoch"] = json!(epoch);
+            subscribe["offset"] = json!(offset);
+        }
+        let commands = format!(
+            "{}\n{}",
+            json!({"id": 1, "connect": {}}),
+            json!({"id": 2, "subscribe": subscribe})
+        );
+        socket.send(Message::Text(commands.into())).await?;
+        let mut client = Recovering {
+            socket,
+            epoch: String::new(),
+            offset: 0,
+        };
+        loop {
+            for line in client.next_lines().await? {
+                let reply: serde_json::Value = serde_json::from_str(&line)?;
+                if reply["id"] != 2 {
+                    continue;
+                }
+                let result = &reply["subscribe"];
+                if result.is_null() {
+                    bail!("Centrifugo refused the subscription: {line}");
+                }
+                if since.is_some() && result["recovered"] != true {
+                    bail!("Centrifugo did not recover the stream: {line}");
+                }
+                client.epoch = result["epoch"].as_str().unwrap_or_default().to_string();
+                client.offset = result["offset"].as_u64().unwrap_or(0);
+                let publications = result["publications"].as_array().map_or(0, Vec::len);
+                if let Some(last) = result["publications"].as_array().and_then(|p| p.last()) {
+                    client.offset = client.offset.max(last["offset"].as_u64().unwrap_or(0));
+                }
+                return Ok((client, publications));
+            }
+        }
+    }
+
+    /// Lines of the next text frame, answering pings.
+    async fn next_lines(&mut self) -> anyhow::Result<Vec<String>> {
+        use futures_util::{SinkExt, StreamExt};
+        loop {
+            let Some(message) = self.socket.next().await else {
+                bail!("Centrifugo closed the connection");
+            };
+            if let Message::Text(text) = message? {
+                if text.as_str() == "{}" {
+                    self.socket.send(Message::Text("{}".into())).await?;
+                    continue;
+                }
+                return Ok(text.lines().map(str::to_string).collect());
+            }
+        }
+    }
+
+    /// Reads `n` publications, keeping the position of the last.
+    pub async fn read(&mut self, n: usize) -> anyhow::Result<()> {
+        let mut seen = 0;
+        while seen < n {
+            for line in self.next_lines().await? {
+                let push: serde_json::Value = serde_json::from_str(&line)?;
+                if let Some(offset) = push["push"]["pub"]["offset"].as_u64() {
+                    self.offset = self.offset.max(offset);
+                    seen += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where this client is in the channel's stream.
+    pub fn position(&self) -> (String, u64) {
+        (self.epoch.clone(), self.offset)
     }
 }

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use super::baseline::{Bridge, Nchan};
-use super::centrifugo::Centrifugo;
+use super::centrifugo::{Centrifugo, Mode};
 use super::floor::Floor;
 use super::load::{Connect, LoadClient, Target, connect_many};
 use super::{CpuMeter, GatewayProc, Row, produce, produce_with, progress};
@@ -204,7 +204,7 @@ pub async fn run_fanout(opts: &FanoutOptions) -> anyhow::Result<Vec<Row>> {
                 &dir.path().join("centrifugo"),
                 &bootstrap,
                 centrifugo_topic,
-                false,
+                Mode::Live,
             )?;
             centrifugo
                 .wait_consuming(&producer, centrifugo_topic)

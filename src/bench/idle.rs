@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use super::baseline::Nchan;
-use super::centrifugo::Centrifugo;
+use super::centrifugo::{Centrifugo, Mode};
 use super::load::{Connect, Target, connect_many};
 use super::procs::{Proc, rss_bytes, tree_rss_bytes};
 use super::{GatewayProc, Row, progress};
@@ -48,7 +48,7 @@ pub async fn run_idle(opts: &IdleOptions) -> anyhow::Result<Vec<Row>> {
         Some(why) => progress(format!("skipping the Centrifugo peer: {why}")),
         None => {
             let dir = dir.path().join("centrifugo");
-            let centrifugo = Centrifugo::start(&dir, &bootstrap, topic, false)?;
+            let centrifugo = Centrifugo::start(&dir, &bootstrap, topic, Mode::Idle)?;
             let pid = centrifugo.proc.pid();
             drop(connect_many(&centrifugo.target(), 1, Connect::default()).await?);
             let bytes = measure(&dir, &centrifugo.target(), opts, || rss_bytes(pid)).await?;

@@ -14,7 +14,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::centrifugo::{self, Centrifugo};
+use super::centrifugo::{self, Centrifugo, Mode};
 use super::fanout::deliver;
 use super::floor::Floor;
 use super::load::{Connect, LoadClient, Target, connect_many, now_us, timestamp_us};
@@ -169,7 +169,7 @@ pub async fn run_latency(opts: &LatencyOptions) -> anyhow::Result<Vec<Row>> {
                 &dir.path().join("centrifugo"),
                 &bootstrap,
                 peer_topic,
-                false,
+                Mode::Live,
             )?;
             centrifugo.wait_consuming(&producer, peer_topic).await?;
             let load = connect_many(&centrifugo.target(), clients, Connect::default()).await?;

@@ -68,6 +68,11 @@ impl Proc {
         self.child.stdin.take()
     }
 
+    /// Whether the child has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
     /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
