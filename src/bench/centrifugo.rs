@@ -71,6 +71,23 @@ impl Centrifugo {
         }
     }
 
+    /// [`Centrifugo::start`] when Centrifugo is installed; otherwise says why the peer
+    /// is skipped.
+    pub fn start_if_installed(
+        dir: &Path,
+        bootstrap: &str,
+        topic: &str,
+        mode: Mode,
+    ) -> anyhow::Result<Option<Self>> {
+        match Self::unavailable() {
+            Some(why) => {
+                super::progress(format!("skipping the Centrifugo peer: {why}"));
+                Ok(None)
+            }
+            None => Self::start(dir, bootstrap, topic, mode).map(Some),
+        }
+    }
+
     /// Starts Centrifugo consuming `topic` from `bootstrap`, configured for `mode`.
     pub fn start(dir: &Path, bootstrap: &str, topic: &str, mode: Mode) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;

@@ -197,37 +197,33 @@ pub async fn run_fanout(opts: &FanoutOptions) -> anyhow::Result<Vec<Row>> {
             ),
         ]
     };
-    match Centrifugo::unavailable() {
-        Some(why) => progress(format!("skipping the Centrifugo peer: {why}")),
-        None => {
-            let centrifugo = Centrifugo::start(
-                &dir.path().join("centrifugo"),
-                &bootstrap,
-                centrifugo_topic,
-                Mode::Live,
-            )?;
-            centrifugo
-                .wait_consuming(&producer, centrifugo_topic)
-                .await?;
-            let load = connect_many(&centrifugo.target(), clients, Connect::default()).await?;
-            progress(format!(
-                "Centrifugo {}: producing {n} records to {clients} clients",
-                super::centrifugo::VERSION
-            ));
-            let cpu = CpuMeter::start(&[centrifugo.proc.pid()]);
-            let feed = produce_with(
-                &producer,
-                centrifugo_topic,
-                n,
-                Some(super::centrifugo::headers()),
-            );
-            let d = deliver(load, n, feed).await?;
-            rows.extend(peer_rows(
-                &format!("peer: Centrifugo {}", super::centrifugo::VERSION),
-                &d,
-                cpu.used()[0],
-            ));
-        }
+    if let Some(centrifugo) = Centrifugo::start_if_installed(
+        &dir.path().join("centrifugo"),
+        &bootstrap,
+        centrifugo_topic,
+        Mode::Live,
+    )? {
+        centrifugo
+            .wait_consuming(&producer, centrifugo_topic)
+            .await?;
+        let load = connect_many(&centrifugo.target(), clients, Connect::default()).await?;
+        progress(format!(
+            "Centrifugo {}: producing {n} records to {clients} clients",
+            super::centrifugo::VERSION
+        ));
+        let cpu = CpuMeter::start(&[centrifugo.proc.pid()]);
+        let feed = produce_with(
+            &producer,
+            centrifugo_topic,
+            n,
+            Some(super::centrifugo::headers()),
+        );
+        let d = deliver(load, n, feed).await?;
+        rows.extend(peer_rows(
+            &format!("peer: Centrifugo {}", super::centrifugo::VERSION),
+            &d,
+            cpu.used()[0],
+        ));
     }
     {
         let mut floor = Floor::start(dir.path())?;

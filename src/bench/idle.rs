@@ -44,25 +44,23 @@ pub async fn run_idle(opts: &IdleOptions) -> anyhow::Result<Vec<Row>> {
         unit: "bytes".into(),
         ratio: None,
     }];
-    match Centrifugo::unavailable() {
-        Some(why) => progress(format!("skipping the Centrifugo peer: {why}")),
-        None => {
-            let dir = dir.path().join("centrifugo");
-            let centrifugo = Centrifugo::start(&dir, &bootstrap, topic, Mode::Idle)?;
-            let pid = centrifugo.proc.pid();
-            drop(connect_many(&centrifugo.target(), 1, Connect::default()).await?);
-            let bytes = measure(&dir, &centrifugo.target(), opts, || rss_bytes(pid)).await?;
-            rows.push(Row {
-                scenario: scenario.clone(),
-                metric: format!(
-                    "peer: Centrifugo {} RSS per idle subscribed connection",
-                    super::centrifugo::VERSION
-                ),
-                value: bytes,
-                unit: "bytes".into(),
-                ratio: Some(kgate / bytes),
-            });
-        }
+    let peer_dir = dir.path().join("centrifugo");
+    if let Some(centrifugo) =
+        Centrifugo::start_if_installed(&peer_dir, &bootstrap, topic, Mode::Idle)?
+    {
+        let pid = centrifugo.proc.pid();
+        drop(connect_many(&centrifugo.target(), 1, Connect::default()).await?);
+        let bytes = measure(&peer_dir, &centrifugo.target(), opts, || rss_bytes(pid)).await?;
+        rows.push(Row {
+            scenario: scenario.clone(),
+            metric: format!(
+                "peer: Centrifugo {} RSS per idle subscribed connection",
+                super::centrifugo::VERSION
+            ),
+            value: bytes,
+            unit: "bytes".into(),
+            ratio: Some(kgate / bytes),
+        });
     }
     match Nchan::unavailable() {
         Some(why) => progress(format!("skipping the nchan baseline: {why}")),

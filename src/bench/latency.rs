@@ -162,34 +162,30 @@ pub async fn run_latency(opts: &LatencyOptions) -> anyhow::Result<Vec<Row>> {
             ratio: Some(kgate_cpu / per_message(h, cpu).max(1e-9)),
         });
     };
-    match Centrifugo::unavailable() {
-        Some(why) => progress(format!("skipping the Centrifugo peer: {why}")),
-        None => {
-            let centrifugo = Centrifugo::start(
-                &dir.path().join("centrifugo"),
-                &bootstrap,
-                peer_topic,
-                Mode::Live,
-            )?;
-            centrifugo.wait_consuming(&producer, peer_topic).await?;
-            let load = connect_many(&centrifugo.target(), clients, Connect::default()).await?;
-            progress(format!(
-                "Centrifugo: producing {total} records at {rate:.0}/s"
-            ));
-            let feed = produce_paced(
-                &producer,
-                peer_topic,
-                rate,
-                total,
-                Some(centrifugo::headers()),
-            );
-            let (h, cpu) = latencies(load, total, feed, centrifugo.proc.pid()).await?;
-            peer_rows(
-                &format!("peer: Centrifugo {}", centrifugo::VERSION),
-                &h,
-                cpu,
-            );
-        }
+    if let Some(centrifugo) = Centrifugo::start_if_installed(
+        &dir.path().join("centrifugo"),
+        &bootstrap,
+        peer_topic,
+        Mode::Live,
+    )? {
+        centrifugo.wait_consuming(&producer, peer_topic).await?;
+        let load = connect_many(&centrifugo.target(), clients, Connect::default()).await?;
+        progress(format!(
+            "Centrifugo: producing {total} records at {rate:.0}/s"
+        ));
+        let feed = produce_paced(
+            &producer,
+            peer_topic,
+            rate,
+            total,
+            Some(centrifugo::headers()),
+        );
+        let (h, cpu) = latencies(load, total, feed, centrifugo.proc.pid()).await?;
+        peer_rows(
+            &format!("peer: Centrifugo {}", centrifugo::VERSION),
+            &h,
+            cpu,
+        );
     }
     let mut floor = Floor::start(dir.path())?;
     let load = connect_many(

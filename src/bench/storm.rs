@@ -88,28 +88,24 @@ pub async fn run_storm(opts: &StormOptions) -> anyhow::Result<Vec<Row>> {
         },
     ];
     gw.stop();
-    match Centrifugo::unavailable() {
-        Some(why) => progress(format!("skipping the Centrifugo peer: {why}")),
-        None => {
-            let centrifugo = Centrifugo::start(
-                &dir.path().join("centrifugo"),
-                &bootstrap,
-                peer_topic,
-                Mode::History,
-            )?;
-            let peer = centrifugo_storm(&centrifugo, &producer, peer_topic, opts).await?;
-            rows.push(Row {
-                scenario,
-                metric: format!(
-                    "peer: Centrifugo {} with history and recovery: time until all recovered {} missed records (it stays up; its history is in memory)",
-                    super::centrifugo::VERSION,
-                    opts.missed
-                ),
-                value: peer.as_secs_f64() * 1000.0,
-                unit: "ms".into(),
-                ratio: Some(elapsed / peer.as_secs_f64()),
-            });
-        }
+    if let Some(centrifugo) = Centrifugo::start_if_installed(
+        &dir.path().join("centrifugo"),
+        &bootstrap,
+        peer_topic,
+        Mode::History,
+    )? {
+        let peer = centrifugo_storm(&centrifugo, &producer, peer_topic, opts).await?;
+        rows.push(Row {
+            scenario,
+            metric: format!(
+                "peer: Centrifugo {} with history and recovery: time until all recovered {} missed records (it stays up; its history is in memory)",
+                super::centrifugo::VERSION,
+                opts.missed
+            ),
+            value: peer.as_secs_f64() * 1000.0,
+            unit: "ms".into(),
+            ratio: Some(elapsed / peer.as_secs_f64()),
+        });
     }
     Ok(rows)
 }

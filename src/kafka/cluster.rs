@@ -88,32 +88,18 @@ impl Cluster {
         &self.servers
     }
 
-    /// Fetches the topic list once.
+    /// Fetches the topic list once: the topics listed without an error.
     pub async fn topics(&self) -> Result<TopicPartitions, ClusterError> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let md = this
-                .consumer
-                .fetch_metadata(None, this.timeout)
-                .map_err(|source| ClusterError::Unreachable {
-                    servers: this.servers.clone(),
-                    source,
-                })?;
-            Ok(md
-                .topics()
-                .iter()
-                .filter(|t| t.error().is_none())
-                .map(|t| (t.name().to_string(), t.partitions().len() as i32))
-                .collect())
-        })
-        .await?
+        let layout = self.layout().await?;
+        Ok(layout
+            .into_iter()
+            .filter_map(|(name, count)| Some((name, count?)))
+            .collect())
     }
 
     /// Every topic the cluster lists, with its partition count, or `None` for a topic
     /// listed with an error (its layout is unknown for now, not gone).
-    pub async fn layout(
-        &self,
-    ) -> Result<std::collections::HashMap<String, Option<i32>>, ClusterError> {
+    pub async fn layout(&self) -> Result<HashMap<String, Option<i32>>, ClusterError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let md = this
