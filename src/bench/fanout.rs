@@ -227,14 +227,7 @@ pub async fn run_fanout(opts: &FanoutOptions) -> anyhow::Result<Vec<Row>> {
     }
     {
         let mut floor = Floor::start(dir.path())?;
-        let load = connect_many(
-            &Target::Plain {
-                url: floor.ws_url(),
-            },
-            clients,
-            Connect::default(),
-        )
-        .await?;
+        let load = connect_many(&floor.target(), clients, Connect::default()).await?;
         progress(format!(
             "floor: generating {n} records for {clients} clients"
         ));

@@ -52,9 +52,11 @@ impl Floor {
         })
     }
 
-    /// The URL its clients connect to.
-    pub fn ws_url(&self) -> String {
-        format!("ws://127.0.0.1:{}/", self.port)
+    /// The load client's target: every message is a record.
+    pub fn target(&self) -> super::load::Target {
+        super::load::Target::Plain {
+            url: format!("ws://127.0.0.1:{}/", self.port),
+        }
     }
 
     /// Has the server generate `n` records at `rate` per second (0: as fast as its

@@ -188,14 +188,7 @@ pub async fn run_latency(opts: &LatencyOptions) -> anyhow::Result<Vec<Row>> {
         );
     }
     let mut floor = Floor::start(dir.path())?;
-    let load = connect_many(
-        &Target::Plain {
-            url: floor.ws_url(),
-        },
-        clients,
-        Connect::default(),
-    )
-    .await?;
+    let load = connect_many(&floor.target(), clients, Connect::default()).await?;
     progress(format!("floor: generating {total} records at {rate:.0}/s"));
     let pid = floor.proc.pid();
     let feed = async { floor.generate(total, rate).await.map(|_| ()) };
