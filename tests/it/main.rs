@@ -1,5 +1,6 @@
-//! Integration tests: a real broker (kgate's embedded tansu, in its own
-//! process, over TCP), real gateway processes, real WebSocket clients.
+//! Integration tests: a real broker in its own process over TCP (kgate's embedded
+//! tansu, or Apache Kafka with `KGATE_TEST_BROKER=kafka`), real gateway processes,
+//! real WebSocket clients.
 
 mod browser;
 mod cli;
