@@ -42,8 +42,9 @@ fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("KGATE_CENTRIFUGO") {
         return PathBuf::from(path);
     }
-    let installed = std::env::var_os("HOME")
-        .map(|home| PathBuf::from(home).join(".cache/kgate/go-bin/centrifugo"));
+    let installed = std::env::var_os("HOME").map(|home| {
+        PathBuf::from(home).join(format!(".cache/kgate/centrifugo-{VERSION}/centrifugo"))
+    });
     match installed {
         Some(path) if path.exists() => path,
         _ => PathBuf::from("centrifugo"),
