@@ -359,6 +359,17 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// A numeric field of `topic` in `/v1/topics` (`partitions`, `subscriptions`, ...), or -1.
+pub fn topic_stat(port: u16, topic: &str, field: &str) -> i64 {
+    let (_, body) = http_get(port, "/v1/topics").expect("topics");
+    let topics: Value = serde_json::from_str(&body).expect("topics JSON");
+    topics["topics"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["name"] == topic))
+        .and_then(|t| t[field].as_i64())
+        .unwrap_or(-1)
+}
+
 /// Connects a client and subscribes, returning once the subscription is live.
 pub async fn subscribed_client(url: &str, channel: &str, from: Value) -> Client {
     let mut client = Client::connect(url).await.expect("connect");

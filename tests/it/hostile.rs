@@ -28,17 +28,6 @@ fn metric(port: u16, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
-/// The subscription count `/v1/topics` reports for `topic`.
-fn subscriptions(port: u16, topic: &str) -> i64 {
-    let (_, body) = http_get(port, "/v1/topics").expect("topics");
-    let topics: Value = serde_json::from_str(&body).expect("topics JSON");
-    topics["topics"]
-        .as_array()
-        .and_then(|ts| ts.iter().find(|t| t["name"] == topic))
-        .and_then(|t| t["subscriptions"].as_i64())
-        .unwrap_or(-1)
-}
-
 /// 17.1: a `max_rate` so small that its interval overflows once panicked the connection
 /// and leaked its subscription and outbox; now it is `invalid_frame`, and a connection's
 /// subscriptions and gauge are released when it ends.
@@ -67,10 +56,10 @@ async fn tiny_max_rates_are_refused_and_connections_release_everything() {
         .expect("produce");
     let (event, _) = c.until("event", WAIT).await.expect("event");
     assert_eq!(event["offset"], 0);
-    assert_eq!(subscriptions(gw.port, &t), 1);
+    assert_eq!(topic_stat(gw.port, &t, "subscriptions"), 1);
     c.close().await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while subscriptions(gw.port, &t) != 0
+    while topic_stat(gw.port, &t, "subscriptions") != 0
         || metric(gw.port, "kgate_connections_active", "websocket") != 0.0
     {
         assert!(

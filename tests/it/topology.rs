@@ -22,17 +22,6 @@ fn admin() -> AdminClient<DefaultClientContext> {
         .expect("admin client")
 }
 
-/// The partition count `/v1/topics` reports for `topic`.
-fn served_partitions(port: u16, topic: &str) -> i64 {
-    let (_, body) = http_get(port, "/v1/topics").expect("topics");
-    let topics: Value = serde_json::from_str(&body).expect("topics JSON");
-    topics["topics"]
-        .as_array()
-        .and_then(|ts| ts.iter().find(|t| t["name"] == topic))
-        .and_then(|t| t["partitions"].as_i64())
-        .unwrap_or(-1)
-}
-
 /// The next frame of type `kind`, skipping others; panics on a close.
 async fn next_of(c: &mut Client, kind: &str) -> Value {
     let (frame, _) = c
@@ -66,7 +55,7 @@ async fn partitions_a_topic_gains_are_served_from_their_first_record() {
             r.expect("partitions added");
         });
     let deadline = Instant::now() + WAIT;
-    while served_partitions(gw.port, &t) != 3 {
+    while topic_stat(gw.port, &t, "partitions") != 3 {
         assert!(
             Instant::now() < deadline,
             "the gateway did not pick up the partitions"
