@@ -403,6 +403,29 @@ pub async fn read_events(client: &mut Client, count: usize, limit: Duration) -> 
     events
 }
 
+/// Reads `count` events and keeps only their positions by partition, in arrival order: many
+/// clients reading thousands of records each would hold gigabytes of whole frames.
+pub async fn read_offsets(client: &mut Client, count: usize, limit: Duration) -> Received {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut out = Received::new();
+    let mut seen = 0;
+    while seen < count {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_within(left).await {
+            Ok(Incoming::Frame(f)) if f["type"] == "event" => {
+                seen += 1;
+                out.entry(f["partition"].as_i64().expect("partition"))
+                    .or_default()
+                    .push(f["offset"].as_i64().expect("offset"));
+            }
+            Ok(Incoming::Frame(_)) => {}
+            Ok(Incoming::Closed(c)) => panic!("closed after {seen} of {count} events: {c:?}"),
+            Err(e) => panic!("after {seen} of {count} events: {e}"),
+        }
+    }
+    out
+}
+
 /// Groups event offsets by partition, in arrival order.
 pub fn by_partition(events: &[Value]) -> Received {
     let mut out = Received::new();

@@ -99,9 +99,9 @@ async fn slow_readers_stay_bounded_and_fast_readers_get_everything() {
     let fast: Vec<_> = fast
         .into_iter()
         .map(|mut c| {
-            tokio::spawn(async move {
-                by_partition(&read_events(&mut c, RECORDS, Duration::from_secs(300)).await)
-            })
+            tokio::spawn(
+                async move { read_offsets(&mut c, RECORDS, Duration::from_secs(300)).await },
+            )
         })
         .collect();
     // 100 clients subscribe, then stop reading, with a small receive buffer so the gateway feels it.
@@ -691,9 +691,10 @@ async fn disconnect_policy_closes_a_stalled_reader_after_its_grace() {
     // 8 MB: more than the kernel buffers (4 MiB send buffer at most) can hide from the gateway.
     const RECORDS: usize = 8000;
     let mut healthy = subscribed_client(&gw.ws_url(), &t, json!("latest")).await;
-    let healthy = tokio::spawn(async move {
-        by_partition(&read_events(&mut healthy, RECORDS, Duration::from_secs(120)).await)
-    });
+    let healthy =
+        tokio::spawn(
+            async move { read_offsets(&mut healthy, RECORDS, Duration::from_secs(120)).await },
+        );
     let mut stalled = stalled_subscriber(gw.port, &t).await;
     let started = Instant::now();
     produce_sized(&t, RECORDS, 1000).await;

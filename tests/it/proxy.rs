@@ -124,7 +124,7 @@ async fn websocket_and_sse_stream_through_nginx() {
     )
     .await;
     produce(&t, 0..200).await;
-    let got = by_partition(&read_events(&mut ws, 200, Duration::from_secs(60)).await);
+    let got = read_offsets(&mut ws, 200, Duration::from_secs(60)).await;
     assert_eq!(
         got[&0],
         (0..200).collect::<Vec<i64>>(),

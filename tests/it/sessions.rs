@@ -16,6 +16,8 @@ use tokio::sync::watch;
 use crate::harness::*;
 
 const WAIT: Duration = Duration::from_secs(120);
+/// The least time between two rounds of acks, as docs/protocol.md advises ("every second or so").
+const ACK_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Deserialize)]
 struct Frame {
@@ -74,6 +76,23 @@ impl Ledger {
     }
 }
 
+/// Acks the newest offset of each partition in `last`; false when the connection is gone.
+async fn ack(
+    c: &mut Client,
+    topic: &str,
+    ledger: &mut Ledger,
+    last: &mut HashMap<i64, i64>,
+) -> bool {
+    for (p, o) in last.drain() {
+        if c.ack(topic, p, o).await.is_err() {
+            return false;
+        }
+        ledger.acked.insert(p, o);
+        ledger.ack_log.push((Instant::now(), p, o));
+    }
+    true
+}
+
 /// Connects, attaches `session`, and subscribes to `topic` when `subscribe` is set.
 async fn durable(
     url: &str,
@@ -90,8 +109,10 @@ async fn durable(
     Ok((c, attached))
 }
 
-/// Reads events into `ledger`, acking the last offset per partition every `ack_every` events,
-/// until `done` holds (true) or the connection ends (false).
+/// Reads events into `ledger`, acking the last offset per partition every `ack_every` events
+/// but at most every [`ACK_INTERVAL`] (acks count against `limits.commands_per_sec`, and a
+/// replay from Kafka delivers tens of thousands of events a second), and once more when
+/// `done` holds (true); false when the connection ends first.
 async fn pump(
     c: &mut Client,
     topic: &str,
@@ -101,9 +122,10 @@ async fn pump(
 ) -> bool {
     let mut last: HashMap<i64, i64> = HashMap::new();
     let mut since_ack = 0;
+    let mut acked_at = Instant::now();
     loop {
         if done(ledger) {
-            return true;
+            return ack(c, topic, ledger, &mut last).await;
         }
         let text = match tokio::time::timeout(Duration::from_millis(200), c.next_text()).await {
             Err(_) => continue, // re-check `done`
@@ -117,14 +139,11 @@ async fn pump(
                 ledger.record(p, o);
                 last.insert(p, o);
                 since_ack += 1;
-                if since_ack >= ack_every {
+                if since_ack >= ack_every && acked_at.elapsed() >= ACK_INTERVAL {
                     since_ack = 0;
-                    for (p, o) in last.drain() {
-                        if c.ack(topic, p, o).await.is_err() {
-                            return false;
-                        }
-                        ledger.acked.insert(p, o);
-                        ledger.ack_log.push((Instant::now(), p, o));
+                    acked_at = Instant::now();
+                    if !ack(c, topic, ledger, &mut last).await {
+                        return false;
                     }
                 }
             }
