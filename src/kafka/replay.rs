@@ -101,6 +101,10 @@ struct ScanState {
 
 type ScanKey = (Arc<str>, i32);
 
+/// Records per replay send: one wake of the connection per batch, at most this many
+/// records held per send.
+const BATCH: usize = 64;
+
 /// How long a shared scan waits for one slow follower before detaching it.
 const FOLLOWER_PATIENCE: Duration = Duration::from_millis(250);
 
@@ -199,10 +203,14 @@ impl ReplayPool {
     ) {
         tracing::debug!(topic = %req.topic, partition = req.partition, records = records.len(), tier = ?Tier::Memory, "replay");
         telemetry::replayed(Tier::Memory.as_str(), records.len() as u64);
-        for record in records {
+        for batch in records.chunks(BATCH) {
             if cancel.is_cancelled()
                 || tx
-                    .send((req.subscription, req.partition, ReplayEvent::Record(record)))
+                    .send((
+                        req.subscription,
+                        req.partition,
+                        ReplayEvent::Records(batch.to_vec()),
+                    ))
                     .await
                     .is_err()
             {
@@ -339,8 +347,14 @@ impl ReplayPool {
         );
         let outcome = (|| {
             consumer.assign(&tpl)?;
+            let mut batch = Vec::with_capacity(BATCH);
             loop {
-                match consumer.poll(Duration::from_millis(100)) {
+                // Wait only when nothing is batched: what is batched goes out at once.
+                let wait = match batch.is_empty() {
+                    true => Duration::from_millis(100),
+                    false => Duration::ZERO,
+                };
+                match consumer.poll(wait) {
                     None => {}
                     Some(Ok(message)) => {
                         let record = Arc::new(super::encode_message(
@@ -350,17 +364,22 @@ impl ReplayPool {
                             self.config.limits.max_outbound_record_bytes,
                         ));
                         backfill.read(&route, *partition, &record);
-                        if !self.distribute(scan, record) {
-                            return Ok(());
+                        batch.push(record);
+                        if batch.len() < BATCH {
+                            continue;
                         }
                     }
                     Some(Err(KafkaError::PartitionEOF(_))) => {
+                        self.distribute(scan, std::mem::take(&mut batch));
                         self.finish(key, scan);
                         return Ok(());
                     }
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "replay reader: transient Kafka error")
                     }
+                }
+                if !batch.is_empty() && !self.distribute(scan, std::mem::take(&mut batch)) {
+                    return Ok(());
                 }
                 if self.prune(scan) {
                     return Ok(());
@@ -373,10 +392,17 @@ impl ReplayPool {
         outcome
     }
 
-    /// Sends one record to every follower that wants it; false when none remain.
-    fn distribute(self: &Arc<Self>, scan: &Scan, record: Arc<crate::codec::EncodedRecord>) -> bool {
+    /// Sends a batch of records to every follower that wants them; false when none remain.
+    fn distribute(
+        self: &Arc<Self>,
+        scan: &Scan,
+        mut batch: Vec<Arc<crate::codec::EncodedRecord>>,
+    ) -> bool {
+        let Some(last) = batch.last() else {
+            return !scan.state.lock().followers.is_empty();
+        };
         let mut state = scan.state.lock();
-        state.position = record.meta.offset + 1;
+        state.position = last.meta.offset + 1;
         let alone = state.followers.len() == 1;
         let mut detached = Vec::new();
         let mut sent = 0;
@@ -384,33 +410,35 @@ impl ReplayPool {
             if f.cancel.is_cancelled() {
                 return false;
             }
-            if record.meta.offset < f.from {
+            // A follower that joined mid-batch wants only what follows its start.
+            let skip = batch.partition_point(|r| r.meta.offset < f.from);
+            let Some(first) = batch.get(skip).map(|r| r.meta.offset) else {
                 return true;
-            }
+            };
+            let wanted = match alone && skip == 0 {
+                true => std::mem::take(&mut batch),
+                false => batch[skip..].to_vec(),
+            };
+            let count = wanted.len() as u64;
             let event = (
                 f.subscription,
                 f.request.partition,
-                ReplayEvent::Record(record.clone()),
+                ReplayEvent::Records(wanted),
             );
             if alone {
                 let ok = f.tx.blocking_send(event).is_ok();
-                sent += u64::from(ok);
+                sent += if ok { count } else { 0 };
                 return ok;
             }
             match patient_send(&f.tx, event) {
                 Ok(()) => {
-                    sent += 1;
+                    sent += count;
                     true
                 }
                 Err(TrySendError::Closed(_)) => false,
                 Err(TrySendError::Full(_)) => {
                     // A follower that stays slow must not stall the others: it continues on its own scan.
-                    detached.push((
-                        f.request.clone(),
-                        f.tx.clone(),
-                        f.cancel.clone(),
-                        record.meta.offset,
-                    ));
+                    detached.push((f.request.clone(), f.tx.clone(), f.cancel.clone(), first));
                     false
                 }
             }

@@ -53,8 +53,9 @@ enum Cursor {
 /// What a replay reports for one partition.
 #[derive(Debug)]
 pub enum ReplayEvent {
-    /// A record read from Kafka.
-    Record(Arc<EncodedRecord>),
+    /// Records read in offset order: a batch per send, so a fast replay wakes its
+    /// connection once per batch rather than once per record.
+    Records(Vec<Arc<EncodedRecord>>),
     /// The replay starts here (resolves `Earliest`).
     Started { offset: i64 },
     /// The requested offset is gone (retention); the replay continues from `earliest`.
@@ -192,15 +193,25 @@ impl Subscription {
             } => {
                 *next = Some(next.map_or(offset, |n| n.max(offset)));
             }
-            ReplayEvent::Record(record) => {
-                if next.is_none_or(|n| record.meta.offset >= n) {
-                    *next = Some(record.meta.offset + 1);
-                    if self.channel.matches(record.key.as_deref())
-                        && self.filter.as_ref().is_none_or(|f| f.matches(&record))
-                    {
-                        out.push(record);
+            ReplayEvent::Records(records) => {
+                for record in records {
+                    let Cursor::CatchingUp { next, .. } = cursor else {
+                        // Handed off: the rest is on the live path.
+                        return ReplayStep::Live;
+                    };
+                    if next.is_none_or(|n| record.meta.offset >= n) {
+                        *next = Some(record.meta.offset + 1);
+                        if self.channel.matches(record.key.as_deref())
+                            && self.filter.as_ref().is_none_or(|f| f.matches(&record))
+                        {
+                            out.push(record);
+                        }
+                    }
+                    if Self::hand_off(cursor, out) {
+                        return ReplayStep::Live;
                     }
                 }
+                return ReplayStep::Continue;
             }
             ReplayEvent::End { position } => {
                 // Offsets up to the end may be holes (compaction, transaction markers).
@@ -389,12 +400,30 @@ mod tests {
         }
         assert!(out.is_empty());
         for o in 2..6 {
-            let step = s.on_replay(0, ReplayEvent::Record(rec(0, o, "k")), &mut out);
+            let step = s.on_replay(0, ReplayEvent::Records(vec![rec(0, o, "k")]), &mut out);
             assert_eq!(step == ReplayStep::Live, o == 5);
         }
         assert!(s.is_live());
         s.on_live(rec(0, 9, "k"), &mut out);
         assert_eq!(offsets(&out), (2..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_batch_across_the_hand_off_delivers_each_offset_once() {
+        let (mut s, _) = sub(&[Start::Offset(2)], &[6], 10, "t");
+        let mut out = Vec::new();
+        for o in 6..9 {
+            s.on_live(rec(0, o, "k"), &mut out);
+        }
+        // One batch from before the hand-off point to past the buffered live records.
+        let batch = (2..10).map(|o| rec(0, o, "k")).collect();
+        assert_eq!(
+            s.on_replay(0, ReplayEvent::Records(batch), &mut out),
+            ReplayStep::Live
+        );
+        s.on_live(rec(0, 9, "k"), &mut out);
+        s.on_live(rec(0, 10, "k"), &mut out);
+        assert_eq!(offsets(&out), (2..11).collect::<Vec<_>>());
     }
 
     #[test]
@@ -406,10 +435,10 @@ mod tests {
         }
         // Buffer keeps 6 and 7; the replay must deliver 0..=5 itself.
         for o in 0..5 {
-            let step = s.on_replay(0, ReplayEvent::Record(rec(0, o, "k")), &mut out);
+            let step = s.on_replay(0, ReplayEvent::Records(vec![rec(0, o, "k")]), &mut out);
             assert_eq!(step, ReplayStep::Continue);
         }
-        let step = s.on_replay(0, ReplayEvent::Record(rec(0, 5, "k")), &mut out);
+        let step = s.on_replay(0, ReplayEvent::Records(vec![rec(0, 5, "k")]), &mut out);
         assert_eq!(step, ReplayStep::Live);
         assert_eq!(offsets(&out), (0..8).collect::<Vec<_>>());
     }
@@ -422,7 +451,7 @@ mod tests {
         let step = s.on_replay(0, ReplayEvent::Started { offset: 1 }, &mut out);
         assert_eq!(step, ReplayStep::Continue);
         for (o, k) in [(1, "a"), (2, "b")] {
-            s.on_replay(0, ReplayEvent::Record(rec(0, o, k)), &mut out);
+            s.on_replay(0, ReplayEvent::Records(vec![rec(0, o, k)]), &mut out);
         }
         // Offset 3 is a transaction marker: the reader ends at position 4.
         let step = s.on_replay(0, ReplayEvent::End { position: 4 }, &mut out);
@@ -445,7 +474,7 @@ mod tests {
             &mut out,
         );
         for o in 15..20 {
-            s.on_replay(0, ReplayEvent::Record(rec(0, o, "k")), &mut out);
+            s.on_replay(0, ReplayEvent::Records(vec![rec(0, o, "k")]), &mut out);
         }
         assert!(s.is_live());
         assert_eq!(offsets(&out), (15..20).collect::<Vec<_>>());
@@ -465,14 +494,14 @@ mod tests {
         s.on_live(rec(0, 6, "k"), &mut out);
         // A memory replay that ends at 3 must be continued.
         for o in 1..3 {
-            s.on_replay(0, ReplayEvent::Record(rec(0, o, "k")), &mut out);
+            s.on_replay(0, ReplayEvent::Records(vec![rec(0, o, "k")]), &mut out);
         }
         assert_eq!(
             s.on_replay(0, ReplayEvent::End { position: 3 }, &mut out),
             ReplayStep::Restart(3)
         );
         for o in 3..6 {
-            s.on_replay(0, ReplayEvent::Record(rec(0, o, "k")), &mut out);
+            s.on_replay(0, ReplayEvent::Records(vec![rec(0, o, "k")]), &mut out);
         }
         assert!(s.is_live());
         assert_eq!(offsets(&out), (0..7).collect::<Vec<_>>());

@@ -327,9 +327,10 @@ impl Connection {
 
     /// Serves the client over `link` until either side ends the connection.
     /// Returns the link, for transports that answer with what it collected (long-poll).
-    // Not `async`: an async wrapper would store `self` and `link` a second time in every
-    // connection's task.
-    pub fn run<L: Link>(self, link: L) -> impl Future<Output = L> {
+    // Not `async fn`, and `serve` borrows: a future stores the arguments of an `async fn`
+    // a second time once its body moves them into locals (rust-lang/rust#62958), which
+    // cost every idle connection's task about 1 KB.
+    pub fn run<L: Link>(mut self, mut link: L) -> impl Future<Output = L> {
         // Every line logged for this connection carries its id (and session, once attached).
         let span = tracing::info_span!(
             "conn",
@@ -337,10 +338,14 @@ impl Connection {
             transport = L::TRANSPORT,
             session = tracing::field::Empty
         );
-        self.serve(link).instrument(span)
+        async move {
+            self.serve(&mut link).await;
+            link
+        }
+        .instrument(span)
     }
 
-    async fn serve<L: Link>(mut self, mut link: L) -> L {
+    async fn serve<L: Link>(&mut self, link: &mut L) {
         let conn = self.guard.id;
         let opened = Instant::now();
         telemetry::connection_opened(L::TRANSPORT);
@@ -361,7 +366,7 @@ impl Connection {
             link.protocol(),
         ));
         let end = loop {
-            if let Err(end) = self.flush(&mut link).await {
+            if let Err(end) = self.flush(link).await {
                 break end;
             }
             if *shutdown.borrow() {
@@ -371,13 +376,16 @@ impl Connection {
             let behind_since = self.behind_since();
             let outbox = self.outbox.clone();
             let token_deadline = self.token_deadline();
+            // One timer for both deadlines: every timer is stored in each connection's task.
+            let wake_at = flush_at.into_iter().chain(token_deadline).min();
             tokio::select! {
                 inbound = link.recv() => {
                     self.last_heard = Instant::now();
                     match inbound {
                         Inbound::Gone => break End::Gone,
                         Inbound::Command(text) => {
-                            if let Err(end) = self.on_command(&text).await {
+                            // Boxed: its state would otherwise enlarge every idle connection's task.
+                            if let Err(end) = Box::pin(self.on_command(&text)).await {
                                 break end;
                             }
                         }
@@ -421,16 +429,17 @@ impl Connection {
                     self.pending.push(Outbound::Ping);
                     self.end_deleted_topics();
                 }
-                _ = async { tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)).await }, if flush_at.is_some() => {
+                _ = async { tokio::time::sleep_until(wake_at.unwrap_or_else(tokio::time::Instant::now)).await }, if wake_at.is_some() => {
+                    let now = tokio::time::Instant::now();
+                    if token_deadline.is_some_and(|d| d <= now) {
+                        tracing::info!(conn, "closing: token expired");
+                        stats().token_expired_closes.add(1);
+                        break End::Close(CloseCode::TokenExpired);
+                    }
                     self.flush_throttles();
                 }
                 _ = slow_consumer(&outbox, behind_since, self.grace) => {
                     break self.slow_consumer_close();
-                }
-                _ = async { tokio::time::sleep_until(token_deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if token_deadline.is_some() => {
-                    tracing::info!(conn, "closing: token expired");
-                    stats().token_expired_closes.add(1);
-                    break End::Close(CloseCode::TokenExpired);
                 }
                 _ = shutdown.changed() => {}
                 _ = taken_over(&self.session) => {
@@ -458,7 +467,7 @@ impl Connection {
                 true => CLOSE_LINGER,
                 false => Duration::from_millis(200),
             };
-            let _ = tokio::time::timeout(linger, link.close(code)).await;
+            let _ = Box::pin(tokio::time::timeout(linger, link.close(code))).await;
         }
         tracing::info!(
             conn,
@@ -466,7 +475,6 @@ impl Connection {
             lifetime_ms = opened.elapsed().as_millis() as u64,
             "connection closed"
         );
-        link
     }
 
     /// Releases what the connection registered elsewhere; idempotent.
@@ -483,7 +491,8 @@ impl Connection {
         if let Some(tx) = &self.replay_tx {
             return tx.clone();
         }
-        let (tx, rx) = mpsc::channel(256);
+        // Events carry batches of up to 64 records: at most about 1,000 records in flight.
+        let (tx, rx) = mpsc::channel(16);
         self.replay_rx = Some(rx);
         self.replay_tx = Some(tx.clone());
         tx
