@@ -384,8 +384,7 @@ impl Connection {
                     match inbound {
                         Inbound::Gone => break End::Gone,
                         Inbound::Command(text) => {
-                            // Boxed: its state would otherwise enlarge every idle connection's task.
-                            if let Err(end) = Box::pin(self.on_command(&text)).await {
+                            if let Err(end) = self.on_command(&text).await {
                                 break end;
                             }
                         }
@@ -467,7 +466,7 @@ impl Connection {
                 true => CLOSE_LINGER,
                 false => Duration::from_millis(200),
             };
-            let _ = Box::pin(tokio::time::timeout(linger, link.close(code))).await;
+            let _ = tokio::time::timeout(linger, link.close(code)).await;
         }
         tracing::info!(
             conn,

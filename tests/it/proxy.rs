@@ -93,14 +93,16 @@ impl Drop for Nginx {
     /// whole process group is killed if that takes longer than 10 s. SIGKILL on the master
     /// alone would orphan the workers.
     fn drop(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-QUIT", &pid]).status();
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill only sends a signal, to the nginx this struct started.
+        unsafe { libc::kill(pid, libc::SIGQUIT) };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while self.child.try_wait().ok().flatten().is_none() {
             if std::time::Instant::now() > deadline {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &format!("-{pid}")])
-                    .status();
+                // Not `kill -KILL -PID`: procps reads "-PID" as options and sent
+                // kill(-1, SIGKILL), which ended every process of the machine (CI's too).
+                // SAFETY: killpg only sends a signal; the group is nginx's own (process_group(0)).
+                unsafe { libc::killpg(pid, libc::SIGKILL) };
                 let _ = self.child.wait();
                 break;
             }
@@ -167,6 +169,8 @@ async fn websocket_and_sse_stream_through_nginx() {
     assert_eq!(offsets(&messages), (200..205).collect::<Vec<i64>>());
     assert_eq!(headers["content-type"], "text/event-stream");
 
+    // Clients gone first: nginx's graceful stop waits for open connections.
+    drop(ws);
     // Stopping nginx stops its workers too: CI runs again on the same machine (issue 16.10).
     // When stopping returns, nothing it started is left (zombies awaiting reaping aside).
     let workers = nginx.workers();
