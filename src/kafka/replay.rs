@@ -203,14 +203,15 @@ impl ReplayPool {
     ) {
         tracing::debug!(topic = %req.topic, partition = req.partition, records = records.len(), tier = ?Tier::Memory, "replay");
         telemetry::replayed(Tier::Memory.as_str(), records.len() as u64);
-        for batch in records.chunks(BATCH) {
+        let mut records = records.into_iter();
+        loop {
+            let batch: Vec<_> = records.by_ref().take(BATCH).collect();
+            if batch.is_empty() {
+                break;
+            }
             if cancel.is_cancelled()
                 || tx
-                    .send((
-                        req.subscription,
-                        req.partition,
-                        ReplayEvent::Records(batch.to_vec()),
-                    ))
+                    .send((req.subscription, req.partition, ReplayEvent::Records(batch)))
                     .await
                     .is_err()
             {
