@@ -96,7 +96,7 @@ fn routing(c: &mut Criterion) {
             router.subscribe(route, &channel, None, outbox.clone(), false);
         }
         let mut offset = 0;
-        let mut drained = std::collections::VecDeque::new();
+        let mut drained = kgate::session::outbox::Deliveries::default();
         g.throughput(Throughput::Elements(subscribers as u64));
         g.bench_with_input(
             BenchmarkId::new("dispatch_to_subscribers", subscribers),
@@ -113,7 +113,7 @@ fn routing(c: &mut Criterion) {
                         kgate::codec::Frame::from_static(TICK),
                     ));
                     offset += 1;
-                    router.dispatch(route, record);
+                    router.dispatch(route, &[record]);
                     // Keep outboxes from growing: the connection would drain them.
                     if offset % 64 == 0 {
                         for outbox in &outboxes {

@@ -12,8 +12,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::codec::EncodedRecord;
 use crate::config::Config;
-use crate::router::Router;
+use crate::router::{Router, TopicRoute};
 
 /// Why ingest could not start.
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +179,9 @@ impl Pacer {
     }
 }
 
+/// Records dispatched together at most (what one poll round finds ready).
+const BATCH: usize = 64;
+
 /// The longest single poll: how often `stop` and the pacer are looked at.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -210,27 +214,42 @@ fn run(
                 Err(e) => tracing::warn!(error = %e, "ingest: cannot assign the new partitions"),
             }
         }
-        match consumer.poll(wait) {
-            None => {}
-            Some(Ok(message)) => {
-                let Some(route) = router.topic(rdkafka::Message::topic(&message)) else {
-                    continue;
-                };
-                let record = Arc::new(super::encode_message(
-                    route.name(),
-                    &message,
-                    route.codec(),
-                    max_bytes,
-                ));
-                router.dispatch(route, record);
-            }
-            Some(Err(e)) => {
-                // librdkafka reconnects by itself; log at most every 5 s so an outage is visible, not noisy.
-                if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                    tracing::warn!(error = %e, "ingest: Kafka error (librdkafka retries)");
-                    last_error_log = Some(Instant::now());
+        // What is ready now goes out as one batch per topic: each outbox is locked once
+        // per batch instead of once per record. Nothing waits to fill a batch.
+        let mut batch: Vec<Arc<EncodedRecord>> = Vec::with_capacity(BATCH);
+        let mut batch_route: Option<&TopicRoute> = None;
+        let mut wait = wait;
+        while batch.len() < BATCH {
+            match consumer.poll(std::mem::replace(&mut wait, Duration::ZERO)) {
+                None => break,
+                Some(Ok(message)) => {
+                    let Some(route) = router.topic(rdkafka::Message::topic(&message)) else {
+                        continue;
+                    };
+                    if let Some(previous) = batch_route.filter(|r| !std::ptr::eq(*r, route)) {
+                        router.dispatch(previous, &batch);
+                        batch.clear();
+                    }
+                    batch_route = Some(route);
+                    batch.push(Arc::new(super::encode_message(
+                        route.name(),
+                        &message,
+                        route.codec(),
+                        max_bytes,
+                    )));
+                }
+                Some(Err(e)) => {
+                    // librdkafka reconnects by itself; log at most every 5 s so an outage is visible, not noisy.
+                    if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                        tracing::warn!(error = %e, "ingest: Kafka error (librdkafka retries)");
+                        last_error_log = Some(Instant::now());
+                    }
+                    break;
                 }
             }
+        }
+        if let Some(route) = batch_route {
+            router.dispatch(route, &batch);
         }
     }
     router.set_ready(false);

@@ -24,7 +24,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::codec::{EncodedRecord, TopicCodec};
 use crate::config::{PayloadFormat, SlowConsumerPolicy};
-use crate::session::outbox::{Delivery, Outbox, Push, SubscriptionId};
+use crate::session::outbox::{Delivery, Outbox, Push, SubscriptionId, Tally};
 
 /// Routes ingested records to the outboxes of subscribed connections.
 pub struct Router {
@@ -273,36 +273,57 @@ impl Router {
         }
     }
 
-    /// Pushes one ingested record to every matching subscription; returns how many outboxes were full.
-    pub fn dispatch(&self, route: &TopicRoute, record: Arc<EncodedRecord>) -> usize {
+    /// Pushes ingested records (in offset order per partition) to every matching
+    /// subscription; returns how many deliveries were dropped because an outbox was full.
+    /// Each whole-topic subscription's outbox is locked once for the whole batch.
+    pub fn dispatch(&self, route: &TopicRoute, records: &[Arc<EncodedRecord>]) -> usize {
         let subs = route.subscribers.read();
-        if let Some(p) = route.partitions.read().get(record.meta.partition as usize) {
-            p.live.store(record.meta.offset + 1, Ordering::Release);
-            p.ring.lock().push(record.clone());
+        {
+            let partitions = route.partitions.read();
+            for record in records {
+                if let Some(p) = partitions.get(record.meta.partition as usize) {
+                    p.live.store(record.meta.offset + 1, Ordering::Release);
+                    p.ring.lock().push(record.clone());
+                }
+                if let Some(latest) = &route.latest {
+                    latest.lock().update(record);
+                }
+            }
         }
-        if let Some(latest) = &route.latest {
-            latest.lock().update(&record);
-        }
-        let mut dropped = 0;
         let policy = route.slow_consumer;
-        let mut send = |(id, Target { outbox, filter }): (&SubscriptionId, &Target)| {
-            if filter.as_ref().is_some_and(|f| !f.matches(&record)) {
-                return;
-            }
-            let delivery = Delivery {
-                subscription: *id,
-                record: record.clone(),
-            };
-            if outbox.push(delivery, policy) == Push::Dropped {
-                dropped += 1;
-            }
+        let mut tally = Tally::default();
+        let wanted = |filter: &Option<Arc<HeaderFilter>>, record: &EncodedRecord| {
+            filter.as_ref().is_none_or(|f| f.matches(record))
         };
-        subs.all.iter().for_each(&mut send);
-        if let Some(key) = &record.key {
-            if let Some(set) = subs.by_key.get(key) {
-                set.iter().for_each(&mut send);
+        let mut dropped = 0;
+        for (&subscription, Target { outbox, filter }) in &subs.all {
+            let deliveries = records
+                .iter()
+                .filter(|r| wanted(filter, r))
+                .map(|record| Delivery {
+                    subscription,
+                    record: record.clone(),
+                });
+            dropped += outbox.push_all(deliveries, policy, &mut tally);
+        }
+        if !subs.by_key.is_empty() {
+            for record in records {
+                let Some(set) = record.key.as_ref().and_then(|k| subs.by_key.get(k)) else {
+                    continue;
+                };
+                for (&subscription, Target { outbox, filter }) in set {
+                    if wanted(filter, record) {
+                        let delivery = Delivery {
+                            subscription,
+                            record: record.clone(),
+                        };
+                        dropped +=
+                            usize::from(outbox.push(delivery, policy, &mut tally) == Push::Dropped);
+                    }
+                }
             }
         }
+        tally.commit();
         dropped
     }
 }
@@ -424,7 +445,7 @@ impl TopicRoute {
 mod tests {
     use super::*;
     use crate::codec::RecordMeta;
-    use std::collections::VecDeque;
+    use crate::session::outbox::Deliveries;
 
     fn record(partition: i32, offset: i64, key: &str) -> Arc<EncodedRecord> {
         Arc::new(EncodedRecord::new(
@@ -459,20 +480,21 @@ mod tests {
             .subscribe(route, &aapl_channel, None, aapl.clone(), false)
             .id;
 
-        router.dispatch(route, record(0, 10, "AAPL"));
-        router.dispatch(route, record(1, 20, "MSFT"));
+        router.dispatch(route, &[record(0, 10, "AAPL")]);
+        router.dispatch(route, &[record(1, 20, "MSFT")]);
         assert_eq!(route.live_offset(0), Some(11));
         assert_eq!(route.live_offset(1), Some(21));
 
-        let mut got = VecDeque::new();
+        let mut got = Deliveries::default();
         all.drain_into(&mut got);
         assert_eq!(got.len(), 2);
         assert!(got.iter().all(|d| d.subscription == all_id));
         got.clear();
         aapl.drain_into(&mut got);
         assert_eq!(got.len(), 1);
+        let first = got.iter().next().expect("one delivery");
         assert_eq!(
-            (got[0].subscription, got[0].record.meta.offset),
+            (first.subscription, first.record.meta.offset),
             (aapl_id, 10)
         );
 
@@ -485,9 +507,69 @@ mod tests {
         assert_eq!(ring, vec![10]);
         router.unsubscribe(route, &aapl_channel, aapl_id);
         assert_eq!(route.subscription_count(), 1);
-        router.dispatch(route, record(0, 11, "AAPL"));
+        router.dispatch(route, &[record(0, 11, "AAPL")]);
         got.clear();
         aapl.drain_into(&mut got);
         assert!(got.is_empty());
+    }
+
+    #[test]
+    fn a_batch_keeps_order_per_subscription_applies_filters_and_counts_drops() {
+        let router = Router::new(vec![TopicSpec::json("prices", vec![0, 0])], 1 << 20);
+        let route = router.topic("prices").unwrap();
+        let channel = Channel::parse("prices", 64).unwrap();
+        let wide = Arc::new(Outbox::new(100, 1 << 20));
+        let narrow = Arc::new(Outbox::new(3, 1 << 20));
+        let filtered = Arc::new(Outbox::new(100, 1 << 20));
+        router.subscribe(route, &channel, None, wide.clone(), false);
+        router.subscribe(route, &channel, None, narrow.clone(), false);
+        let only_eu = HeaderFilter::parse(&serde_json::json!({"region": "eu"})).unwrap();
+        router.subscribe(
+            route,
+            &channel,
+            Some(Arc::new(only_eu)),
+            filtered.clone(),
+            false,
+        );
+
+        let batch: Vec<_> = (0..6)
+            .map(|i| {
+                let mut r = record(i % 2, i as i64 / 2, "AAPL");
+                let region = if i % 3 == 0 { "eu" } else { "us" };
+                Arc::get_mut(&mut r)
+                    .unwrap()
+                    .headers
+                    .push(("region".into(), Some(Bytes::from_static(region.as_bytes()))));
+                r
+            })
+            .collect();
+        // The narrow outbox takes 3 of 6 and drops the rest.
+        assert_eq!(router.dispatch(route, &batch), 3);
+        assert_eq!(
+            (route.live_offset(0), route.live_offset(1)),
+            (Some(3), Some(3))
+        );
+
+        let offsets = |outbox: &Outbox| {
+            let mut got = Deliveries::default();
+            let drained = outbox.drain_into(&mut got);
+            let seen: Vec<(i32, i64)> = got
+                .iter()
+                .map(|d| (d.record.meta.partition, d.record.meta.offset))
+                .collect();
+            (seen, drained.dropped.len())
+        };
+        let all = vec![(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)];
+        assert_eq!(offsets(&wide), (all.clone(), 0));
+        assert_eq!(
+            offsets(&narrow),
+            (all[..3].to_vec(), 2),
+            "drops reported per partition"
+        );
+        assert_eq!(
+            offsets(&filtered),
+            (vec![(0, 0), (1, 1)], 0),
+            "only region=eu"
+        );
     }
 }

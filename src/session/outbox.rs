@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
 use crate::codec::EncodedRecord;
@@ -42,6 +43,94 @@ pub enum Push {
 pub struct DroppedRange {
     pub first: i64,
     pub last: i64,
+}
+
+/// Deliveries taken from an outbox by one drain, in order.
+///
+/// The drain swaps buffers with the outbox rather than moving each delivery, so the
+/// outbox's lock is held for a constant time however much was queued.
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    /// `None` marks a record superseded by a newer one of the same key (conflation).
+    items: VecDeque<Option<Delivery>>,
+}
+
+impl Deliveries {
+    /// The deliveries, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Delivery> {
+        self.items.iter().flatten()
+    }
+
+    /// Takes out up to `n` deliveries, oldest first.
+    pub fn take(&mut self, n: usize) -> impl Iterator<Item = Delivery> + '_ {
+        std::iter::from_fn(|| {
+            while let Some(slot) = self.items.pop_front() {
+                if slot.is_some() {
+                    return slot;
+                }
+            }
+            None
+        })
+        .take(n)
+    }
+
+    /// How many deliveries there are.
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+
+    /// Forgets the deliveries.
+    pub fn clear(&mut self) {
+        self.items.clear();
+    }
+
+    /// Gives back the memory the buffer does not use now.
+    pub fn shrink(&mut self) {
+        self.items.shrink_to_fit();
+    }
+}
+
+/// Queue changes made by pushes, added to the process-wide gauges in one go
+/// (per record dispatched, not per delivery: those counters are shared by every core).
+#[derive(Debug, Default)]
+pub struct Tally {
+    messages: u64,
+    bytes_added: u64,
+    bytes_removed: u64,
+    max_messages: u64,
+    max_bytes: u64,
+    conflated: u64,
+}
+
+impl Tally {
+    /// Adds the changes to the gauges.
+    pub fn commit(self) {
+        let s = stats();
+        if self.messages > 0 {
+            s.outbox_messages.add(self.messages);
+        }
+        if self.bytes_added > 0 {
+            s.outbox_bytes.add(self.bytes_added);
+        }
+        if self.bytes_removed > 0 {
+            s.outbox_bytes.sub(self.bytes_removed);
+        }
+        if self.conflated > 0 {
+            s.slow_consumer_conflated.add(self.conflated);
+        }
+        // Reads first: high-water marks rarely move, and a read keeps the line shared.
+        if self.max_messages > s.outbox_max_messages_seen.get() {
+            s.outbox_max_messages_seen.max(self.max_messages);
+        }
+        if self.max_bytes > s.outbox_max_bytes_seen.get() {
+            s.outbox_max_bytes_seen.max(self.max_bytes);
+        }
+    }
 }
 
 /// What a drain found besides the queued deliveries.
@@ -78,7 +167,8 @@ struct Queue {
     full: bool,
     /// When a `Disconnect` subscription's record was first refused since the last drain.
     refused_since: Option<Instant>,
-    dropped: HashMap<(SubscriptionId, i32), DroppedRange>,
+    /// Fast hash: looked up per refused record, and the ids are kgate's own.
+    dropped: FxHashMap<(SubscriptionId, i32), DroppedRange>,
 }
 
 impl Outbox {
@@ -103,10 +193,51 @@ impl Outbox {
         self.refused.notified().await
     }
 
-    /// Queues a delivery, conflating by key for `Conflate` subscriptions.
-    pub fn push(&self, delivery: Delivery, policy: SlowConsumerPolicy) -> Push {
-        let size = delivery.record.frame.len();
+    /// Queues a delivery, conflating by key for `Conflate` subscriptions; the gauge
+    /// changes go to `tally`.
+    pub fn push(&self, delivery: Delivery, policy: SlowConsumerPolicy, tally: &mut Tally) -> Push {
+        self.locked(|q| self.push_locked(q, delivery, policy, tally))
+    }
+
+    /// Queues deliveries in order under one lock (a batch of records for one
+    /// subscription); returns how many were dropped.
+    pub fn push_all(
+        &self,
+        deliveries: impl Iterator<Item = Delivery>,
+        policy: SlowConsumerPolicy,
+        tally: &mut Tally,
+    ) -> usize {
+        self.locked(|q| {
+            deliveries
+                .map(|d| self.push_locked(q, d, policy, tally))
+                .filter(|&pushed| pushed == Push::Dropped)
+                .count()
+        })
+    }
+
+    /// Runs `f` on the locked queue, then wakes the reader if the queue became non-empty
+    /// or its first drop was recorded: the reader drains everything, so only those edges
+    /// need a wake-up.
+    fn locked<R>(&self, f: impl FnOnce(&mut Queue) -> R) -> R {
         let mut q = self.queue.lock();
+        let (was_empty, no_drops) = (q.count == 0, q.dropped.is_empty());
+        let result = f(&mut q);
+        let wake = (was_empty && q.count > 0) || (no_drops && !q.dropped.is_empty());
+        drop(q);
+        if wake {
+            self.notify.notify_one();
+        }
+        result
+    }
+
+    fn push_locked(
+        &self,
+        q: &mut Queue,
+        delivery: Delivery,
+        policy: SlowConsumerPolicy,
+        tally: &mut Tally,
+    ) -> Push {
+        let size = delivery.record.frame.len();
         // Once full, nothing is queued (not even by conflation) until the drain: order holds.
         if policy == SlowConsumerPolicy::Conflate && !q.full {
             if let Some(key) = &delivery.record.key {
@@ -120,9 +251,9 @@ impl Outbox {
                         q.by_key.insert((delivery.subscription, key.clone()), seq);
                         q.items.push_back(Some(delivery));
                         q.bytes = q.bytes + size - old_size;
-                        stats().slow_consumer_conflated.add(1);
-                        stats().outbox_bytes.add(size as u64);
-                        stats().outbox_bytes.sub(old_size as u64);
+                        tally.conflated += 1;
+                        tally.bytes_added += size as u64;
+                        tally.bytes_removed += old_size as u64;
                         return Push::Conflated;
                     }
                 }
@@ -132,7 +263,6 @@ impl Outbox {
             || q.count >= self.max_messages
             || (q.bytes + size > self.max_bytes && q.count > 0);
         if q.full {
-            let first_drop = q.dropped.is_empty();
             if policy == SlowConsumerPolicy::Disconnect && q.refused_since.is_none() {
                 q.refused_since = Some(Instant::now());
                 self.refused.notify_one();
@@ -145,13 +275,8 @@ impl Outbox {
                     first: offset,
                     last: offset,
                 });
-            drop(q);
-            if first_drop {
-                self.notify.notify_one();
-            }
             return Push::Dropped;
         }
-        let was_empty = q.count == 0;
         if policy == SlowConsumerPolicy::Conflate {
             if let Some(key) = &delivery.record.key {
                 let seq = q.head_seq + q.items.len() as u64;
@@ -161,26 +286,23 @@ impl Outbox {
         q.bytes += size;
         q.count += 1;
         q.items.push_back(Some(delivery));
-        let (len, bytes) = (q.count as u64, q.bytes as u64);
-        drop(q);
-        let s = stats();
-        s.outbox_messages.add(1);
-        s.outbox_bytes.add(size as u64);
-        s.outbox_max_messages_seen.max(len);
-        s.outbox_max_bytes_seen.max(bytes);
-        // Only the empty-to-non-empty edge needs a wake-up: the reader drains everything.
-        if was_empty {
-            self.notify.notify_one();
-        }
+        tally.messages += 1;
+        tally.bytes_added += size as u64;
+        tally.max_messages = tally.max_messages.max(q.count as u64);
+        tally.max_bytes = tally.max_bytes.max(q.bytes as u64);
         Push::Queued
     }
 
     /// Moves every queued delivery to the end of `into` and reports what was dropped.
-    pub fn drain_into(&self, into: &mut VecDeque<Delivery>) -> Drained {
+    pub fn drain_into(&self, into: &mut Deliveries) -> Drained {
         let mut q = self.queue.lock();
         let (n, bytes) = (q.count, q.bytes);
         q.head_seq += q.items.len() as u64;
-        into.extend(q.items.drain(..).flatten());
+        if into.items.is_empty() {
+            std::mem::swap(&mut into.items, &mut q.items);
+        } else {
+            into.items.extend(q.items.drain(..));
+        }
         q.count = 0;
         q.bytes = 0;
         q.by_key.clear();
@@ -201,10 +323,18 @@ impl Outbox {
         self.notify.notified().await
     }
 
+    /// Gives back the memory the queue does not use now (its buffer keeps the size of
+    /// the largest burst otherwise).
+    pub fn shrink(&self) {
+        let mut q = self.queue.lock();
+        let len = q.items.len();
+        q.items.shrink_to(len);
+        q.by_key.shrink_to_fit();
+    }
+
     /// Forgets what is queued (the connection is closing).
     pub fn clear(&self) {
-        let mut sink = VecDeque::new();
-        self.drain_into(&mut sink);
+        self.drain_into(&mut Deliveries::default());
     }
 }
 
@@ -212,6 +342,10 @@ impl Outbox {
 mod tests {
     use super::*;
     use crate::codec::RecordMeta;
+
+    fn push(outbox: &Outbox, delivery: Delivery, policy: SlowConsumerPolicy) -> Push {
+        outbox.push(delivery, policy, &mut Tally::default())
+    }
 
     fn delivery(offset: i64, size: usize, key: &str) -> Delivery {
         Delivery {
@@ -233,19 +367,19 @@ mod tests {
         let outbox = Outbox::new(3, 1000);
         for i in 0..3 {
             assert_eq!(
-                outbox.push(delivery(i, 10, "k"), SlowConsumerPolicy::CatchUp),
+                push(&outbox, delivery(i, 10, "k"), SlowConsumerPolicy::CatchUp),
                 Push::Queued
             );
         }
         assert_eq!(
-            outbox.push(delivery(3, 10, "k"), SlowConsumerPolicy::CatchUp),
+            push(&outbox, delivery(3, 10, "k"), SlowConsumerPolicy::CatchUp),
             Push::Dropped
         );
         assert_eq!(
-            outbox.push(delivery(4, 10, "k"), SlowConsumerPolicy::CatchUp),
+            push(&outbox, delivery(4, 10, "k"), SlowConsumerPolicy::CatchUp),
             Push::Dropped
         );
-        let mut buf = VecDeque::new();
+        let mut buf = Deliveries::default();
         let drained = outbox.drain_into(&mut buf);
         assert_eq!(buf.len(), 3);
         assert_eq!(
@@ -255,22 +389,22 @@ mod tests {
 
         let outbox = Outbox::new(100, 25);
         assert_eq!(
-            outbox.push(delivery(0, 20, "k"), SlowConsumerPolicy::CatchUp),
+            push(&outbox, delivery(0, 20, "k"), SlowConsumerPolicy::CatchUp),
             Push::Queued
         );
         assert_eq!(
-            outbox.push(delivery(1, 20, "k"), SlowConsumerPolicy::CatchUp),
+            push(&outbox, delivery(1, 20, "k"), SlowConsumerPolicy::CatchUp),
             Push::Dropped
         );
         // Sticky: a small record that would fit is refused too, so order per partition holds.
         assert_eq!(
-            outbox.push(delivery(2, 1, "k"), SlowConsumerPolicy::CatchUp),
+            push(&outbox, delivery(2, 1, "k"), SlowConsumerPolicy::CatchUp),
             Push::Dropped
         );
         // A single record larger than the byte limit still passes when the queue is empty.
         let outbox = Outbox::new(100, 5);
         assert_eq!(
-            outbox.push(delivery(0, 20, "k"), SlowConsumerPolicy::CatchUp),
+            push(&outbox, delivery(0, 20, "k"), SlowConsumerPolicy::CatchUp),
             Push::Queued
         );
     }
@@ -279,38 +413,46 @@ mod tests {
     fn conflation_keeps_the_latest_value_per_key_in_place() {
         let outbox = Outbox::new(2, 1000);
         let c = SlowConsumerPolicy::Conflate;
-        assert_eq!(outbox.push(delivery(0, 10, "AAPL"), c), Push::Queued);
-        assert_eq!(outbox.push(delivery(1, 10, "MSFT"), c), Push::Queued);
-        assert_eq!(outbox.push(delivery(2, 12, "AAPL"), c), Push::Conflated);
-        assert_eq!(outbox.push(delivery(3, 10, "IBM"), c), Push::Dropped);
-        let mut buf = VecDeque::new();
+        assert_eq!(push(&outbox, delivery(0, 10, "AAPL"), c), Push::Queued);
+        assert_eq!(push(&outbox, delivery(1, 10, "MSFT"), c), Push::Queued);
+        assert_eq!(push(&outbox, delivery(2, 12, "AAPL"), c), Push::Conflated);
+        assert_eq!(push(&outbox, delivery(3, 10, "IBM"), c), Push::Dropped);
+        let mut buf = Deliveries::default();
         outbox.drain_into(&mut buf);
         let offsets: Vec<i64> = buf.iter().map(|d| d.record.meta.offset).collect();
         assert_eq!(offsets, vec![1, 2], "order kept, old AAPL value gone");
         // After a drain the index starts afresh.
-        assert_eq!(outbox.push(delivery(4, 10, "AAPL"), c), Push::Queued);
-        assert_eq!(outbox.push(delivery(5, 10, "AAPL"), c), Push::Conflated);
+        assert_eq!(push(&outbox, delivery(4, 10, "AAPL"), c), Push::Queued);
+        assert_eq!(push(&outbox, delivery(5, 10, "AAPL"), c), Push::Conflated);
     }
 
     #[test]
     fn only_disconnect_refusals_start_the_grace_clock_and_a_drain_reports_it() {
         let outbox = Outbox::new(1, 1000);
-        outbox.push(delivery(0, 10, "k"), SlowConsumerPolicy::CatchUp);
-        outbox.push(delivery(1, 10, "k"), SlowConsumerPolicy::CatchUp);
+        push(&outbox, delivery(0, 10, "k"), SlowConsumerPolicy::CatchUp);
+        push(&outbox, delivery(1, 10, "k"), SlowConsumerPolicy::CatchUp);
         assert_eq!(
             outbox.refused_since(),
             None,
             "catch_up refusals never disconnect"
         );
-        outbox.push(delivery(2, 10, "k"), SlowConsumerPolicy::Disconnect);
+        push(
+            &outbox,
+            delivery(2, 10, "k"),
+            SlowConsumerPolicy::Disconnect,
+        );
         let first = outbox.refused_since().expect("clock started");
-        outbox.push(delivery(3, 10, "k"), SlowConsumerPolicy::Disconnect);
+        push(
+            &outbox,
+            delivery(3, 10, "k"),
+            SlowConsumerPolicy::Disconnect,
+        );
         assert_eq!(
             outbox.refused_since(),
             Some(first),
             "later refusals keep the first time"
         );
-        let drained = outbox.drain_into(&mut VecDeque::new());
+        let drained = outbox.drain_into(&mut Deliveries::default());
         assert_eq!(drained.refused_since, Some(first));
         assert_eq!(outbox.refused_since(), None);
     }

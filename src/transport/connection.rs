@@ -2,12 +2,13 @@
 //! events through its subscriptions, applies slow-consumer policies, throttles,
 //! heartbeats and limits, and writes every pending frame with one flush.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use governor::DefaultDirectRateLimiter;
+use rustc_hash::FxHashMap;
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
 
@@ -20,7 +21,7 @@ use crate::gateway::Gateway;
 use crate::kafka::replay::{Addressed, ReplayHandle, ReplayRequest};
 use crate::limits::Ticket;
 use crate::router::{Channel, Registered, TopicRoute};
-use crate::session::outbox::{Delivery, Outbox, SubscriptionId};
+use crate::session::outbox::{Deliveries, Drained, Outbox, SubscriptionId};
 use crate::session::subscription::{Options, ReplayEvent, ReplayStep, Start, Subscription};
 use crate::stats::stats;
 use crate::telemetry;
@@ -29,6 +30,10 @@ use tracing::Instrument;
 
 /// How long a closing connection waits for the peer to read its close frame and answer.
 const CLOSE_LINGER: Duration = Duration::from_secs(5);
+
+/// Live records routed per write: bounds the frames held at once (one drain may bring an
+/// outbox's 10,000) and lets commands and pings through between chunks.
+const ROUTE_CHUNK: usize = 256;
 
 /// Where the starts of a subscription come from.
 enum Resolved {
@@ -179,12 +184,17 @@ struct Active {
 }
 
 impl Active {
-    /// Passes records the subscription released through its throttle, if it has one.
-    fn emit(&mut self, records: Vec<Arc<EncodedRecord>>, now: Instant, out: &mut Vec<Outbound>) {
+    /// Passes records the subscription let through its throttle, if it has one.
+    fn emit(
+        &mut self,
+        records: &mut Vec<Arc<EncodedRecord>>,
+        now: Instant,
+        out: &mut Vec<Outbound>,
+    ) {
         match &mut self.throttle {
-            None => self.released.extend(records),
+            None => self.released.append(records),
             Some(t) => records
-                .into_iter()
+                .drain(..)
                 .for_each(|r| t.offer(r, now, &mut self.released)),
         }
         self.tag_released(out);
@@ -234,8 +244,9 @@ pub struct Connection {
     /// Who the client is and what it may subscribe to; replaced by an `auth` command.
     identity: Identity,
     outbox: Arc<Outbox>,
-    /// Boxed: a map allocates room for several entries, and `Active` is large.
-    subs: HashMap<SubscriptionId, Box<Active>>,
+    /// Boxed: a map allocates room for several entries, and `Active` is large. Looked up
+    /// per delivered record, with a fast hash: the ids are kgate's own.
+    subs: FxHashMap<SubscriptionId, Box<Active>>,
     by_channel: HashMap<String, SubscriptionId>,
     /// Replayed records, from readers of the memory ring or Kafka; made at the first replay
     /// (a channel allocates its first block up front, which idle connections need not pay).
@@ -246,7 +257,12 @@ pub struct Connection {
     /// Frames waiting to be written, in order.
     pending: Vec<Outbound>,
     scratch: Vec<Outbound>,
-    drained: VecDeque<Delivery>,
+    /// Live deliveries taken from the outbox, routed [`ROUTE_CHUNK`] per write.
+    drained: Deliveries,
+    /// What the outbox dropped, acted on once `drained` is routed.
+    dropped: Drained,
+    /// Records a subscription let through, before its throttle (reused).
+    emitted: Vec<Arc<EncodedRecord>>,
     commands: DefaultDirectRateLimiter,
     rate_limited_streak: u32,
     /// Last time anything arrived from the peer.
@@ -308,14 +324,16 @@ impl Connection {
             remote,
             identity,
             outbox,
-            subs: HashMap::new(),
+            subs: FxHashMap::default(),
             by_channel: HashMap::new(),
             replay_tx: None,
             replay_rx: None,
             session: None,
             pending: Vec::new(),
             scratch: Vec::new(),
-            drained: VecDeque::new(),
+            drained: Deliveries::default(),
+            dropped: Drained::default(),
+            emitted: Vec::new(),
             commands,
             rate_limited_streak: 0,
             last_heard: Instant::now(),
@@ -372,6 +390,10 @@ impl Connection {
             if *shutdown.borrow() {
                 break End::Close(CloseCode::GoingAway);
             }
+            if !self.drained.is_empty() {
+                self.route_drained();
+                continue;
+            }
             let flush_at = self.next_flush.map(tokio::time::Instant::from_std);
             let behind_since = self.behind_since();
             let outbox = self.outbox.clone();
@@ -398,11 +420,7 @@ impl Connection {
                         }
                     }
                 }
-                _ = self.outbox.ready() => {
-                    if let Err(end) = self.on_outbox() {
-                        break end;
-                    }
-                }
+                _ = self.outbox.ready() => self.on_outbox(),
                 Some(event) = next_replay(self.replay_rx.as_mut()) => {
                     self.on_replay(event);
                     // Take what else is ready, so one write carries many records.
@@ -425,6 +443,7 @@ impl Connection {
                         stats().idle_timeouts.add(1);
                         break End::Close(CloseCode::IdleTimeout);
                     }
+                    self.shrink_buffers();
                     self.pending.push(Outbound::Ping);
                     self.end_deleted_topics();
                 }
@@ -507,7 +526,7 @@ impl Connection {
             return Ok(());
         }
         let timeout = Duration::from_secs(self.gateway.config.websocket.write_timeout_secs);
-        let frames = std::mem::take(&mut self.pending);
+        let mut frames = std::mem::take(&mut self.pending);
         let (mut records, mut bytes, mut newest) = (0, 0, None);
         for frame in &frames {
             if let Outbound::Event { record, .. } = frame {
@@ -516,11 +535,11 @@ impl Connection {
                 newest = newest.max(record.timestamp);
             }
         }
-        let write = link.send(frames);
+        let write = link.send(&mut frames);
         // A blocked write still gives way to a slow-consumer disconnect.
         let outbox = self.outbox.clone();
         let behind_since = self.behind_since();
-        tokio::select! {
+        let written = tokio::select! {
             r = tokio::time::timeout(timeout, write) => match r {
                 Ok(Ok(())) => {
                     if records > 0 {
@@ -532,12 +551,24 @@ impl Connection {
                 Err(_) => Err(End::Close(CloseCode::WriteTimeout)),
             },
             _ = slow_consumer(&outbox, behind_since, self.grace) => Err(self.slow_consumer_close()),
+        };
+        // A large buffer is kept for the next batch (growing one afresh costs page faults at
+        // high rates; `shrink_buffers` returns it once the connection is quiet); a small one
+        // is cheap to make again, and an idle connection holds none.
+        if frames.capacity() > 64 {
+            self.pending = frames;
         }
+        written
     }
 
     /// Since when the longest-behind `disconnect`-policy subscription has been behind.
     fn behind_since(&self) -> Option<Instant> {
-        self.subs.values().filter_map(|a| a.behind_since).min()
+        // Refusals drained but not yet acted on count from the first of them.
+        self.subs
+            .values()
+            .filter_map(|a| a.behind_since)
+            .chain(self.dropped.refused_since)
+            .min()
     }
 
     /// When the token (plus the configured clock leeway) runs out; `None` without a token,
@@ -564,24 +595,30 @@ impl Connection {
         self.push_text(protocol::error_frame(id, code, message));
     }
 
-    /// Routes queued live records through their subscriptions and applies the slow-consumer
-    /// policy to what the outbox had to drop.
-    fn on_outbox(&mut self) -> Result<(), End> {
-        let mut drained = std::mem::take(&mut self.drained);
-        let report = self.outbox.drain_into(&mut drained);
+    /// Takes what the outbox queued and dropped, and routes the first chunk of it.
+    fn on_outbox(&mut self) {
+        self.dropped = self.outbox.drain_into(&mut self.drained);
+        self.route_drained();
+    }
+
+    /// Routes up to [`ROUTE_CHUNK`] drained live records through their subscriptions; once
+    /// all are routed, applies the slow-consumer policy to what the outbox dropped after them.
+    fn route_drained(&mut self) {
         let now = Instant::now();
         let mut out = std::mem::take(&mut self.scratch);
-        for delivery in drained.drain(..) {
+        for delivery in self.drained.take(ROUTE_CHUNK) {
             if let Some(active) = self.subs.get_mut(&delivery.subscription) {
-                let mut emitted = Vec::new();
-                active.sub.on_live(delivery.record, &mut emitted);
-                active.emit(emitted, now, &mut out);
+                active.sub.on_live(delivery.record, &mut self.emitted);
+                active.emit(&mut self.emitted, now, &mut out);
             }
         }
-        self.drained = drained;
         self.scratch = out;
         self.emit_scratch();
         self.flush_throttles();
+        if !self.drained.is_empty() {
+            return;
+        }
+        let report = std::mem::take(&mut self.dropped);
         for ((id, partition), range) in report.dropped {
             let Some(active) = self.subs.get_mut(&id) else {
                 continue;
@@ -603,7 +640,20 @@ impl Connection {
                 }
             }
         }
-        Ok(())
+    }
+
+    /// Gives back the buffer memory a burst left behind. Called at each heartbeat: a busy
+    /// connection keeps its buffers (growing them afresh costs page faults at high rates),
+    /// a quiet one returns them.
+    fn shrink_buffers(&mut self) {
+        self.pending.shrink_to_fit();
+        self.scratch.shrink_to_fit();
+        self.emitted.shrink_to_fit();
+        self.drained.shrink();
+        self.outbox.shrink();
+        self.subs
+            .values_mut()
+            .for_each(|a| a.released.shrink_to_fit());
     }
 
     /// Starts a replay of one partition of subscription `id`.
@@ -679,10 +729,9 @@ impl Connection {
         }
         self.pending
             .extend(notices.into_iter().map(Outbound::Control));
-        let mut emitted = Vec::new();
-        let step = active.sub.on_replay(partition, event, &mut emitted);
+        let step = active.sub.on_replay(partition, event, &mut self.emitted);
         let mut out = std::mem::take(&mut self.scratch);
-        active.emit(emitted, Instant::now(), &mut out);
+        active.emit(&mut self.emitted, Instant::now(), &mut out);
         self.scratch = out;
         match step {
             ReplayStep::Continue => {}

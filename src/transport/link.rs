@@ -49,8 +49,8 @@ pub trait Link: Send {
     const ANSWERS_PINGS: bool;
     /// The next thing from the client. Transports without commands resolve only with `Gone`.
     fn recv(&mut self) -> impl Future<Output = Inbound> + Send;
-    /// Writes `batch` in order and flushes it.
-    fn send(&mut self, batch: Vec<Outbound>) -> impl Future<Output = Result<(), Gone>> + Send;
+    /// Writes `batch` in order (taking it, leaving the buffer empty) and flushes it.
+    fn send(&mut self, batch: &mut Vec<Outbound>) -> impl Future<Output = Result<(), Gone>> + Send;
     /// The protocol the client speaks, named in the `welcome` frame.
     fn protocol(&self) -> &'static str {
         crate::transport::protocol::SUBPROTOCOL

@@ -49,8 +49,8 @@ impl Link for PollLink {
         Inbound::Gone
     }
 
-    async fn send(&mut self, batch: Vec<Outbound>) -> Result<(), Gone> {
-        for item in batch {
+    async fn send(&mut self, batch: &mut Vec<Outbound>) -> Result<(), Gone> {
+        for item in batch.drain(..) {
             match item {
                 Outbound::Control(text) => {
                     self.resume.on_control(&text);

@@ -74,8 +74,8 @@ impl Link for SseLink {
         }
     }
 
-    async fn send(&mut self, batch: Vec<Outbound>) -> Result<(), Gone> {
-        for item in batch {
+    async fn send(&mut self, batch: &mut Vec<Outbound>) -> Result<(), Gone> {
+        for item in batch.drain(..) {
             let message = match item {
                 Outbound::Control(text) => {
                     self.resume.on_control(&text);

@@ -42,8 +42,8 @@ impl Link for WsLink {
         }
     }
 
-    async fn send(&mut self, batch: Vec<Outbound>) -> Result<(), Gone> {
-        for item in batch {
+    async fn send(&mut self, batch: &mut Vec<Outbound>) -> Result<(), Gone> {
+        for item in batch.drain(..) {
             let message = match item {
                 Outbound::Control(text) => Message::Text(text.into()),
                 Outbound::Event { record, .. } => match (&record.binary, self.binary) {
