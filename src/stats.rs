@@ -26,6 +26,12 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+    /// A gauge's current value. Pushes add to the outbox gauges once per dispatched
+    /// batch, so a drain may subtract first: the gauge then reads 0 for that moment
+    /// rather than wrapping around.
+    pub fn level(&self) -> u64 {
+        (self.get() as i64).max(0) as u64
+    }
 }
 
 /// Every counter kgate keeps.
@@ -78,8 +84,8 @@ impl Stats {
     pub fn to_json(&self) -> Value {
         json!({
             "outbox": {
-                "messages": self.outbox_messages.get(),
-                "bytes": self.outbox_bytes.get(),
+                "messages": self.outbox_messages.level(),
+                "bytes": self.outbox_bytes.level(),
                 "max_messages_seen": self.outbox_max_messages_seen.get(),
                 "max_bytes_seen": self.outbox_max_bytes_seen.get(),
             },
@@ -112,5 +118,19 @@ impl Stats {
             "published": self.published.get(),
             "decode_failures": self.decode_failures.get(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Counter;
+
+    #[test]
+    fn a_gauge_subtracted_before_it_is_added_reads_zero_not_a_wrapped_value() {
+        let gauge = Counter::default();
+        gauge.sub(3);
+        assert_eq!(gauge.level(), 0);
+        gauge.add(5);
+        assert_eq!(gauge.level(), 2);
     }
 }

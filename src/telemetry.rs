@@ -139,8 +139,8 @@ pub fn render(gateway: &Gateway) -> String {
             .absolute(route.codec().failures());
     }
     let s = stats();
-    gauge!("kgate_outbox_messages").set(s.outbox_messages.get() as f64);
-    gauge!("kgate_outbox_bytes").set(s.outbox_bytes.get() as f64);
+    gauge!("kgate_outbox_messages").set(s.outbox_messages.level() as f64);
+    gauge!("kgate_outbox_bytes").set(s.outbox_bytes.level() as f64);
     for (action, c) in [
         ("catch_up", &s.slow_consumer_catch_up),
         ("conflated", &s.slow_consumer_conflated),
