@@ -200,8 +200,10 @@ fn run(
         resumed_at: Instant::now(),
     });
     let mut layout = router.layout_version();
+    // Reused by every poll round.
+    let mut batch: Vec<Arc<EncodedRecord>> = Vec::with_capacity(BATCH);
     while !stop.load(Ordering::Acquire) {
-        let wait = match &mut pacer {
+        let mut wait = match &mut pacer {
             Some(pacer) => pacer.pace(&consumer, &router),
             None => POLL,
         };
@@ -216,9 +218,8 @@ fn run(
         }
         // What is ready now goes out as one batch per topic: each outbox is locked once
         // per batch instead of once per record. Nothing waits to fill a batch.
-        let mut batch: Vec<Arc<EncodedRecord>> = Vec::with_capacity(BATCH);
+        batch.clear();
         let mut batch_route: Option<&TopicRoute> = None;
-        let mut wait = wait;
         while batch.len() < BATCH {
             match consumer.poll(std::mem::replace(&mut wait, Duration::ZERO)) {
                 None => break,
