@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::transport::protocol::{BINARY_SUBPROTOCOL, SUBPROTOCOL};
+use crate::connection::protocol::{BINARY_SUBPROTOCOL, SUBPROTOCOL};
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]

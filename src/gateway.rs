@@ -2,18 +2,17 @@
 //! client, replay pool, and the shutdown signal.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-
-use parking_lot::Mutex;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::codec::{Registry, TopicCodec};
 use crate::config::Config;
+use crate::connection::services::{Connections, Services};
 use crate::kafka::cluster::{Cluster, ClusterError};
 use crate::kafka::embedded::{EmbeddedBroker, EmbeddedBrokerError};
 use crate::kafka::ingest::{IdleFetch, Ingest, IngestError};
 use crate::kafka::replay::ReplayPool;
 use crate::router::{Router, TopicSpec};
+use crate::session::attachments::Attachments;
 use crate::session::store::{SessionStore, StoreError};
 
 /// The longest fetch wait used with the embedded broker (see `Gateway::start`).
@@ -47,23 +46,13 @@ pub enum StartError {
     Replication(#[from] crate::session::replication::ReplicationError),
 }
 
-/// State shared by every connection.
+/// The running gateway: the services its connections share, plus what only the HTTP
+/// layer and startup use.
 pub struct Gateway {
-    pub config: Arc<Config>,
-    /// This node's id (`cluster.node_id`, or the listen address), in `welcome` and `/readyz`.
-    pub node: String,
-    pub router: Arc<Router>,
+    pub services: Arc<Services>,
     pub cluster: Cluster,
-    pub replay: Arc<ReplayPool>,
-    pub sessions: Arc<SessionStore>,
-    pub admission: Arc<crate::limits::Admission>,
-    pub auth: crate::auth::Authenticator,
     /// Produces for `POST /v1/publish/{topic}` (`None` when `publish.enabled` is off).
     pub producer: Option<crate::kafka::producer::Producer>,
-    /// Sessions attached to a connection: connection id and the signal that detaches it.
-    attached: Mutex<std::collections::HashMap<String, (u64, Arc<Notify>)>>,
-    connections: AtomicUsize,
-    next_connection_id: AtomicU64,
     shutdown: watch::Sender<bool>,
 }
 
@@ -196,8 +185,8 @@ impl Gateway {
             &router,
             std::time::Duration::from_secs(config.kafka.metadata_refresh_secs),
         );
-        let replay = ReplayPool::new(config.clone(), cluster.clone(), router.clone());
-        let (shutdown, _) = watch::channel(false);
+        let replay = ReplayPool::new(config.clone(), Arc::new(cluster.clone()), router.clone());
+        let (shutdown, shutdown_rx) = watch::channel(false);
         let admission = crate::limits::Admission::new(&config.limits);
         let producer = match config.publish.enabled {
             true => {
@@ -205,89 +194,41 @@ impl Gateway {
             }
             false => None,
         };
-        let gateway = Arc::new(Gateway {
+        let services = Arc::new(Services {
             node: config.cluster.node(&config.server),
             config,
             router,
-            cluster,
             replay,
+            offsets: Arc::new(cluster.clone()),
             sessions,
-            admission,
+            attachments: Attachments::default(),
             auth,
-            producer,
-            attached: Mutex::new(std::collections::HashMap::new()),
-            connections: AtomicUsize::new(0),
-            next_connection_id: AtomicU64::new(1),
-            shutdown,
+            admission,
+            connections: Connections::default(),
+            shutdown: shutdown_rx,
         });
-        let weak = Arc::downgrade(&gateway);
+        let weak = Arc::downgrade(&services);
         crate::session::store::spawn_background(
-            gateway.sessions.clone(),
-            std::time::Duration::from_millis(gateway.config.sessions.commit_interval_ms),
-            std::time::Duration::from_secs(gateway.config.sessions.ttl_secs),
+            services.sessions.clone(),
+            std::time::Duration::from_millis(services.config.sessions.commit_interval_ms),
+            std::time::Duration::from_secs(services.config.sessions.ttl_secs),
             Arc::new(move |id: &str| {
                 weak.upgrade()
-                    .is_some_and(|g| g.attached.lock().contains_key(id))
+                    .is_some_and(|s| s.attachments.is_attached(id))
             }),
         );
+        let gateway = Arc::new(Gateway {
+            services,
+            cluster,
+            producer,
+            shutdown,
+        });
         Ok(Running {
             gateway,
             _ingest: ingest,
             _broker: broker,
             _positions: positions,
         })
-    }
-
-    /// Registers a new connection; the guard unregisters it when dropped.
-    pub fn connection_opened(self: &Arc<Self>) -> ConnectionGuard {
-        self.connections.fetch_add(1, Ordering::AcqRel);
-        ConnectionGuard {
-            gateway: self.clone(),
-            id: self.next_connection_id.fetch_add(1, Ordering::Relaxed),
-        }
-    }
-
-    /// Attaches `session` to connection `conn`; a connection holding it already is told to close.
-    pub fn attach(&self, session: &str, conn: u64) -> Arc<Notify> {
-        let kick = Arc::new(Notify::new());
-        if let Some((_, previous)) = self
-            .attached
-            .lock()
-            .insert(session.to_string(), (conn, kick.clone()))
-        {
-            previous.notify_one();
-        }
-        kick
-    }
-
-    /// Detaches `session` if connection `conn` still holds it.
-    pub fn detach(&self, session: &str, conn: u64) {
-        let mut attached = self.attached.lock();
-        if attached.get(session).is_some_and(|(c, _)| *c == conn) {
-            attached.remove(session);
-        }
-    }
-
-    /// True while a connection holds `session`.
-    pub fn is_attached(&self, session: &str) -> bool {
-        self.attached.lock().contains_key(session)
-    }
-
-    /// Closes the connection holding `session`, if any (before the session is deleted).
-    pub fn kick(&self, session: &str) {
-        if let Some((_, kick)) = self.attached.lock().remove(session) {
-            kick.notify_one();
-        }
-    }
-
-    /// Open connections.
-    pub fn connection_count(&self) -> usize {
-        self.connections.load(Ordering::Acquire)
-    }
-
-    /// A receiver that turns true when the gateway starts shutting down.
-    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
     }
 
     /// Tells every connection to close with "going away" (reconnect elsewhere); on drain,
@@ -299,19 +240,6 @@ impl Gateway {
     /// True once draining or shutting down: connections are refused with "going away".
     pub fn is_draining(&self) -> bool {
         *self.shutdown.borrow()
-    }
-}
-
-/// Counts a connection while it lives.
-pub struct ConnectionGuard {
-    gateway: Arc<Gateway>,
-    /// A process-unique connection id, used in logs and the welcome frame.
-    pub id: u64,
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.gateway.connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

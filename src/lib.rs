@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod connection;
 pub mod demo;
 pub mod gateway;
 pub mod kafka;

@@ -125,7 +125,7 @@ pub fn replayed(tier: &'static str, records: u64) {
 /// The Prometheus text: state gauges and counters are brought up to date first.
 pub fn render(gateway: &Gateway) -> String {
     let handle = install();
-    for route in gateway.router.topics() {
+    for route in gateway.services.router.topics() {
         for p in 0..route.partitions() {
             let (Some(high), Some(live)) = (route.high_watermark(p), route.live_offset(p)) else {
                 continue;
@@ -170,13 +170,13 @@ pub fn render(gateway: &Gateway) -> String {
         counter!("kgate_auth_failures_total", "reason" => reason).absolute(c.get());
     }
     counter!("kgate_published_records_total").absolute(s.published.get());
-    if let Some(size) = gateway.sessions.size() {
+    if let Some(size) = gateway.services.sessions.size() {
         gauge!("kgate_session_store_keys").set(size.keys as f64);
         gauge!("kgate_session_store_bytes").set(size.bytes as f64);
     }
     if let Some(rss) = resident_bytes() {
         gauge!("kgate_process_resident_bytes").set(rss as f64);
-        let connections = gateway.connection_count();
+        let connections = gateway.services.connections.count();
         if connections > 0 {
             gauge!("kgate_process_resident_bytes_per_connection")
                 .set(rss as f64 / connections as f64);

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::progress;
-use crate::transport::protocol::SUBPROTOCOL;
+use crate::connection::protocol::SUBPROTOCOL;
 
 /// Where a load client connects and which messages it counts.
 #[derive(Debug, Clone)]

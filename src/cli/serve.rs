@@ -57,7 +57,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         scheme.1
     );
     if args.demo {
-        let producer = Producer::new(&gateway.config).context("cannot create the demo producer")?;
+        let producer =
+            Producer::new(&gateway.services.config).context("cannot create the demo producer")?;
         tokio::spawn(async move {
             if let Err(e) = demo::run(producer, DemoOptions::default()).await {
                 tracing::error!(error = %e, "demo producer stopped");
@@ -82,17 +83,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         _ = super::stdin_closed(), if exit_on_eof => {}
     }
     tracing::info!(
-        connections = gateway.connection_count(),
+        connections = gateway.services.connections.count(),
         "shutting down: closing connections with 1001"
     );
     gateway.begin_shutdown();
     let _ = stop_tx.send(());
     let deadline = tokio::time::Instant::now() + shutdown_timeout;
-    while gateway.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+    while gateway.services.connections.count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     server.abort();
-    match gateway.sessions.commit() {
+    match gateway.services.sessions.commit() {
         Ok(n) => tracing::info!(positions = n, "session positions flushed"),
         Err(e) => tracing::error!(error = %e, "session positions not flushed"),
     }

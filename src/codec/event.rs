@@ -132,6 +132,23 @@ impl Serialize for Headers<'_> {
     }
 }
 
+/// A record delivered as a notice in its place (too large, or its value does not decode); encoded once, like events.
+/// `detail` is an object merged into the frame (`bytes`, `error`).
+pub fn skipped_frame(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    reason: &str,
+    detail: serde_json::Value,
+) -> String {
+    let mut frame = serde_json::json!({"type": "skipped", "topic": topic, "partition": partition,
+                           "offset": offset, "reason": reason});
+    if let (Some(frame), serde_json::Value::Object(detail)) = (frame.as_object_mut(), detail) {
+        frame.extend(detail);
+    }
+    frame.to_string()
+}
+
 /// Encodes one record into its `event` frame.
 ///
 /// JSON goes out as `data` (verbatim when the payload was JSON); bytes go out

@@ -242,48 +242,63 @@ impl Cluster {
         let this = self.clone();
         let topic = topic.to_string();
         tokio::task::spawn_blocking(move || {
-            let mut tpl = TopicPartitionList::new();
-            for p in 0..partitions {
-                tpl.add_partition_offset(&topic, p, Offset::Offset(timestamp))
-                    .map_err(|source| ClusterError::OffsetsForTimes {
-                        topic: topic.clone(),
-                        timestamp,
-                        source,
-                    })?;
-            }
-            let answer = this
-                .consumer
-                .offsets_for_times(tpl, this.timeout)
+            this.offsets_for_time_blocking(&topic, partitions, timestamp)
+        })
+        .await?
+    }
+
+    /// [`Cluster::offsets_for_time`] for callers already on a blocking thread.
+    pub fn offsets_for_time_blocking(
+        &self,
+        topic: &str,
+        partitions: i32,
+        timestamp: i64,
+    ) -> Result<Vec<Option<i64>>, ClusterError> {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::Offset(timestamp))
                 .map_err(|source| ClusterError::OffsetsForTimes {
-                    topic: topic.clone(),
+                    topic: topic.to_string(),
                     timestamp,
                     source,
                 })?;
-            let mut out = vec![None; partitions as usize];
-            for elem in answer.elements() {
-                if let (Offset::Offset(o), Some(slot)) =
-                    (elem.offset(), out.get_mut(elem.partition() as usize))
-                {
-                    *slot = Some(o);
-                }
+        }
+        let answer = self
+            .consumer
+            .offsets_for_times(tpl, self.timeout)
+            .map_err(|source| ClusterError::OffsetsForTimes {
+                topic: topic.to_string(),
+                timestamp,
+                source,
+            })?;
+        let mut out = vec![None; partitions as usize];
+        for elem in answer.elements() {
+            if let (Offset::Offset(o), Some(slot)) =
+                (elem.offset(), out.get_mut(elem.partition() as usize))
+            {
+                *slot = Some(o);
             }
-            for (p, slot) in out.iter_mut().enumerate() {
-                let Some(o) = *slot else { continue };
-                let (_, high) = this.watermarks_blocking(&topic, p as i32)?;
-                if o >= high {
-                    *slot = None;
-                }
+        }
+        for (p, slot) in out.iter_mut().enumerate() {
+            let Some(o) = *slot else { continue };
+            let (_, high) = self.watermarks_blocking(topic, p as i32)?;
+            if o >= high {
+                *slot = None;
             }
-            let found = this.first_timestamps(&topic, &out)?;
-            for (p, slot) in out.iter_mut().enumerate() {
-                if found.get(&(p as i32)).copied().flatten().is_some_and(|ts| ts < timestamp) {
-                    tracing::debug!(topic, partition = p, timestamp, offset = ?slot, "offsets-for-times answer is older than asked: starting at the live end");
-                    *slot = None;
-                }
+        }
+        let found = self.first_timestamps(topic, &out)?;
+        for (p, slot) in out.iter_mut().enumerate() {
+            if found
+                .get(&(p as i32))
+                .copied()
+                .flatten()
+                .is_some_and(|ts| ts < timestamp)
+            {
+                tracing::debug!(topic, partition = p, timestamp, offset = ?slot, "offsets-for-times answer is older than asked: starting at the live end");
+                *slot = None;
             }
-            Ok(out)
-        })
-        .await?
+        }
+        Ok(out)
     }
 
     /// The timestamp (if it has one) of the first record at or after each `Some` offset,
@@ -330,5 +345,34 @@ impl Cluster {
         }
         let _ = probe.unassign();
         Ok(found)
+    }
+}
+
+/// Where a partition begins and ends, and where a time falls in it: what resolving a
+/// subscription's start and a replay ask Kafka. [`Cluster`] asks the cluster; the
+/// connection engine's unit tests answer from memory. Both calls block.
+pub trait Offsets: Send + Sync + 'static {
+    /// Low and high watermarks of one partition.
+    fn watermarks_blocking(&self, topic: &str, partition: i32) -> Result<(i64, i64), ClusterError>;
+    /// Per partition, the first offset at or after `timestamp` (`None`: start live).
+    fn offsets_for_time_blocking(
+        &self,
+        topic: &str,
+        partitions: i32,
+        timestamp: i64,
+    ) -> Result<Vec<Option<i64>>, ClusterError>;
+}
+
+impl Offsets for Cluster {
+    fn watermarks_blocking(&self, topic: &str, partition: i32) -> Result<(i64, i64), ClusterError> {
+        Cluster::watermarks_blocking(self, topic, partition)
+    }
+    fn offsets_for_time_blocking(
+        &self,
+        topic: &str,
+        partitions: i32,
+        timestamp: i64,
+    ) -> Result<Vec<Option<i64>>, ClusterError> {
+        Cluster::offsets_for_time_blocking(self, topic, partitions, timestamp)
     }
 }

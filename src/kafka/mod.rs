@@ -71,14 +71,7 @@ pub fn encode_message(
         }
     }
     let skipped = |reason: &str, detail: serde_json::Value| {
-        crate::transport::protocol::skipped_frame(
-            &meta.topic,
-            meta.partition,
-            meta.offset,
-            reason,
-            detail,
-        )
-        .into()
+        crate::codec::skipped_frame(&meta.topic, meta.partition, meta.offset, reason, detail).into()
     };
     let mut frame = match codec.decode(message.payload()) {
         Decoded::Deliver(data) => {

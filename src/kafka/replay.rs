@@ -16,7 +16,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::Config;
-use crate::kafka::cluster::Cluster;
+use crate::kafka::cluster::Offsets;
 use crate::router::{Router, TopicRoute};
 use crate::session::outbox::SubscriptionId;
 use crate::session::subscription::{ReplayEvent, Start};
@@ -129,7 +129,7 @@ fn patient_send(
 /// Replay readers shared by every connection.
 pub struct ReplayPool {
     config: Arc<Config>,
-    cluster: Cluster,
+    offsets: Arc<dyn Offsets>,
     router: Arc<Router>,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<BaseConsumer>>,
@@ -138,11 +138,15 @@ pub struct ReplayPool {
 
 impl ReplayPool {
     /// A pool of at most `replay.max_kafka_readers` concurrent Kafka readers.
-    pub fn new(config: Arc<Config>, cluster: Cluster, router: Arc<Router>) -> Arc<ReplayPool> {
+    pub fn new(
+        config: Arc<Config>,
+        offsets: Arc<dyn Offsets>,
+        router: Arc<Router>,
+    ) -> Arc<ReplayPool> {
         Arc::new(ReplayPool {
             permits: Arc::new(Semaphore::new(config.replay.max_kafka_readers)),
             config,
-            cluster,
+            offsets,
             router,
             idle: Mutex::new(Vec::new()),
             scans: Mutex::new(HashMap::new()),
@@ -498,7 +502,7 @@ impl ReplayPool {
     ) -> Option<(i64, i64)> {
         let mut delay = Duration::from_millis(self.config.kafka.retry_initial_ms);
         loop {
-            match self.cluster.watermarks_blocking(&req.topic, req.partition) {
+            match self.offsets.watermarks_blocking(&req.topic, req.partition) {
                 Ok(w) => return Some(w),
                 Err(_) if cancel.is_cancelled() => return None,
                 Err(e) => {

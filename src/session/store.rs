@@ -317,10 +317,13 @@ impl SessionStore {
         Ok(true)
     }
 
-    /// Creates the session if new and marks it seen now; returns it.
-    pub fn touch(&self, session: &str) -> Result<SessionRecord, StoreError> {
+    /// Creates the session if new and marks it seen now; returns it, and whether it
+    /// existed before (its timestamps cannot tell: two attaches may share a millisecond).
+    pub fn touch(&self, session: &str) -> Result<(SessionRecord, bool), StoreError> {
         let now = now_ms();
-        let meta = match self.get_meta(session)? {
+        let existing = self.get_meta(session)?;
+        let existed = existing.is_some();
+        let meta = match existing {
             Some(mut m) => {
                 m.last_seen_ms = now;
                 m
@@ -333,10 +336,11 @@ impl SessionStore {
             },
         };
         self.put_meta(session, &meta)?;
-        self.load(session)?.ok_or_else(|| StoreError::Corrupt {
+        let record = self.load(session)?.ok_or_else(|| StoreError::Corrupt {
             key: format!("session {session:?}"),
             reason: "vanished after write".into(),
-        })
+        })?;
+        Ok((record, existed))
     }
 
     /// Records a new subscription with its starting positions (written at once, not batched).

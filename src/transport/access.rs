@@ -22,18 +22,22 @@ pub fn identify(
     headers: &HeaderMap,
     query: &str,
 ) -> Result<Identity, warp::reply::Response> {
-    let token = token_from_request(headers, query, gateway.auth.query_param());
-    gateway.auth.authenticate(token.as_deref()).map_err(|e| {
-        stats().auth_failures.add(1);
-        // The reason only: a token is never logged.
-        tracing::info!(reason = e.code(), "request refused: bad or missing token");
-        let mut response = error_reply(StatusCode::UNAUTHORIZED, e.code(), &e.to_string());
-        response.headers_mut().insert(
-            "www-authenticate",
-            http::HeaderValue::from_static("Bearer realm=\"kgate\""),
-        );
-        response
-    })
+    let token = token_from_request(headers, query, gateway.services.auth.query_param());
+    gateway
+        .services
+        .auth
+        .authenticate(token.as_deref())
+        .map_err(|e| {
+            stats().auth_failures.add(1);
+            // The reason only: a token is never logged.
+            tracing::info!(reason = e.code(), "request refused: bad or missing token");
+            let mut response = error_reply(StatusCode::UNAUTHORIZED, e.code(), &e.to_string());
+            response.headers_mut().insert(
+                "www-authenticate",
+                http::HeaderValue::from_static("Bearer realm=\"kgate\""),
+            );
+            response
+        })
 }
 
 /// The 403 answer for an authenticated client that lacks a permission.
@@ -44,7 +48,7 @@ pub fn forbidden(message: &str) -> warp::reply::Response {
 
 /// Refuses a browser request whose `Origin` is not allowed (requests without one pass).
 pub fn check_origin(gateway: &Gateway, headers: &HeaderMap) -> Result<(), warp::reply::Response> {
-    let allowed = &gateway.config.auth.allowed_origins;
+    let allowed = &gateway.services.config.auth.allowed_origins;
     let Some(origin) = headers.get("origin") else {
         return Ok(());
     };
@@ -73,6 +77,7 @@ pub fn admit(
     check_origin(gateway, headers)?;
     let ip = remote.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |r| r.ip());
     gateway
+        .services
         .admission
         .attempt(ip)
         .map_err(|refusal| admission_refused(gateway, refusal))?;
@@ -82,6 +87,7 @@ pub fn admit(
         false => identity.subject.clone(),
     };
     let ticket = gateway
+        .services
         .admission
         .admit(who)
         .map_err(|refusal| admission_refused(gateway, refusal))?;
@@ -105,7 +111,7 @@ fn admission_refused(gateway: &Gateway, refusal: Refusal) -> warp::reply::Respon
             "too_many_connections_for_identity",
             &format!(
                 "at most {} open connections per identity",
-                gateway.config.limits.max_connections_per_identity
+                gateway.services.config.limits.max_connections_per_identity
             ),
         ),
     }

@@ -38,16 +38,17 @@ pub fn routes(
         let gw = gateway.clone();
         warp::path!("readyz").and(warp::get()).map(move || {
             let checks = json!({
-                "ingest": gw.router.is_ready(),
-                "kafka": gw.router.is_kafka_reachable(),
-                "session_store": gw.sessions.size().is_some(),
+                "ingest": gw.services.router.is_ready(),
+                "kafka": gw.services.router.is_kafka_reachable(),
+                "session_store": gw.services.sessions.size().is_some(),
                 "not_draining": !gw.is_draining(),
             });
             let ready = checks
                 .as_object()
                 .is_some_and(|c| c.values().all(|v| v == true));
-            let body =
-                warp::reply::json(&json!({"ready": ready, "node": gw.node, "checks": checks}));
+            let body = warp::reply::json(
+                &json!({"ready": ready, "node": gw.services.node, "checks": checks}),
+            );
             let status = match ready {
                 true => StatusCode::OK,
                 false => StatusCode::SERVICE_UNAVAILABLE,
@@ -59,6 +60,7 @@ pub fn routes(
         let gw = gateway.clone();
         warp::path!("v1" / "topics").and(warp::get()).map(move || {
             let topics: Vec<_> = gw
+                .services
                 .router
                 .topics()
                 .map(|t| {
@@ -85,7 +87,7 @@ pub fn routes(
         let gw = gateway.clone();
         warp::path!("v1" / "stats").and(warp::get()).map(move || {
             let mut body = crate::stats::stats().to_json();
-            body["connections"] = gw.connection_count().into();
+            body["connections"] = gw.services.connections.count().into();
             warp::reply::json(&body).into_response()
         })
     };
@@ -108,7 +110,7 @@ pub fn routes(
             "service": "kgate",
             "version": env!("CARGO_PKG_VERSION"),
             "websocket": "/v1/ws",
-            "subprotocol": crate::transport::protocol::SUBPROTOCOL,
+            "subprotocol": crate::connection::protocol::SUBPROTOCOL,
             "sse": "/v1/sse",
             "poll": "/v1/poll",
             "publish": "/v1/publish/{topic}",
@@ -201,10 +203,10 @@ fn drain(
             if let Some(refusal) = denied {
                 return refusal;
             }
-            let connections = gateway.connection_count();
-            tracing::info!(node = %gateway.node, connections, "draining: clients are told to reconnect elsewhere");
+            let connections = gateway.services.connections.count();
+            tracing::info!(node = %gateway.services.node, connections, "draining: clients are told to reconnect elsewhere");
             gateway.begin_shutdown();
-            warp::reply::json(&json!({"node": gateway.node, "draining": true, "connections": connections}))
+            warp::reply::json(&json!({"node": gateway.services.node, "draining": true, "connections": connections}))
                 .into_response()
         })
 }
@@ -222,11 +224,11 @@ fn sessions_admin(
     };
     let list = {
         let gw = gateway.clone();
-        warp::path!("v1" / "admin" / "sessions").and(warp::get()).and(admin_access(gw.clone())).map(move |denied: Option<warp::reply::Response>| if let Some(refusal) = denied { refusal } else { match gw.sessions.list() {
+        warp::path!("v1" / "admin" / "sessions").and(warp::get()).and(admin_access(gw.clone())).map(move |denied: Option<warp::reply::Response>| if let Some(refusal) = denied { refusal } else { match gw.services.sessions.list() {
             Ok(list) => {
                 let sessions: Vec<_> = list
                     .into_iter()
-                    .map(|(id, last_seen_ms)| json!({"id": id, "last_seen_ms": last_seen_ms, "attached": gw.is_attached(&id)}))
+                    .map(|(id, last_seen_ms)| json!({"id": id, "last_seen_ms": last_seen_ms, "attached": gw.services.attachments.is_attached(&id)}))
                     .collect();
                 warp::reply::json(&json!({"sessions": sessions})).into_response()
             }
@@ -242,10 +244,10 @@ fn sessions_admin(
                 if let Some(refusal) = denied {
                     refusal
                 } else {
-                    match gw.sessions.load(&id) {
+                    match gw.services.sessions.load(&id) {
                         Ok(Some(record)) => {
                             let mut value = serde_json::to_value(&record).unwrap_or_default();
-                            value["attached"] = gw.is_attached(&id).into();
+                            value["attached"] = gw.services.attachments.is_attached(&id).into();
                             warp::reply::json(&value).into_response()
                         }
                         Ok(None) => error_reply(
@@ -265,8 +267,8 @@ fn sessions_admin(
             if let Some(refusal) = denied {
                 return refusal;
             }
-            gateway.kick(&id);
-            match gateway.sessions.delete(&id) {
+            gateway.services.attachments.kick(&id);
+            match gateway.services.sessions.delete(&id) {
                 Ok(true) => warp::reply::json(&json!({"deleted": id})).into_response(),
                 Ok(false) => error_reply(
                     StatusCode::NOT_FOUND,
@@ -297,6 +299,6 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let limits = super::server::HttpLimits::from(&gateway.config.server);
+    let limits = super::server::HttpLimits::from(&gateway.services.config.server);
     super::server::serve(listener, tls, limits, routes(gateway), shutdown).await;
 }

@@ -1,15 +1,12 @@
-//! Transports: HTTP routes and the WebSocket protocol.
+//! Transports: HTTP routes, and the WebSocket, SSE and long-poll links that carry
+//! the connection engine's frames.
 
 pub mod access;
-pub mod connection;
 pub mod http;
-pub mod link;
 pub mod poll;
-pub mod protocol;
 pub mod publish;
 pub mod reply;
 pub mod resume;
 pub mod server;
 pub mod sse;
-mod throttle;
 pub mod ws;

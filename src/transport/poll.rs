@@ -13,12 +13,12 @@ use warp::Filter;
 use warp::reply::Reply;
 
 use super::access::request_parts;
-use super::connection::Connection;
-use super::link::{Gone, Inbound, Link, Outbound};
-use super::protocol::CloseCode;
 use super::reply::error_reply;
 use super::resume::Resume;
 use super::sse::Request;
+use crate::connection::Connection;
+use crate::connection::link::{Gone, Inbound, Link, Outbound};
+use crate::connection::protocol::CloseCode;
 use crate::gateway::Gateway;
 
 /// Collects one poll's answer.
@@ -80,7 +80,8 @@ impl Link for PollLink {
     /// The answer ends with the `close` frame SSE sends, so a client learns why (1001 on a
     /// draining node: poll another node).
     async fn close(&mut self, code: CloseCode) {
-        self.frames.push(super::protocol::close_frame(code));
+        self.frames
+            .push(crate::connection::protocol::close_frame(code));
     }
 }
 
@@ -131,7 +132,7 @@ async fn poll(
             .find(|(k, _)| k == name)
             .and_then(|(_, v)| v.parse::<u64>().ok())
     };
-    let limits = &gateway.config.poll;
+    let limits = &gateway.services.config.poll;
     let wait = number("wait_ms")
         .unwrap_or(limits.max_wait_ms)
         .min(limits.max_wait_ms);
@@ -147,7 +148,7 @@ async fn poll(
         max_events,
         deadline: tokio::time::Instant::now() + Duration::from_millis(wait),
     };
-    let mut link = Connection::new(gateway, remote, ticket, identity)
+    let mut link = Connection::new(gateway.services.clone(), remote, ticket, identity)
         .run(link)
         .await;
     warp::reply::json(&json!({"frames": link.frames, "cursor": link.resume.cursor()}))

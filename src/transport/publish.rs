@@ -94,14 +94,14 @@ async fn publish(
             "the token does not permit publishing to {topic:?}"
         ));
     }
-    if gateway.router.topic(topic).is_none() {
+    if gateway.services.router.topic(topic).is_none() {
         return error_reply(
             StatusCode::NOT_FOUND,
             "unknown_topic",
             &format!("topic {topic:?} is not served here"),
         );
     }
-    let limits = &gateway.config.publish;
+    let limits = &gateway.services.config.publish;
     let too_large = || {
         error_reply(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -119,7 +119,8 @@ async fn publish(
     let Some(length) = length.filter(|l| *l <= limits.max_body_bytes as u64) else {
         return too_large();
     };
-    let within = std::time::Duration::from_secs(gateway.config.server.body_read_timeout_secs);
+    let within =
+        std::time::Duration::from_secs(gateway.services.config.server.body_read_timeout_secs);
     let read = read_body(body, length as usize, limits.max_body_bytes);
     let Ok(read) = tokio::time::timeout(within, read).await else {
         return error_reply(

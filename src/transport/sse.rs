@@ -18,13 +18,13 @@ use warp::Filter;
 use warp::reply::Reply;
 
 use super::access::{admit, request_parts};
-use super::connection::Connection;
-use super::link::{Gone, Inbound, Link, Outbound};
-use super::protocol::CloseCode;
 use super::reply::error_reply;
 use super::resume::Resume;
 use super::server::ConnectionAbort;
 use crate::auth::Identity;
+use crate::connection::Connection;
+use crate::connection::link::{Gone, Inbound, Link, Outbound};
+use crate::connection::protocol::CloseCode;
 use crate::gateway::Gateway;
 use crate::limits::Ticket;
 
@@ -106,7 +106,7 @@ impl Link for SseLink {
     /// [`CLOSE_LINGER`] (or whose buffer is full already) loses its HTTP connection, so
     /// its socket and buffered frames do not outlive the kgate connection.
     async fn close(&mut self, code: CloseCode) {
-        let frame = super::protocol::close_frame(code).to_string();
+        let frame = crate::connection::protocol::close_frame(code).to_string();
         let queued = self.tx.try_send(message(None, Bytes::from(frame))).is_ok();
         let Some(abort) = self.abort.clone() else {
             return;
@@ -197,7 +197,7 @@ impl Request {
 
     /// The resume state, or the 400 answer for a bad cursor.
     fn resume(&self, gateway: &Gateway) -> Result<Resume, warp::reply::Response> {
-        let store = gateway.sessions.clone();
+        let store = gateway.services.sessions.clone();
         Resume::new(
             &self.channels,
             self.from.clone(),
@@ -256,7 +256,7 @@ fn open(
         finished: finished.clone(),
     };
     tokio::spawn(async move {
-        Connection::new(gateway, remote, ticket, identity)
+        Connection::new(gateway.services.clone(), remote, ticket, identity)
             .run(link)
             .await;
     });
@@ -356,7 +356,7 @@ mod fuzz {
                         store,
                     ) {
                         for command in resume.commands() {
-                            let _ = super::super::protocol::parse_command(&command, 1 << 20);
+                            let _ = crate::connection::protocol::parse_command(&command, 1 << 20);
                         }
                         let _ = resume.cursor();
                     }

@@ -8,8 +8,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityE
 
 use super::Socket;
 use crate::codec::EncodedRecord;
-use crate::transport::link::{Gone, Inbound, Link, Outbound};
-use crate::transport::protocol::{BINARY_SUBPROTOCOL, CloseCode, SUBPROTOCOL};
+use crate::connection::link::{Gone, Inbound, Link, Outbound};
+use crate::connection::protocol::{BINARY_SUBPROTOCOL, CloseCode, SUBPROTOCOL};
 
 /// An upgraded WebSocket.
 pub(super) struct WsLink {

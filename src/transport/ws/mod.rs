@@ -1,6 +1,6 @@
 //! The WebSocket transport: the upgrade (admission limits, kgate's own buffer
-//! sizes) here; the [`Link`](crate::transport::link::Link) in [`link`]; the
-//! connection logic shared by every transport in [`crate::transport::connection`].
+//! sizes) here; the [`Link`](crate::connection::Link) in [`link`]; the
+//! connection logic shared by every transport in [`crate::connection`].
 
 mod link;
 
@@ -15,10 +15,10 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use warp::Filter;
 
 use crate::auth::Identity;
+use crate::connection::Connection;
+use crate::connection::protocol::{BINARY_SUBPROTOCOL, SUBPROTOCOL};
 use crate::gateway::Gateway;
 use crate::transport::access::{admit, request_parts};
-use crate::transport::connection::Connection;
-use crate::transport::protocol::{BINARY_SUBPROTOCOL, SUBPROTOCOL};
 use crate::transport::reply::error_reply as refuse;
 use link::WsLink;
 
@@ -136,14 +136,16 @@ fn upgrade_to(
         h.insert("sec-websocket-protocol", HeaderValue::from_static(protocol));
     }
     let binary = protocol == Some(BINARY_SUBPROTOCOL);
-    let ws = &gateway.config.websocket;
+    let ws = &gateway.services.config.websocket;
     // tungstenite's defaults hold 128 KiB per connection; these keep idle connections small.
     let config = WebSocketConfig::default()
         .read_buffer_size(ws.read_buffer_bytes)
         .write_buffer_size(ws.write_buffer_bytes)
         // Writes block (and so bound this buffer) once it passes write_buffer_size; this is only a cap.
         .max_write_buffer_size(
-            ws.write_buffer_bytes + gateway.config.limits.max_outbound_record_bytes + 65_536,
+            ws.write_buffer_bytes
+                + gateway.services.config.limits.max_outbound_record_bytes
+                + 65_536,
         )
         .max_message_size(Some(ws.max_message_bytes))
         .max_frame_size(Some(ws.max_frame_bytes));
@@ -158,7 +160,7 @@ fn upgrade_to(
                 .await;
                 // A task of its own: this one (and the upgrade's state it holds) ends here.
                 tokio::spawn(
-                    Connection::new(gateway, remote, ticket, identity)
+                    Connection::new(gateway.services.clone(), remote, ticket, identity)
                         .run(WsLink { socket, binary }),
                 );
             }

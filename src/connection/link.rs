@@ -1,11 +1,11 @@
-//! What the connection logic ([`super::connection`]) needs from a transport:
+//! What the connection logic ([`super::Connection`]) needs from a transport:
 //! commands in, frames out, a close. WebSocket, SSE and long-poll each implement it.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use crate::codec::EncodedRecord;
-use crate::transport::protocol::CloseCode;
+use crate::connection::protocol::CloseCode;
 
 /// One item a connection sends, in order.
 #[derive(Debug, Clone)]
@@ -53,7 +53,7 @@ pub trait Link: Send {
     fn send(&mut self, batch: &mut Vec<Outbound>) -> impl Future<Output = Result<(), Gone>> + Send;
     /// The protocol the client speaks, named in the `welcome` frame.
     fn protocol(&self) -> &'static str {
-        crate::transport::protocol::SUBPROTOCOL
+        crate::connection::protocol::SUBPROTOCOL
     }
     /// Bytes an event takes on this transport (for the delivered-bytes metric).
     fn event_bytes(&self, record: &EncodedRecord) -> usize {

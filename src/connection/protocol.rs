@@ -582,23 +582,6 @@ pub fn pong_frame(id: Option<&Value>) -> String {
     with_id(json!({"type": "pong"}), id)
 }
 
-/// A record delivered as a notice in its place (too large, or its value does not decode); encoded once, like events.
-/// `detail` is an object merged into the frame (`bytes`, `error`).
-pub fn skipped_frame(
-    topic: &str,
-    partition: i32,
-    offset: i64,
-    reason: &str,
-    detail: Value,
-) -> String {
-    let mut frame = json!({"type": "skipped", "topic": topic, "partition": partition,
-                           "offset": offset, "reason": reason});
-    if let (Some(frame), Value::Object(detail)) = (frame.as_object_mut(), detail) {
-        frame.extend(detail);
-    }
-    frame.to_string()
-}
-
 /// The first frame on every connection.
 pub fn welcome_frame(connection_id: u64, node: &str, protocol: &str) -> String {
     json!({"type": "welcome", "protocol": protocol, "connection_id": connection_id,

@@ -1,0 +1,108 @@
+//! Commands from the client: the per-connection rate limit, then parsing and
+//! dispatch to the concern that executes each.
+
+use std::time::Instant;
+
+use super::protocol::{self, CloseCode, Command, ErrorCode};
+use super::{Connection, End};
+use crate::stats::stats;
+
+impl Connection {
+    /// Executes one command (JSON text); `Err` when the connection must close.
+    pub(super) async fn on_command(&mut self, text: &str) -> Result<(), End> {
+        // Every command counts, acks too: a client acks cumulatively, per partition, not per event.
+        let limits = &self.services.config.limits;
+        if self.commands.check().is_err() {
+            self.rate_limited_streak += 1;
+            stats().rate_limited_commands.add(1);
+            if self.rate_limited_streak > limits.max_rate_limited_commands {
+                tracing::info!(conn = self.guard.id, "closing: command flood");
+                stats().rate_limit_disconnects.add(1);
+                return Err(End::Close(CloseCode::RateLimited));
+            }
+            let message = format!(
+                "more than {} commands per second; this one was not executed",
+                limits.commands_per_sec
+            );
+            self.error(None, ErrorCode::RateLimited, &message);
+            return Ok(());
+        }
+        self.rate_limited_streak = 0;
+        let max = self.services.config.websocket.max_command_bytes;
+        match protocol::parse_command(text, max) {
+            Err(e) => self.error(e.id.as_ref(), e.code, &e.message),
+            Ok(Command::Ping { id }) => self.push_text(protocol::pong_frame(id.as_ref())),
+            Ok(Command::Attach { id, session }) => self.attach(id, session).await,
+            Ok(Command::Auth { id, token }) => self.refresh_token(id.as_ref(), &token),
+            Ok(Command::Ack {
+                id,
+                topic,
+                partition,
+                offset,
+            }) => self.ack(id.as_ref(), &topic, partition, offset),
+            Ok(Command::Unsubscribe { id, channel }) => {
+                if self.remove_subscription(&channel, true) {
+                    self.push_text(protocol::unsubscribed_frame(id.as_ref(), &channel));
+                } else {
+                    self.error(
+                        id.as_ref(),
+                        ErrorCode::NotSubscribed,
+                        &format!("not subscribed to {channel:?}"),
+                    );
+                }
+            }
+            Ok(Command::Subscribe {
+                id,
+                channel,
+                from,
+                options,
+                snapshot,
+            }) => {
+                if let Err((code, message)) = self
+                    .subscribe(id.clone(), &channel, from, options, snapshot)
+                    .await
+                {
+                    self.error(id.as_ref(), code, &message);
+                }
+            }
+        }
+        self.idle_since = if self.subs.is_empty() {
+            self.idle_since.or(Some(Instant::now()))
+        } else {
+            None
+        };
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::config::SlowConsumerPolicy;
+    use crate::connection::protocol::CloseCode;
+    use crate::connection::testing::Harness;
+
+    /// Past the burst, commands are refused (not executed) with `rate_limited`; past
+    /// `max_rate_limited_commands` refusals in a row the connection closes with 4029.
+    #[tokio::test]
+    async fn a_command_flood_is_refused_then_closed() {
+        let h = Harness::new(SlowConsumerPolicy::CatchUp, |c| {
+            c.limits.commands_per_sec = 1;
+            c.limits.commands_burst = 2;
+            c.limits.max_rate_limited_commands = 3;
+        });
+        let mut peer = h.connect();
+        peer.frame("welcome").await;
+        for id in 0..10 {
+            peer.send(json!({"type": "ping", "id": id}));
+        }
+        assert_eq!(peer.frame("pong").await["id"], 0);
+        assert_eq!(peer.frame("pong").await["id"], 1);
+        for _ in 0..3 {
+            let error = peer.frame("error").await;
+            assert_eq!(error["code"], "rate_limited", "{error}");
+        }
+        assert_eq!(peer.closed().await, CloseCode::RateLimited);
+    }
+}

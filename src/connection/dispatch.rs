@@ -1,0 +1,201 @@
+//! The loop that owns a connection: waits on the client, the outbox, replays, timers
+//! and the gateway's signals, hands each to its concern, and writes what is pending
+//! with one flush per turn.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::flow::slow_consumer;
+use super::link::{Inbound, Link};
+use super::protocol::{self, CloseCode, ErrorCode};
+use super::replay::next_replay;
+use super::session::taken_over;
+use super::{Connection, End, Opened};
+use crate::stats::stats;
+use crate::telemetry;
+
+/// How long a closing connection waits for the peer to read its close frame and answer.
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
+
+impl Connection {
+    pub(super) async fn serve<L: Link>(&mut self, link: &mut L) {
+        let conn = self.guard.id;
+        let opened = Instant::now();
+        telemetry::connection_opened(L::TRANSPORT);
+        self.opened = Some(Opened {
+            transport: L::TRANSPORT,
+            at: opened,
+            reason: None,
+        });
+        tracing::debug!(conn, remote = ?self.remote, transport = L::TRANSPORT, "connection opened");
+        let mut shutdown = self.services.shutdown.clone();
+        let hb = self.services.config.heartbeat.clone();
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(hb.ping_interval_secs));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.reset();
+        self.push_text(protocol::welcome_frame(
+            conn,
+            &self.services.node,
+            link.protocol(),
+        ));
+        let end = loop {
+            if let Err(end) = self.flush(link).await {
+                break end;
+            }
+            if *shutdown.borrow() {
+                break End::Close(CloseCode::GoingAway);
+            }
+            if !self.drained.is_empty() {
+                self.route_drained();
+                continue;
+            }
+            let flush_at = self.next_flush.map(tokio::time::Instant::from_std);
+            let behind_since = self.behind_since();
+            let outbox = self.outbox.clone();
+            let grace = self.grace();
+            let token_deadline = self.token_deadline();
+            // One timer for both deadlines: every timer is stored in each connection's task.
+            let wake_at = flush_at.into_iter().chain(token_deadline).min();
+            tokio::select! {
+                inbound = link.recv() => {
+                    self.last_heard = Instant::now();
+                    match inbound {
+                        Inbound::Gone => break End::Gone,
+                        Inbound::Command(text) => {
+                            if let Err(end) = self.on_command(&text).await {
+                                break end;
+                            }
+                        }
+                        Inbound::Binary => self.error(None, ErrorCode::BinaryNotSupported,
+                            "binary frames carry no commands in protocol v1; send JSON text"),
+                        Inbound::Alive => {}
+                        Inbound::TooBig { size, max } => {
+                            tracing::info!(conn, size, max, "closing: inbound message too big");
+                            stats().oversize_messages_closed.add(1);
+                            break End::Close(CloseCode::MessageTooBig);
+                        }
+                    }
+                }
+                _ = self.outbox.ready() => self.on_outbox(),
+                Some(event) = next_replay(self.replay_rx.as_mut()) => {
+                    self.on_replay(event);
+                    // Take what else is ready, so one write carries many records.
+                    for _ in 0..1024 {
+                        match self.replay_rx.as_mut().map(mpsc::Receiver::try_recv) {
+                            Some(Ok(event)) => self.on_replay(event),
+                            _ => break,
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    let now = Instant::now();
+                    if L::ANSWERS_PINGS && now.duration_since(self.last_heard) > Duration::from_secs(hb.timeout_secs) {
+                        tracing::info!(conn, "closing: heartbeat timeout");
+                        stats().heartbeat_timeouts.add(1);
+                        break End::Close(CloseCode::HeartbeatTimeout);
+                    }
+                    if self.idle_since.is_some_and(|t| now.duration_since(t) > Duration::from_secs(hb.idle_timeout_secs)) {
+                        tracing::info!(conn, "closing: idle without subscriptions");
+                        stats().idle_timeouts.add(1);
+                        break End::Close(CloseCode::IdleTimeout);
+                    }
+                    self.shrink_buffers();
+                    self.pending.push(super::Outbound::Ping);
+                    self.end_deleted_topics();
+                }
+                _ = async { tokio::time::sleep_until(wake_at.unwrap_or_else(tokio::time::Instant::now)).await }, if wake_at.is_some() => {
+                    let now = tokio::time::Instant::now();
+                    if token_deadline.is_some_and(|d| d <= now) {
+                        tracing::info!(conn, "closing: token expired");
+                        stats().token_expired_closes.add(1);
+                        break End::Close(CloseCode::TokenExpired);
+                    }
+                    self.flush_throttles();
+                }
+                _ = slow_consumer(&outbox, behind_since, grace) => {
+                    break self.slow_consumer_close();
+                }
+                _ = shutdown.changed() => {}
+                _ = taken_over(&self.session) => {
+                    tracing::info!(conn, "closing: session attached elsewhere");
+                    break End::Close(CloseCode::SessionTakenOver);
+                }
+            }
+        };
+        self.end(link, end, opened).await;
+    }
+
+    /// Releases everything, records why the connection ended and closes the link.
+    async fn end<L: Link>(&mut self, link: &mut L, end: End, opened: Instant) {
+        let conn = self.guard.id;
+        let session = self.session.as_ref().map(|(id, _)| id.clone());
+        self.release();
+        if let Some(session) = session {
+            if let Err(e) = self.services.sessions.mark_seen(&session) {
+                tracing::warn!(conn, %session, error = %e, "cannot record session last-seen time");
+            }
+        }
+        let reason = match end {
+            End::Gone => "peer_gone",
+            End::Close(code) => code.name(),
+        };
+        if let Some(opened) = &mut self.opened {
+            opened.reason = Some(reason);
+        }
+        if let End::Close(code) = end {
+            let linger = match code.peer_may_answer() {
+                true => CLOSE_LINGER,
+                false => Duration::from_millis(200),
+            };
+            let _ = tokio::time::timeout(linger, link.close(code)).await;
+        }
+        tracing::info!(
+            conn,
+            reason,
+            lifetime_ms = opened.elapsed().as_millis() as u64,
+            "connection closed"
+        );
+    }
+
+    /// Writes every pending frame, then flushes once.
+    async fn flush<L: Link>(&mut self, link: &mut L) -> Result<(), End> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let timeout = Duration::from_secs(self.services.config.websocket.write_timeout_secs);
+        let mut frames = std::mem::take(&mut self.pending);
+        let (mut records, mut bytes, mut newest) = (0, 0, None);
+        for frame in &frames {
+            if let super::Outbound::Event { record, .. } = frame {
+                records += 1;
+                bytes += link.event_bytes(record) as u64;
+                newest = newest.max(record.timestamp);
+            }
+        }
+        let write = link.send(&mut frames);
+        // A blocked write still gives way to a slow-consumer disconnect.
+        let outbox = self.outbox.clone();
+        let behind_since = self.behind_since();
+        let written = tokio::select! {
+            r = tokio::time::timeout(timeout, write) => match r {
+                Ok(Ok(())) => {
+                    if records > 0 {
+                        telemetry::delivered(L::TRANSPORT, records, bytes, newest);
+                    }
+                    Ok(())
+                }
+                Ok(Err(_)) => Err(End::Gone),
+                Err(_) => Err(End::Close(CloseCode::WriteTimeout)),
+            },
+            _ = slow_consumer(&outbox, behind_since, self.grace()) => Err(self.slow_consumer_close()),
+        };
+        // A large buffer is kept for the next batch (growing one afresh costs page faults at
+        // high rates; `shrink_buffers` returns it once the connection is quiet); a small one
+        // is cheap to make again, and an idle connection holds none.
+        if frames.capacity() > 64 {
+            self.pending = frames;
+        }
+        written
+    }
+}

@@ -1,0 +1,196 @@
+//! Catch-up reads feeding a subscription: replays started from the ring or Kafka,
+//! their events applied in order, and the hand-off to live.
+
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::Connection;
+use super::link::Outbound;
+use super::protocol::{self, ErrorCode};
+use crate::kafka::replay::{Addressed, ReplayHandle, ReplayRequest};
+use crate::session::outbox::SubscriptionId;
+use crate::session::subscription::{ReplayEvent, ReplayStep, Start};
+use crate::telemetry;
+
+/// The next replayed record, or never while no replay has started.
+pub(super) async fn next_replay(rx: Option<&mut mpsc::Receiver<Addressed>>) -> Option<Addressed> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Connection {
+    /// The sender replay readers deliver to, made on first use.
+    pub(super) fn replay_sender(&mut self) -> mpsc::Sender<Addressed> {
+        if let Some(tx) = &self.replay_tx {
+            return tx.clone();
+        }
+        // Events carry batches of up to 64 records: at most about 1,000 records in flight.
+        let (tx, rx) = mpsc::channel(16);
+        self.replay_rx = Some(rx);
+        self.replay_tx = Some(tx.clone());
+        tx
+    }
+
+    /// Starts a replay of one partition of subscription `id`, replacing (and cancelling)
+    /// the one that fed it.
+    pub(super) fn restart_replay(
+        &mut self,
+        id: SubscriptionId,
+        partition: i32,
+        start: Start,
+        until: i64,
+    ) {
+        let Some(topic) = self.subs.get(&id).map(|a| a.sub.channel.topic.clone()) else {
+            return;
+        };
+        let request = ReplayRequest {
+            subscription: id,
+            topic,
+            partition,
+            start,
+            until,
+        };
+        let tx = self.replay_sender();
+        let handle = self.services.replay.start(request, tx);
+        if let Some(slot) = self
+            .subs
+            .get_mut(&id)
+            .and_then(|a| a.replays.get_mut(partition as usize))
+        {
+            slot.cancel();
+            *slot = handle;
+        }
+    }
+
+    /// Applies one replay event to its subscription.
+    pub(super) fn on_replay(&mut self, (id, partition, event): Addressed) {
+        let Some(active) = self.subs.get_mut(&id) else {
+            return;
+        };
+        match &event {
+            ReplayEvent::Gap {
+                requested,
+                earliest,
+            } => {
+                let frame = protocol::gap_frame(
+                    &active.sub.channel.to_string(),
+                    &active.sub.channel.topic,
+                    partition,
+                    *requested,
+                    *earliest,
+                );
+                self.pending.push(Outbound::Control(frame));
+            }
+            ReplayEvent::Failed(reason) => {
+                let channel = active.sub.channel.to_string();
+                let message = format!(
+                    "catch-up read of {channel} partition {partition} failed ({reason}); subscription removed"
+                );
+                let request_id = active.sub.request_id.clone();
+                let name = active.name.clone();
+                self.remove_subscription(&name, false);
+                self.error(request_id.as_ref(), ErrorCode::ReplayFailed, &message);
+                return;
+            }
+            _ => {}
+        }
+        let step = active.sub.on_replay(partition, event, &mut self.emitted);
+        let mut out = std::mem::take(&mut self.scratch);
+        active.emit(&mut self.emitted, Instant::now(), &mut out);
+        self.scratch = out;
+        match step {
+            ReplayStep::Continue => {}
+            ReplayStep::Live => {
+                // Events after the hand-off report Live again: count the hand-off once.
+                if let Some(handle) = active
+                    .replays
+                    .get(partition as usize)
+                    .filter(|h| !h.is_cancelled())
+                {
+                    telemetry::replay_completed(handle.tier().as_str());
+                    handle.cancel();
+                }
+                if active.sub.is_live() {
+                    active.behind_since = None;
+                }
+            }
+            ReplayStep::Restart(from) => {
+                let until = active.sub.catch_up_target(partition).unwrap_or(from);
+                self.restart_replay(id, partition, Start::Offset(from), until);
+            }
+        }
+        self.emit_scratch();
+        if let Some(active) = self.subs.get_mut(&id) {
+            if active.sub.take_live_marker() {
+                let channel = active.sub.channel.to_string();
+                let frame = protocol::live_frame(active.sub.request_id.as_ref(), &channel);
+                self.push_text(frame);
+            }
+        }
+    }
+
+    /// The handles of replays started for a new subscription, one per partition.
+    pub(super) fn start_replays(
+        &mut self,
+        id: SubscriptionId,
+        topic: &std::sync::Arc<str>,
+        replays: Vec<(i32, Start)>,
+        live: &[i64],
+    ) -> Vec<ReplayHandle> {
+        let mut handles = vec![ReplayHandle::default(); live.len()];
+        for (partition, start) in replays {
+            let request = ReplayRequest {
+                subscription: id,
+                topic: topic.clone(),
+                partition,
+                start,
+                until: live[partition as usize],
+            };
+            let tx = self.replay_sender();
+            handles[partition as usize] = self.services.replay.start(request, tx);
+        }
+        handles
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::config::SlowConsumerPolicy;
+    use crate::connection::testing::{Harness, TOPIC};
+
+    /// A subscription from an old offset replays from the ring while new records keep
+    /// arriving live; every offset arrives once, in order, and `live` once, at the hand-off.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replay_hands_off_to_live_with_no_gap_and_no_duplicate() {
+        let h = std::sync::Arc::new(Harness::new(SlowConsumerPolicy::CatchUp, |c| {
+            c.replay.handoff_buffer_records = 16;
+        }));
+        h.publish(2_000, 50).await;
+        let mut peer = h.connect();
+        peer.frame("welcome").await;
+        peer.send(json!({"type": "subscribe", "id": 1, "channel": TOPIC,
+                         "from": {"offsets": {"0": 0}}}));
+        let live_at = peer.frame("subscribed").await["live_offsets"]["0"].as_i64();
+        assert_eq!(live_at, Some(2_000));
+        let more = tokio::spawn({
+            let h = h.clone();
+            async move { h.publish(3_000, 7).await }
+        });
+        let (offsets, frames) = peer.events(5_000).await;
+        more.await.expect("publisher");
+        let expected: Vec<i64> = (0..5_000).collect();
+        assert!(
+            offsets == expected,
+            "first difference at {:?}",
+            offsets.iter().zip(&expected).position(|(a, b)| a != b)
+        );
+        let kinds: Vec<&str> = frames.iter().filter_map(|f| f["type"].as_str()).collect();
+        assert_eq!(kinds, vec!["live"]);
+        peer.nothing_pending().await;
+    }
+}

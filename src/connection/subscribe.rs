@@ -1,0 +1,440 @@
+//! Subscriptions: the channel checked (syntax, permission, topic, limits), where each
+//! partition starts resolved, the subscription registered with the router and its
+//! replays started; and their removal.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::Connection;
+use super::flow::Active;
+use super::link::Outbound;
+use super::protocol::{self, ErrorCode, From};
+use super::throttle::Throttle;
+use crate::config::SlowConsumerPolicy;
+use crate::router::{Channel, Registered, TopicRoute};
+use crate::session::subscription::{Options, Start, Subscription};
+use crate::stats::stats;
+
+/// A refused command: its error code and a message naming what was wrong.
+pub(super) type Refused = (ErrorCode, String);
+
+/// Where the starts of a subscription come from.
+pub(super) enum Resolved {
+    /// A client's subscribe: stored in the session, if one is attached.
+    Requested(Vec<Start>),
+    /// A session's stored positions, being resumed.
+    Stored(Vec<Start>),
+}
+
+/// Waits (up to 30 s) for the topic's last-value cache to finish loading.
+async fn wait_for_snapshot(route: &TopicRoute) -> Result<(), Refused> {
+    let Some(latest) = route.latest() else {
+        return Err((
+            ErrorCode::SnapshotUnavailable,
+            format!(
+                "topic {:?} keeps no snapshot: set `snapshot = true` in its [[topics]] entry",
+                &**route.name()
+            ),
+        ));
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !latest.lock().is_loaded() {
+        if Instant::now() > deadline {
+            return Err((
+                ErrorCode::SnapshotUnavailable,
+                format!(
+                    "the snapshot of {:?} is still loading; retry shortly",
+                    &**route.name()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Refuses a subscription to a topic deleted from the cluster.
+fn not_deleted(route: &TopicRoute) -> Result<(), Refused> {
+    match route.is_deleted() {
+        true => Err((
+            ErrorCode::TopicDeleted,
+            format!("topic {:?} was deleted from the cluster", &**route.name()),
+        )),
+        false => Ok(()),
+    }
+}
+
+impl Connection {
+    /// Refuses an offset past its partition's end: the subscription would wait, silent, for
+    /// records that may never come. Ingest may lag Kafka (or the node the client came from),
+    /// so Kafka's own end is asked before refusing.
+    async fn offsets_within_end(
+        &self,
+        route: &TopicRoute,
+        offsets: &BTreeMap<i32, i64>,
+    ) -> Result<(), Refused> {
+        for (&partition, &offset) in offsets {
+            if partition >= route.partitions() {
+                continue; // refused with its own message by the caller
+            }
+            let known = route
+                .live_offset(partition)
+                .into_iter()
+                .chain(route.high_watermark(partition))
+                .max()
+                .unwrap_or(0);
+            if offset <= known {
+                continue;
+            }
+            let end = self
+                .services
+                .end_offset(route.name(), partition)
+                .await
+                .map_err(|e| (ErrorCode::KafkaUnavailable, e.to_string()))?;
+            if offset > end {
+                return Err((
+                    ErrorCode::InvalidPosition,
+                    format!(
+                        "offset {offset} of {:?} partition {partition} is past its end: the next record there will be offset {end}",
+                        &**route.name()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a channel the token does not permit.
+    pub(super) fn permit(&self, channel: &Channel, name: &str) -> Result<(), Refused> {
+        if self.identity.permissions.can_subscribe(channel) {
+            return Ok(());
+        }
+        stats().auth_forbidden.add(1);
+        Err((
+            ErrorCode::Forbidden,
+            format!("the token does not permit channel {name:?}"),
+        ))
+    }
+
+    /// A client's `subscribe`: checks it, resolves where each partition starts, registers it.
+    pub(super) async fn subscribe(
+        &mut self,
+        id: Option<Value>,
+        name: &str,
+        from: From,
+        options: Options,
+        snapshot: bool,
+    ) -> Result<(), Refused> {
+        let services = self.services.clone();
+        let limits = &services.config.websocket;
+        let channel = Channel::parse(name, limits.max_channel_bytes)
+            .map_err(|e| (ErrorCode::InvalidChannel, e.to_string()))?;
+        self.permit(&channel, name)?;
+        let Some(route) = services.router.topic(&channel.topic) else {
+            let served: Vec<&str> = services.router.topics().map(|t| &**t.name()).collect();
+            return Err((
+                ErrorCode::UnknownTopic,
+                format!(
+                    "topic {:?} is not served here; served topics: {}",
+                    &*channel.topic,
+                    served.join(", ")
+                ),
+            ));
+        };
+        not_deleted(route)?;
+        if self.by_channel.contains_key(name) {
+            return Err((
+                ErrorCode::AlreadySubscribed,
+                format!("already subscribed to {name:?}"),
+            ));
+        }
+        if self.subs.len() >= limits.max_subscriptions {
+            return Err((
+                ErrorCode::TooManySubscriptions,
+                format!(
+                    "a connection may hold {} subscriptions",
+                    limits.max_subscriptions
+                ),
+            ));
+        }
+        if snapshot {
+            wait_for_snapshot(route).await?;
+        }
+        let partitions = route.partitions();
+        if let From::Offsets(offsets) | From::OffsetsElseEarliest(offsets) = &from {
+            self.offsets_within_end(route, offsets).await?;
+        }
+        let starts: Vec<Start> = match from {
+            From::Latest => vec![Start::Latest; partitions as usize],
+            From::Earliest => vec![Start::Earliest; partitions as usize],
+            From::Offsets(offsets) | From::OffsetsElseEarliest(offsets)
+                if offsets.keys().any(|p| *p >= partitions) =>
+            {
+                let p = offsets.keys().max().copied().unwrap_or(0);
+                return Err((
+                    ErrorCode::InvalidPosition,
+                    format!(
+                        "topic {:?} has {partitions} partitions; there is no partition {p}",
+                        &*channel.topic
+                    ),
+                ));
+            }
+            From::OffsetsElseEarliest(offsets) => (0..partitions)
+                .map(|p| {
+                    offsets
+                        .get(&p)
+                        .map_or(Start::Earliest, |o| Start::Offset(*o))
+                })
+                .collect(),
+            From::Offsets(offsets) => (0..partitions)
+                .map(|p| offsets.get(&p).map_or(Start::Latest, |o| Start::Offset(*o)))
+                .collect(),
+            From::Timestamp(ts) => services
+                .offsets_for_time(&channel.topic, partitions, ts)
+                .await
+                .map_err(|e| (ErrorCode::KafkaUnavailable, e.to_string()))?
+                .into_iter()
+                .map(|o| o.map_or(Start::Latest, Start::Offset))
+                .collect(),
+        };
+        self.register(
+            id,
+            name,
+            channel,
+            Resolved::Requested(starts),
+            options,
+            snapshot,
+        )
+    }
+
+    /// Registers a subscription with the router and starts the replays it needs.
+    pub(super) fn register(
+        &mut self,
+        id: Option<Value>,
+        name: &str,
+        channel: Channel,
+        starts: Resolved,
+        options: Options,
+        snapshot: bool,
+    ) -> Result<(), Refused> {
+        let services = self.services.clone();
+        let route = services.router.topic(&channel.topic).ok_or_else(|| {
+            (
+                ErrorCode::UnknownTopic,
+                format!("topic {:?} is no longer served", &*channel.topic),
+            )
+        })?;
+        not_deleted(route)?;
+        let partitions = route.partitions();
+        let (persist, mut starts) = match starts {
+            Resolved::Requested(s) => (true, s),
+            Resolved::Stored(s) => (false, s),
+        };
+        // Partitions added since the session stored its positions start at the beginning.
+        starts.resize(
+            partitions as usize,
+            if persist {
+                Start::Latest
+            } else {
+                Start::Earliest
+            },
+        );
+        let Registered {
+            id: sub_id,
+            live,
+            snapshot: snapshot_records,
+        } = services.router.subscribe(
+            route,
+            &channel,
+            options.filter.clone(),
+            self.outbox.clone(),
+            snapshot,
+        );
+        if let (true, Some((session, _))) = (persist, &self.session) {
+            let positions: Vec<Option<i64>> = starts
+                .iter()
+                .zip(&live)
+                .map(|(start, live)| match start {
+                    Start::Latest => Some(*live),
+                    Start::Offset(o) => Some(*o),
+                    Start::Earliest => None,
+                })
+                .collect();
+            if let Err(e) = services
+                .sessions
+                .add_subscription(session, name, &options, &positions)
+            {
+                services.router.unsubscribe(route, &channel, sub_id);
+                return Err((ErrorCode::StoreFailed, e.to_string()));
+            }
+        }
+        let buffer = services.config.replay.handoff_buffer_records;
+        let (sub, replays) = Subscription::new(
+            sub_id,
+            channel,
+            options.filter,
+            id.clone(),
+            &starts,
+            &live,
+            buffer,
+        );
+        let handles = self.start_replays(sub_id, route.name(), replays, &live);
+        self.push_text(protocol::subscribed_frame(id.as_ref(), name, &live));
+        let name: Arc<str> = Arc::from(name);
+        if snapshot {
+            let count = snapshot_records.len();
+            self.pending
+                .extend(snapshot_records.into_iter().map(|record| Outbound::Event {
+                    channel: name.clone(),
+                    record,
+                }));
+            self.push_text(protocol::snapshot_end_frame(id.as_ref(), &name, count));
+        }
+        let mut active = Active {
+            sub,
+            disconnect_when_behind: route.slow_consumer() == SlowConsumerPolicy::Disconnect,
+            behind_since: None,
+            name: name.clone(),
+            released: Vec::new(),
+            replays: handles,
+            throttle: options
+                .max_rate
+                .or(route.default_max_rate())
+                .map(Throttle::new),
+        };
+        if active.sub.take_live_marker() {
+            self.push_text(protocol::live_frame(id.as_ref(), &name));
+        }
+        self.by_channel.insert(name.to_string(), sub_id);
+        self.subs.insert(sub_id, Box::new(active));
+        Ok(())
+    }
+
+    /// Ends the subscriptions to topics deleted from the cluster, each with an error
+    /// naming its channel: no record will come, and waiting silently would look like a
+    /// quiet topic. A durable session forgets them too.
+    pub(super) fn end_deleted_topics(&mut self) {
+        let router = &self.services.router;
+        let gone: Vec<(Arc<str>, Option<Value>)> = self
+            .subs
+            .values()
+            .filter(|a| {
+                router
+                    .topic(&a.sub.channel.topic)
+                    .is_none_or(|r| r.is_deleted())
+            })
+            .map(|a| (a.name.clone(), a.sub.request_id.clone()))
+            .collect();
+        for (name, request_id) in gone {
+            self.remove_subscription(&name, true);
+            let message = format!("the topic of channel {name:?} was deleted from the cluster");
+            self.error(request_id.as_ref(), ErrorCode::TopicDeleted, &message);
+        }
+    }
+
+    /// Drops a subscription; `forget` also removes it from the attached session.
+    pub(super) fn remove_subscription(&mut self, name: &str, forget: bool) -> bool {
+        let Some(id) = self.by_channel.remove(name) else {
+            return false;
+        };
+        if let (true, Some((session, _))) = (forget, &self.session) {
+            if let Err(e) = self.services.sessions.remove_subscription(session, name) {
+                tracing::warn!(conn = self.guard.id, %session, error = %e, "cannot remove subscription from session");
+            }
+        }
+        if let Some(active) = self.subs.remove(&id) {
+            if let Some(route) = self.services.router.topic(&active.sub.channel.topic) {
+                self.services
+                    .router
+                    .unsubscribe(route, &active.sub.channel, id);
+            }
+        }
+        true
+    }
+
+    pub(super) fn unsubscribe_all(&mut self, forget: bool) {
+        let names: Vec<String> = self.by_channel.keys().cloned().collect();
+        for name in names {
+            self.remove_subscription(&name, forget);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::config::SlowConsumerPolicy;
+    use crate::connection::testing::{Harness, TOPIC};
+
+    #[tokio::test]
+    async fn subscribe_streams_live_records_and_unsubscribe_stops_them() {
+        let h = Harness::new(SlowConsumerPolicy::CatchUp, |_| {});
+        h.publish(5, 5).await;
+        let mut peer = h.connect();
+        peer.frame("welcome").await;
+        peer.send(json!({"type": "subscribe", "id": 1, "channel": TOPIC}));
+        let subscribed = peer.frame("subscribed").await;
+        assert_eq!(subscribed["id"], 1);
+        assert_eq!(
+            subscribed["live_offsets"],
+            json!({"0": 5}),
+            "from latest: after the 5 records there"
+        );
+        peer.frame("live").await;
+        h.publish(3, 1).await;
+        let (offsets, frames) = peer.events(3).await;
+        assert_eq!(offsets, vec![5, 6, 7]);
+        assert!(frames.is_empty(), "{frames:?}");
+
+        peer.send(json!({"type": "unsubscribe", "id": 2, "channel": TOPIC}));
+        assert_eq!(peer.frame("unsubscribed").await["id"], 2);
+        h.publish(3, 1).await;
+        peer.nothing_pending().await;
+        assert_eq!(
+            h.services
+                .router
+                .topic(TOPIC)
+                .map(|t| t.subscription_count()),
+            Some(0)
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_subscriptions_are_refused_with_their_reason_and_the_connection_goes_on() {
+        let h = Harness::new(SlowConsumerPolicy::CatchUp, |_| {});
+        let mut peer = h.connect();
+        peer.frame("welcome").await;
+        peer.send(json!({"type": "subscribe", "id": 1, "channel": "nope"}));
+        let error = peer.frame("error").await;
+        assert_eq!(error["code"], "unknown_topic");
+        assert!(
+            error["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("served topics: prices")),
+            "{error}"
+        );
+
+        peer.send(json!({"type": "subscribe", "id": 2, "channel": TOPIC,
+                         "from": {"offsets": {"0": 7}}}));
+        let error = peer.frame("error").await;
+        assert_eq!(error["code"], "invalid_position", "{error}");
+
+        peer.send(json!({"type": "subscribe", "id": 3, "channel": TOPIC}));
+        peer.frame("subscribed").await;
+        peer.frame("live").await;
+        peer.send(json!({"type": "subscribe", "id": 4, "channel": TOPIC}));
+        assert_eq!(peer.frame("error").await["code"], "already_subscribed");
+        peer.send(json!({"type": "unsubscribe", "id": 5, "channel": "prices:AAPL"}));
+        assert_eq!(peer.frame("error").await["code"], "not_subscribed");
+        h.publish(1, 1).await;
+        assert_eq!(
+            peer.events(1).await.0,
+            vec![0],
+            "the subscription still streams"
+        );
+    }
+}
