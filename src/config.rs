@@ -129,7 +129,7 @@ pub struct ServerConfig {
     pub max_http_connections: usize,
 }
 
-/// Several gateway nodes on one Kafka cluster (see `session::replication`).
+/// Several gateway nodes on one Kafka cluster (see `store::replication`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {

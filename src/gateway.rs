@@ -1,5 +1,5 @@
-//! Startup and the state every connection shares: config, router, cluster
-//! client, replay pool, and the shutdown signal.
+//! Startup: the embedded broker, Kafka, topics, the session store and ingest, then
+//! the [`Services`] every connection shares, and what only HTTP uses besides.
 
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -13,7 +13,7 @@ use crate::kafka::ingest::{IdleFetch, Ingest, IngestError};
 use crate::kafka::replay::ReplayPool;
 use crate::router::{Router, TopicSpec};
 use crate::session::attachments::Attachments;
-use crate::session::store::{SessionStore, StoreError};
+use crate::store::{SessionStore, StoreError};
 
 /// The longest fetch wait used with the embedded broker (see `Gateway::start`).
 pub const EMBEDDED_FETCH_WAIT_MAX_MS: u32 = 15;
@@ -43,7 +43,7 @@ pub enum StartError {
     #[error("cannot create the publish producer: {0}")]
     Producer(rdkafka::error::KafkaError),
     #[error(transparent)]
-    Replication(#[from] crate::session::replication::ReplicationError),
+    Replication(#[from] crate::store::replication::ReplicationError),
 }
 
 /// The running gateway: the services its connections share, plus what only the HTTP
@@ -61,7 +61,7 @@ pub struct Running {
     pub gateway: Arc<Gateway>,
     _ingest: Ingest,
     _broker: Option<EmbeddedBroker>,
-    _positions: Option<crate::session::replication::Follower>,
+    _positions: Option<crate::store::replication::Follower>,
 }
 
 impl Gateway {
@@ -208,7 +208,7 @@ impl Gateway {
             shutdown: shutdown_rx,
         });
         let weak = Arc::downgrade(&services);
-        crate::session::store::spawn_background(
+        crate::store::spawn_background(
             services.sessions.clone(),
             std::time::Duration::from_millis(services.config.sessions.commit_interval_ms),
             std::time::Duration::from_secs(services.config.sessions.ttl_secs),
@@ -248,8 +248,8 @@ impl Gateway {
 async fn share_sessions(
     config: &Arc<Config>,
     sessions: &Arc<SessionStore>,
-) -> Result<crate::session::replication::Follower, StartError> {
-    use crate::session::replication::{self, ReplicationError};
+) -> Result<crate::store::replication::Follower, StartError> {
+    use crate::store::replication::{self, ReplicationError};
     let node = config.cluster.node(&config.server);
     let topic = config.cluster.positions_topic.clone();
     let tx = replication::spawn_publisher(config, node.clone())

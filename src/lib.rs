@@ -1,7 +1,7 @@
 //! kgate: a durable event-streaming gateway from Kafka to WebSocket clients.
 //!
 //! The path of a record: [`kafka::ingest`] → [`codec`] → [`router`] →
-//! [`session`] → [`transport`].
+//! [`session`] → [`connection`] → [`transport`].
 
 pub mod auth;
 pub mod bench;
@@ -18,5 +18,6 @@ pub mod logging;
 pub mod router;
 pub mod session;
 pub mod stats;
+pub mod store;
 pub mod telemetry;
 pub mod transport;

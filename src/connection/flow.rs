@@ -11,7 +11,7 @@ use super::{Connection, End};
 use crate::codec::EncodedRecord;
 use crate::connection::protocol::CloseCode;
 use crate::kafka::replay::ReplayHandle;
-use crate::session::outbox::Outbox;
+use crate::router::outbox::Outbox;
 use crate::session::subscription::Subscription;
 use crate::stats::stats;
 

@@ -43,7 +43,7 @@ use crate::auth::Identity;
 use crate::codec::EncodedRecord;
 use crate::kafka::replay::Addressed;
 use crate::limits::Ticket;
-use crate::session::outbox::{Deliveries, Drained, Outbox, SubscriptionId};
+use crate::router::outbox::{Deliveries, Drained, Outbox, SubscriptionId};
 use crate::telemetry;
 use flow::Active;
 use protocol::{CloseCode, ErrorCode};

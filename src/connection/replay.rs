@@ -9,7 +9,7 @@ use super::Connection;
 use super::link::Outbound;
 use super::protocol::{self, ErrorCode};
 use crate::kafka::replay::{Addressed, ReplayHandle, ReplayRequest};
-use crate::session::outbox::SubscriptionId;
+use crate::router::outbox::SubscriptionId;
 use crate::session::subscription::{ReplayEvent, ReplayStep, Start};
 use crate::telemetry;
 

@@ -14,7 +14,7 @@ use crate::kafka::replay::ReplayPool;
 use crate::limits::Admission;
 use crate::router::Router;
 use crate::session::attachments::Attachments;
-use crate::session::store::SessionStore;
+use crate::store::SessionStore;
 
 /// The services every connection shares.
 pub struct Services {

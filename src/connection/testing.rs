@@ -22,7 +22,7 @@ use crate::kafka::replay::ReplayPool;
 use crate::limits::Admission;
 use crate::router::{Router, TopicSpec};
 use crate::session::attachments::Attachments;
-use crate::session::store::SessionStore;
+use crate::store::SessionStore;
 
 /// The topic every harness serves: one partition.
 pub(super) const TOPIC: &str = "prices";

@@ -15,12 +15,39 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::codec::EncodedRecord;
 use crate::config::Config;
 use crate::kafka::cluster::Offsets;
+use crate::router::outbox::SubscriptionId;
 use crate::router::{Router, TopicRoute};
-use crate::session::outbox::SubscriptionId;
-use crate::session::subscription::{ReplayEvent, Start};
 use crate::telemetry;
+
+/// Where a partition of a new subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The live end: only records produced from now on.
+    Latest,
+    /// The oldest offset Kafka still holds (no gap is reported).
+    Earliest,
+    /// An exact offset; a gap is reported if Kafka no longer holds it.
+    Offset(i64),
+}
+
+/// What a replay reports for one partition.
+#[derive(Debug)]
+pub enum ReplayEvent {
+    /// Records read in offset order: a batch per send, so a fast replay wakes its
+    /// connection once per batch rather than once per record.
+    Records(Vec<Arc<EncodedRecord>>),
+    /// The replay starts here (resolves `Earliest`).
+    Started { offset: i64 },
+    /// The requested offset is gone (retention); the replay continues from `earliest`.
+    Gap { requested: i64, earliest: i64 },
+    /// The reader reached the end of the partition; `position` is the next offset Kafka will write.
+    End { position: i64 },
+    /// The reader failed; the message says why.
+    Failed(String),
+}
 
 /// A replay event addressed to one subscription's partition.
 pub type Addressed = (SubscriptionId, i32, ReplayEvent);
@@ -201,7 +228,7 @@ impl ReplayPool {
     async fn serve_from_memory(
         &self,
         req: &ReplayRequest,
-        records: Vec<Arc<crate::codec::EncodedRecord>>,
+        records: Vec<Arc<EncodedRecord>>,
         tx: &mpsc::Sender<Addressed>,
         cancel: &ReplayHandle,
     ) {
@@ -398,27 +425,30 @@ impl ReplayPool {
     }
 
     /// Sends a batch of records to every follower that wants them; false when none remain.
-    fn distribute(
-        self: &Arc<Self>,
-        scan: &Scan,
-        mut batch: Vec<Arc<crate::codec::EncodedRecord>>,
-    ) -> bool {
+    fn distribute(self: &Arc<Self>, scan: &Scan, mut batch: Vec<Arc<EncodedRecord>>) -> bool {
         let Some(last) = batch.last() else {
             return !scan.state.lock().followers.is_empty();
         };
-        let mut state = scan.state.lock();
-        state.position = last.meta.offset + 1;
-        let alone = state.followers.len() == 1;
+        // Sent with the state unlocked: a follower slow to take its batch must not hold up
+        // the replays that join this scan meanwhile (they join at or after `position`).
+        let followers = {
+            let mut state = scan.state.lock();
+            state.position = last.meta.offset + 1;
+            std::mem::take(&mut state.followers)
+        };
+        let alone = followers.len() == 1;
+        let mut kept = Vec::with_capacity(followers.len());
         let mut detached = Vec::new();
         let mut sent = 0;
-        state.followers.retain(|f| {
+        for f in followers {
             if f.cancel.is_cancelled() {
-                return false;
+                continue;
             }
             // A follower that joined mid-batch wants only what follows its start.
             let skip = batch.partition_point(|r| r.meta.offset < f.from);
             let Some(first) = batch.get(skip).map(|r| r.meta.offset) else {
-                return true;
+                kept.push(f);
+                continue;
             };
             let wanted = match alone && skip == 0 {
                 true => std::mem::take(&mut batch),
@@ -431,25 +461,30 @@ impl ReplayPool {
                 ReplayEvent::Records(wanted),
             );
             if alone {
-                let ok = f.tx.blocking_send(event).is_ok();
-                sent += if ok { count } else { 0 };
-                return ok;
+                if f.tx.blocking_send(event).is_ok() {
+                    sent += count;
+                    kept.push(f);
+                }
+                continue;
             }
             match patient_send(&f.tx, event) {
                 Ok(()) => {
                     sent += count;
-                    true
+                    kept.push(f);
                 }
-                Err(TrySendError::Closed(_)) => false,
+                Err(TrySendError::Closed(_)) => {}
                 Err(TrySendError::Full(_)) => {
                     // A follower that stays slow must not stall the others: it continues on its own scan.
-                    detached.push((f.request.clone(), f.tx.clone(), f.cancel.clone(), first));
-                    false
+                    detached.push((f.request, f.tx, f.cancel, first));
                 }
             }
-        });
-        let any = !state.followers.is_empty();
-        drop(state);
+        }
+        let any = {
+            let mut state = scan.state.lock();
+            kept.append(&mut state.followers);
+            state.followers = kept;
+            !state.followers.is_empty()
+        };
         telemetry::replayed(Tier::Kafka.as_str(), sent);
         for (mut request, tx, cancel, offset) in detached {
             request.start = Start::Offset(offset);
@@ -523,7 +558,7 @@ struct Backfill {
     /// Where the ring began when the scan started (`None`: no ring, or the scan starts in it).
     until: Option<i64>,
     /// The newest records read, at most the ring's size (older ones would not fit).
-    records: VecDeque<Arc<crate::codec::EncodedRecord>>,
+    records: VecDeque<Arc<EncodedRecord>>,
     bytes: usize,
     max_bytes: usize,
 }
@@ -540,12 +575,7 @@ impl Backfill {
     }
 
     /// Keeps `record` if it is below the ring; hands everything over once the scan reaches the ring.
-    fn read(
-        &mut self,
-        route: &TopicRoute,
-        partition: i32,
-        record: &Arc<crate::codec::EncodedRecord>,
-    ) {
+    fn read(&mut self, route: &TopicRoute, partition: i32, record: &Arc<EncodedRecord>) {
         let Some(until) = self.until else { return };
         if record.meta.offset < until {
             self.bytes += record.size();

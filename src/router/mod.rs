@@ -8,6 +8,7 @@
 mod channel;
 mod filter;
 mod latest;
+pub mod outbox;
 mod ring;
 
 pub use channel::{Channel, ChannelError};
@@ -24,7 +25,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::codec::{EncodedRecord, TopicCodec};
 use crate::config::{PayloadFormat, SlowConsumerPolicy};
-use crate::session::outbox::{Delivery, Outbox, Push, SubscriptionId, Tally};
+use crate::router::outbox::{Delivery, Outbox, Push, SubscriptionId, Tally};
 
 /// Routes ingested records to the outboxes of subscribed connections.
 pub struct Router {
@@ -445,7 +446,7 @@ impl TopicRoute {
 mod tests {
     use super::*;
     use crate::codec::RecordMeta;
-    use crate::session::outbox::Deliveries;
+    use crate::router::outbox::Deliveries;
 
     fn record(partition: i32, offset: i64, key: &str) -> Arc<EncodedRecord> {
         Arc::new(EncodedRecord::new(

@@ -1,8 +1,5 @@
-//! Per-client state: subscriptions with a position per partition, and the
-//! bounded outbox the router fills.
+//! Per-client state: subscriptions with a position per partition, and which
+//! connection holds each durable session (stored in [`crate::store`]).
 
 pub mod attachments;
-pub mod outbox;
-pub mod replication;
-pub mod store;
 pub mod subscription;

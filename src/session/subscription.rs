@@ -12,19 +12,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::EncodedRecord;
+pub use crate::kafka::replay::{ReplayEvent, Start};
+use crate::router::outbox::SubscriptionId;
 use crate::router::{Channel, HeaderFilter};
-use crate::session::outbox::SubscriptionId;
-
-/// Where a partition of a new subscription starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
-    /// The live end: only records produced from now on.
-    Latest,
-    /// The oldest offset Kafka still holds (no gap is reported).
-    Earliest,
-    /// An exact offset; a gap is reported if Kafka no longer holds it.
-    Offset(i64),
-}
 
 /// What a subscription asked for besides its channel and start; sessions keep it.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -48,22 +38,6 @@ enum Cursor {
         live_from: i64,
         buffer: VecDeque<Arc<EncodedRecord>>,
     },
-}
-
-/// What a replay reports for one partition.
-#[derive(Debug)]
-pub enum ReplayEvent {
-    /// Records read in offset order: a batch per send, so a fast replay wakes its
-    /// connection once per batch rather than once per record.
-    Records(Vec<Arc<EncodedRecord>>),
-    /// The replay starts here (resolves `Earliest`).
-    Started { offset: i64 },
-    /// The requested offset is gone (retention); the replay continues from `earliest`.
-    Gap { requested: i64, earliest: i64 },
-    /// The reader reached the end of the partition; `position` is the next offset Kafka will write.
-    End { position: i64 },
-    /// The reader failed; the message says why.
-    Failed(String),
 }
 
 /// What the connection does with a partition's replay after an event.

@@ -94,7 +94,7 @@ pub fn routes(
     let metrics = {
         let gw = gateway.clone();
         warp::path!("metrics").and(warp::get()).map(move || {
-            let mut response = warp::reply::Response::new(crate::telemetry::render(&gw).into());
+            let mut response = warp::reply::Response::new(super::metrics::render(&gw).into());
             response.headers_mut().insert(
                 "content-type",
                 http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -215,7 +215,7 @@ fn drain(
 fn sessions_admin(
     gateway: Arc<Gateway>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
-    let store_error = |e: crate::session::store::StoreError| {
+    let store_error = |e: crate::store::StoreError| {
         error_reply(
             StatusCode::INTERNAL_SERVER_ERROR,
             "store_failed",

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod http;
+pub mod metrics;
 pub mod poll;
 pub mod publish;
 pub mod reply;

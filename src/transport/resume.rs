@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::codec::EncodedRecord;
 use crate::codec::cursor::{Cursor, CursorError, Position, decode_positions, encode_positions};
-use crate::session::store::SessionStore;
+use crate::store::SessionStore;
 
 /// Bytes of encoded positions a cursor carries inline before a checkpoint is used.
 pub const INLINE_LIMIT: usize = 384;

@@ -339,9 +339,9 @@ mod fuzz {
         #[test]
         fn arbitrary_queries_never_panic(query in query()) {
             thread_local! {
-                static STORE: (tempfile::TempDir, Arc<crate::session::store::SessionStore>) = {
+                static STORE: (tempfile::TempDir, Arc<crate::store::SessionStore>) = {
                     let dir = tempfile::tempdir().expect("temp dir");
-                    let store = crate::session::store::SessionStore::open(dir.path(), false)
+                    let store = crate::store::SessionStore::open(dir.path(), false)
                         .expect("store");
                     (dir, Arc::new(store))
                 };

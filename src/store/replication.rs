@@ -18,37 +18,14 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use rocksdb::{WriteBatch, WriteBatchIterator};
+
 use tokio::sync::mpsc;
 
-use super::store::SessionStore;
+use super::{Op, SessionStore};
 use crate::config::Config;
 
 /// The header naming the node that wrote a record.
 const NODE_HEADER: &str = "kgate-node";
-
-/// One write to the store, as replicated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
-    Put(Vec<u8>, Vec<u8>),
-    Delete(Vec<u8>),
-}
-
-/// The writes of a batch, in order.
-pub fn ops(batch: &WriteBatch) -> Vec<Op> {
-    struct Collect(Vec<Op>);
-    impl WriteBatchIterator for Collect {
-        fn put(&mut self, key: &[u8], value: &[u8]) {
-            self.0.push(Op::Put(key.to_vec(), value.to_vec()));
-        }
-        fn delete(&mut self, key: &[u8]) {
-            self.0.push(Op::Delete(key.to_vec()));
-        }
-    }
-    let mut collect = Collect(Vec::new());
-    batch.iterate(&mut collect);
-    collect.0
-}
 
 /// Produces the store's writes to the positions topic, in order, from a task.
 pub fn spawn_publisher(

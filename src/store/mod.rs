@@ -6,17 +6,20 @@
 //! interval (through RocksDB's WAL, so a killed process loses nothing
 //! committed). Sessions idle longer than their TTL are swept.
 
+pub mod replication;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use rocksdb::{DB, Direction, IteratorMode, Options as DbOptions, WriteBatch, WriteOptions};
+use rocksdb::{
+    DB, Direction, IteratorMode, Options as DbOptions, WriteBatch, WriteBatchIterator, WriteOptions,
+};
 use serde::{Deserialize, Serialize};
 
-use super::replication::{self, Op};
-use super::subscription::Options;
+use crate::session::subscription::Options;
 use tokio::sync::mpsc;
 
 /// A failed store operation, naming what was attempted.
@@ -191,7 +194,7 @@ impl SessionStore {
 
     /// Every write goes through here: to RocksDB, then to the other nodes when replicating.
     fn write(&self, batch: WriteBatch, op: &'static str) -> Result<(), StoreError> {
-        let ops = self.replicate.get().map(|_| replication::ops(&batch));
+        let ops = self.replicate.get().map(|_| ops(&batch));
         self.db
             .write_opt(batch, &self.write_opts())
             .map_err(|source| StoreError::Db { op, source })?;
@@ -638,6 +641,29 @@ pub fn spawn_background(
             }
         }
     });
+}
+
+/// One write to the store, as replicated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+/// The writes of a batch, in order.
+pub fn ops(batch: &WriteBatch) -> Vec<Op> {
+    struct Collect(Vec<Op>);
+    impl WriteBatchIterator for Collect {
+        fn put(&mut self, key: &[u8], value: &[u8]) {
+            self.0.push(Op::Put(key.to_vec(), value.to_vec()));
+        }
+        fn delete(&mut self, key: &[u8]) {
+            self.0.push(Op::Delete(key.to_vec()));
+        }
+    }
+    let mut collect = Collect(Vec::new());
+    batch.iterate(&mut collect);
+    collect.0
 }
 
 #[cfg(test)]
