@@ -10,7 +10,7 @@ use kgate::codec::avro::AvroSchema;
 use kgate::codec::cursor::{Cursor, Position};
 use kgate::codec::{Data, EncodedRecord, RecordMeta, TopicCodec, encode_envelope, encode_event};
 use kgate::router::{Channel, Router, TopicSpec};
-use kgate::session::outbox::Outbox;
+use kgate::router::outbox::Outbox;
 
 const TICK: &str =
     r#"{"symbol":"AAPL","price":189.52,"change":0.31,"bid":189.5,"ask":189.54,"volume":1200}"#;
@@ -96,7 +96,7 @@ fn routing(c: &mut Criterion) {
             router.subscribe(route, &channel, None, outbox.clone(), false);
         }
         let mut offset = 0;
-        let mut drained = kgate::session::outbox::Deliveries::default();
+        let mut drained = kgate::router::outbox::Deliveries::default();
         g.throughput(Throughput::Elements(subscribers as u64));
         g.bench_with_input(
             BenchmarkId::new("dispatch_to_subscribers", subscribers),
