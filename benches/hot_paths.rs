@@ -9,8 +9,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use kgate::codec::avro::AvroSchema;
 use kgate::codec::cursor::{Cursor, Position};
 use kgate::codec::{Data, EncodedRecord, RecordMeta, TopicCodec, encode_envelope, encode_event};
-use kgate::router::{Channel, Router, TopicSpec};
 use kgate::router::outbox::Outbox;
+use kgate::router::{Channel, Router, TopicSpec};
 
 const TICK: &str =
     r#"{"symbol":"AAPL","price":189.52,"change":0.31,"bid":189.5,"ask":189.54,"volume":1200}"#;

@@ -13,7 +13,7 @@ use crate::kafka::ingest::{IdleFetch, Ingest, IngestError};
 use crate::kafka::replay::ReplayPool;
 use crate::router::{Router, TopicSpec};
 use crate::session::attachments::Attachments;
-use crate::store::{SessionStore, StoreError};
+use crate::store::{SessionStore, StoreError, StoreHandle};
 
 /// The longest fetch wait used with the embedded broker (see `Gateway::start`).
 pub const EMBEDDED_FETCH_WAIT_MAX_MS: u32 = 15;
@@ -200,7 +200,7 @@ impl Gateway {
             router,
             replay,
             offsets: Arc::new(cluster.clone()),
-            sessions,
+            sessions: StoreHandle::start(sessions)?,
             attachments: Attachments::default(),
             auth,
             admission,
@@ -209,7 +209,7 @@ impl Gateway {
         });
         let weak = Arc::downgrade(&services);
         crate::store::spawn_background(
-            services.sessions.clone(),
+            services.sessions.blocking().clone(),
             std::time::Duration::from_millis(services.config.sessions.commit_interval_ms),
             std::time::Duration::from_secs(services.config.sessions.ttl_secs),
             Arc::new(move |id: &str| {

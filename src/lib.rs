@@ -57,6 +57,10 @@ mod docs_tests {
             }
         }
         assert!(named > 20, "the docs name source files ({named} found)");
-        assert!(missing.is_empty(), "named in the docs but missing:\n{}", missing.join("\n"));
+        assert!(
+            missing.is_empty(),
+            "named in the docs but missing:\n{}",
+            missing.join("\n")
+        );
     }
 }

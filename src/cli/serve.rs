@@ -93,7 +93,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     server.abort();
-    match gateway.services.sessions.commit() {
+    match gateway.services.sessions.blocking().commit() {
         Ok(n) => tracing::info!(positions = n, "session positions flushed"),
         Err(e) => tracing::error!(error = %e, "session positions not flushed"),
     }

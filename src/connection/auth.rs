@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::Connection;
-use super::protocol::{self, ErrorCode};
+use super::ServerFrame;
+use super::protocol::ErrorCode;
 use crate::stats::stats;
 
 /// When a token that expires at `exp` (Unix seconds) runs out, `leeway` seconds later,
@@ -54,7 +55,7 @@ impl Connection {
                     "{}: {e}; the current token stays in force until it expires",
                     e.code()
                 );
-                return self.error(id, ErrorCode::InvalidToken, &message);
+                return self.error(id, ErrorCode::InvalidToken, message);
             }
         };
         self.identity = identity;
@@ -65,15 +66,18 @@ impl Connection {
             .map(|a| (a.name.clone(), a.sub.request_id.clone()))
             .collect();
         for (name, request_id) in revoked {
-            self.remove_subscription(&name, false);
+            self.remove_subscription(&name);
             stats().auth_forbidden.add(1);
             self.error(
                 request_id.as_ref(),
                 ErrorCode::Forbidden,
-                &format!("the new token does not permit {name:?}; unsubscribed"),
+                format!("the new token does not permit {name:?}; unsubscribed"),
             );
         }
-        self.push_text(protocol::authenticated_frame(id, self.identity.expires_at));
+        self.push(ServerFrame::Authenticated {
+            id: id.cloned(),
+            expires_at: self.identity.expires_at,
+        });
     }
 }
 

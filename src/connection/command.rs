@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::protocol::{self, CloseCode, Command, ErrorCode};
-use super::{Connection, End};
+use super::{Connection, End, ServerFrame};
 use crate::stats::stats;
 
 impl Connection {
@@ -24,14 +24,14 @@ impl Connection {
                 "more than {} commands per second; this one was not executed",
                 limits.commands_per_sec
             );
-            self.error(None, ErrorCode::RateLimited, &message);
+            self.error(None, ErrorCode::RateLimited, message);
             return Ok(());
         }
         self.rate_limited_streak = 0;
         let max = self.services.config.websocket.max_command_bytes;
         match protocol::parse_command(text, max) {
             Err(e) => self.error(e.id.as_ref(), e.code, &e.message),
-            Ok(Command::Ping { id }) => self.push_text(protocol::pong_frame(id.as_ref())),
+            Ok(Command::Ping { id }) => self.push(ServerFrame::Pong { id }),
             Ok(Command::Attach { id, session }) => self.attach(id, session).await,
             Ok(Command::Auth { id, token }) => self.refresh_token(id.as_ref(), &token),
             Ok(Command::Ack {
@@ -41,13 +41,14 @@ impl Connection {
                 offset,
             }) => self.ack(id.as_ref(), &topic, partition, offset),
             Ok(Command::Unsubscribe { id, channel }) => {
-                if self.remove_subscription(&channel, true) {
-                    self.push_text(protocol::unsubscribed_frame(id.as_ref(), &channel));
+                if self.remove_subscription(&channel) {
+                    self.forget(&channel).await;
+                    self.push(ServerFrame::Unsubscribed { id, channel });
                 } else {
                     self.error(
                         id.as_ref(),
                         ErrorCode::NotSubscribed,
-                        &format!("not subscribed to {channel:?}"),
+                        format!("not subscribed to {channel:?}"),
                     );
                 }
             }
@@ -58,11 +59,11 @@ impl Connection {
                 options,
                 snapshot,
             }) => {
-                if let Err((code, message)) = self
+                if let Err(e) = self
                     .subscribe(id.clone(), &channel, from, options, snapshot)
                     .await
                 {
-                    self.error(id.as_ref(), code, &message);
+                    self.error(id.as_ref(), e.code(), e.to_string());
                 }
             }
         }

@@ -8,10 +8,10 @@ use tokio::sync::mpsc;
 
 use super::flow::slow_consumer;
 use super::link::{Inbound, Link};
-use super::protocol::{self, CloseCode, ErrorCode};
+use super::protocol::{CloseCode, ErrorCode};
 use super::replay::next_replay;
 use super::session::taken_over;
-use super::{Connection, End, Opened};
+use super::{Connection, End, Opened, ServerFrame};
 use crate::stats::stats;
 use crate::telemetry;
 
@@ -34,11 +34,11 @@ impl Connection {
         let mut heartbeat = tokio::time::interval(Duration::from_secs(hb.ping_interval_secs));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.reset();
-        self.push_text(protocol::welcome_frame(
-            conn,
-            &self.services.node,
-            link.protocol(),
-        ));
+        self.push(ServerFrame::Welcome {
+            connection_id: conn,
+            node: self.services.node.clone(),
+            protocol: link.protocol(),
+        });
         let end = loop {
             if let Err(end) = self.flush(link).await {
                 break end;
@@ -102,7 +102,7 @@ impl Connection {
                     }
                     self.shrink_buffers();
                     self.pending.push(super::Outbound::Ping);
-                    self.end_deleted_topics();
+                    self.end_deleted_topics().await;
                 }
                 _ = async { tokio::time::sleep_until(wake_at.unwrap_or_else(tokio::time::Instant::now)).await }, if wake_at.is_some() => {
                     let now = tokio::time::Instant::now();
@@ -132,7 +132,13 @@ impl Connection {
         let session = self.session.as_ref().map(|(id, _)| id.clone());
         self.release();
         if let Some(session) = session {
-            if let Err(e) = self.services.sessions.mark_seen(&session) {
+            let key = session.clone();
+            if let Err(e) = self
+                .services
+                .sessions
+                .call(move |s| s.mark_seen(&key))
+                .await
+            {
                 tracing::warn!(conn, %session, error = %e, "cannot record session last-seen time");
             }
         }

@@ -5,13 +5,14 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::codec::EncodedRecord;
+use crate::connection::frame::ServerFrame;
 use crate::connection::protocol::CloseCode;
 
 /// One item a connection sends, in order.
 #[derive(Debug, Clone)]
 pub enum Outbound {
     /// A protocol frame other than an event (`welcome`, `subscribed`, `live`, `gap`, `error`, ...).
-    Control(String),
+    Frame(ServerFrame),
     /// A record for the subscription the client named `channel`.
     Event {
         channel: Arc<str>,

@@ -15,6 +15,7 @@ mod auth;
 mod command;
 mod dispatch;
 mod flow;
+pub mod frame;
 pub mod link;
 pub mod protocol;
 mod replay;
@@ -36,6 +37,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
 use tracing::Instrument;
 
+pub use frame::ServerFrame;
 pub use link::{Gone, Inbound, Link, Outbound};
 pub use services::Services;
 
@@ -194,18 +196,22 @@ impl Connection {
 
     /// Releases what the connection registered elsewhere; idempotent.
     fn release(&mut self) {
-        self.unsubscribe_all(false);
+        self.unsubscribe_all();
         self.outbox.clear();
         if let Some((session, _)) = self.session.take() {
             self.services.attachments.detach(&session, self.guard.id);
         }
     }
 
-    fn push_text(&mut self, text: String) {
-        self.pending.push(Outbound::Control(text));
+    fn push(&mut self, frame: ServerFrame) {
+        self.pending.push(Outbound::Frame(frame));
     }
 
-    fn error(&mut self, id: Option<&Value>, code: ErrorCode, message: &str) {
-        self.push_text(protocol::error_frame(id, code, message));
+    fn error(&mut self, id: Option<&Value>, code: ErrorCode, message: impl Into<String>) {
+        self.push(ServerFrame::Error {
+            id: id.cloned(),
+            code,
+            message: message.into(),
+        });
     }
 }

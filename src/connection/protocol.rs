@@ -1,10 +1,10 @@
-//! WebSocket protocol v1: client commands, server frames, error codes and close
-//! codes. docs/protocol.md is the reference; keep the two in step.
+//! WebSocket protocol v1: client commands, error codes and close codes (the
+//! server's frames are [`super::frame`]). docs/protocol.md is the reference; keep the two in step.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::router::HeaderFilter;
 use crate::session::subscription::Options;
@@ -499,106 +499,10 @@ fn parse_from(from: Option<&Value>) -> Result<From, String> {
     }
 }
 
-/// The `error` frame.
-pub fn error_frame(id: Option<&Value>, code: ErrorCode, message: &str) -> String {
-    with_id(
-        json!({"type": "error", "code": code.as_str(), "message": message}),
-        id,
-    )
-}
-
-/// The reply to a successful subscribe.
-pub fn subscribed_frame(id: Option<&Value>, channel: &str, live: &[i64]) -> String {
-    let partitions: BTreeMap<String, i64> = live
-        .iter()
-        .enumerate()
-        .map(|(p, o)| (p.to_string(), *o))
-        .collect();
-    with_id(
-        json!({"type": "subscribed", "channel": channel, "live_offsets": partitions}),
-        id,
-    )
-}
-
-/// The reply to an accepted `auth` command.
-pub fn authenticated_frame(id: Option<&Value>, expires_at: Option<u64>) -> String {
-    with_id(
-        json!({"type": "authenticated", "expires_at": expires_at}),
-        id,
-    )
-}
-
-/// The reply to an unsubscribe.
-pub fn unsubscribed_frame(id: Option<&Value>, channel: &str) -> String {
-    with_id(json!({"type": "unsubscribed", "channel": channel}), id)
-}
-
-/// The `close` frame that ends an SSE stream or a long-poll answer (WebSocket has close frames).
-pub fn close_frame(code: CloseCode) -> Value {
-    json!({"type": "close", "code": code.code(), "reason": code.reason()})
-}
-
-/// Marks the point where a subscription's catch-up ended and live delivery began.
-pub fn live_frame(id: Option<&Value>, channel: &str) -> String {
-    with_id(json!({"type": "live", "channel": channel}), id)
-}
-
-/// Ends a snapshot: `count` latest-per-key events were sent; live events follow.
-pub fn snapshot_end_frame(id: Option<&Value>, channel: &str, count: usize) -> String {
-    with_id(
-        json!({"type": "snapshot_end", "channel": channel, "count": count}),
-        id,
-    )
-}
-
-/// Records before `earliest` were deleted by retention and will never be delivered.
-pub fn gap_frame(
-    channel: &str,
-    topic: &str,
-    partition: i32,
-    requested: i64,
-    earliest: i64,
-) -> String {
-    json!({"type": "gap", "channel": channel, "topic": topic, "partition": partition,
-           "requested": requested, "earliest": earliest})
-    .to_string()
-}
-
-/// The reply to `attach`: the session and the subscriptions being resumed.
-pub fn attached_frame(
-    id: Option<&Value>,
-    session: &str,
-    resumed: bool,
-    channels: &[String],
-) -> String {
-    with_id(
-        json!({"type": "attached", "session": session, "resumed": resumed, "subscriptions": channels}),
-        id,
-    )
-}
-
-/// The reply to `ping`.
-pub fn pong_frame(id: Option<&Value>) -> String {
-    with_id(json!({"type": "pong"}), id)
-}
-
-/// The first frame on every connection.
-pub fn welcome_frame(connection_id: u64, node: &str, protocol: &str) -> String {
-    json!({"type": "welcome", "protocol": protocol, "connection_id": connection_id,
-           "node": node, "server": concat!("kgate/", env!("CARGO_PKG_VERSION"))})
-    .to_string()
-}
-
-fn with_id(mut frame: Value, id: Option<&Value>) -> String {
-    if let (Some(id), Some(obj)) = (id, frame.as_object_mut()) {
-        obj.insert("id".into(), id.clone());
-    }
-    frame.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn err(text: &str) -> CommandError {
         parse_command(text, 1000).unwrap_err()
@@ -729,17 +633,6 @@ mod tests {
         let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(2000));
         assert_eq!(err(&big).code, ErrorCode::MessageTooLarge);
     }
-
-    #[test]
-    fn frames_carry_ids() {
-        let f: Value =
-            serde_json::from_str(&error_frame(Some(&json!(3)), ErrorCode::UnknownTopic, "no"))
-                .unwrap();
-        assert_eq!(
-            f,
-            json!({"type":"error","id":3,"code":"unknown_topic","message":"no"})
-        );
-    }
 }
 
 /// Hostile input: the parser answers every frame with a command or an error, never a panic.
@@ -747,6 +640,7 @@ mod tests {
 mod fuzz {
     use super::*;
     use proptest::prelude::*;
+    use serde_json::json;
 
     /// JSON values of any shape, a few levels deep.
     fn json_value() -> impl Strategy<Value = Value> {

@@ -6,8 +6,9 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::Connection;
+use super::ServerFrame;
 use super::link::Outbound;
-use super::protocol::{self, ErrorCode};
+use super::protocol::ErrorCode;
 use crate::kafka::replay::{Addressed, ReplayHandle, ReplayRequest};
 use crate::router::outbox::SubscriptionId;
 use crate::session::subscription::{ReplayEvent, ReplayStep, Start};
@@ -75,14 +76,14 @@ impl Connection {
                 requested,
                 earliest,
             } => {
-                let frame = protocol::gap_frame(
-                    &active.sub.channel.to_string(),
-                    &active.sub.channel.topic,
+                let frame = ServerFrame::Gap {
+                    channel: active.sub.channel.to_string(),
+                    topic: active.sub.channel.topic.clone(),
                     partition,
-                    *requested,
-                    *earliest,
-                );
-                self.pending.push(Outbound::Control(frame));
+                    requested: *requested,
+                    earliest: *earliest,
+                };
+                self.pending.push(Outbound::Frame(frame));
             }
             ReplayEvent::Failed(reason) => {
                 let channel = active.sub.channel.to_string();
@@ -91,8 +92,8 @@ impl Connection {
                 );
                 let request_id = active.sub.request_id.clone();
                 let name = active.name.clone();
-                self.remove_subscription(&name, false);
-                self.error(request_id.as_ref(), ErrorCode::ReplayFailed, &message);
+                self.remove_subscription(&name);
+                self.error(request_id.as_ref(), ErrorCode::ReplayFailed, message);
                 return;
             }
             _ => {}
@@ -125,9 +126,11 @@ impl Connection {
         self.emit_scratch();
         if let Some(active) = self.subs.get_mut(&id) {
             if active.sub.take_live_marker() {
-                let channel = active.sub.channel.to_string();
-                let frame = protocol::live_frame(active.sub.request_id.as_ref(), &channel);
-                self.push_text(frame);
+                let frame = ServerFrame::Live {
+                    id: active.sub.request_id.clone(),
+                    channel: active.sub.channel.to_string().into(),
+                };
+                self.push(frame);
             }
         }
     }

@@ -14,7 +14,7 @@ use crate::kafka::replay::ReplayPool;
 use crate::limits::Admission;
 use crate::router::Router;
 use crate::session::attachments::Attachments;
-use crate::store::SessionStore;
+use crate::store::StoreHandle;
 
 /// The services every connection shares.
 pub struct Services {
@@ -25,7 +25,8 @@ pub struct Services {
     pub replay: Arc<ReplayPool>,
     /// Kafka's watermarks and offsets-for-times, to resolve where a subscription starts.
     pub offsets: Arc<dyn Offsets>,
-    pub sessions: Arc<SessionStore>,
+    /// The session store, called on its own threads.
+    pub sessions: StoreHandle,
     pub attachments: Attachments,
     pub auth: Authenticator,
     pub admission: Arc<Admission>,

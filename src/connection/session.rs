@@ -7,8 +7,9 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use super::Connection;
-use super::protocol::{self, ErrorCode};
-use super::subscribe::Resolved;
+use super::ServerFrame;
+use super::protocol::ErrorCode;
+use super::subscribe::{Resolved, SubscribeError};
 use crate::router::Channel;
 use crate::session::subscription::Start;
 
@@ -32,12 +33,12 @@ impl Connection {
         }
         // Ids are per token subject: two users' sessions never meet.
         let scoped = self.identity.scoped_session(&session);
-        // In place rather than on the blocking pool: when thousands of clients resume at once,
-        // their Kafka replays queue there, and an attach waiting behind them timed out.
-        let store = &self.services.sessions;
-        let (record, resumed) = match tokio::task::block_in_place(|| store.touch(&scoped)) {
+        // On the store's threads, not the shared blocking pool: when thousands of clients
+        // resume at once, their Kafka replays queue there.
+        let key = scoped.clone();
+        let (record, resumed) = match self.services.sessions.call(move |s| s.touch(&key)).await {
             Ok(touched) => touched,
-            Err(e) => return self.error(id.as_ref(), ErrorCode::StoreFailed, &e.to_string()),
+            Err(e) => return self.error(id.as_ref(), ErrorCode::StoreFailed, e.to_string()),
         };
         let kick = self.services.attachments.attach(&scoped, self.guard.id);
         tracing::debug!(conn = self.guard.id, session = %scoped, "session attached");
@@ -48,40 +49,38 @@ impl Connection {
             .iter()
             .map(|s| s.channel.clone())
             .collect();
-        self.push_text(protocol::attached_frame(
-            id.as_ref(),
-            &session,
+        self.push(ServerFrame::Attached {
+            id,
+            session,
             resumed,
-            &channels,
-        ));
+            subscriptions: channels,
+        });
         for stored in record.subscriptions {
             let starts: Vec<Start> = stored
                 .positions
                 .iter()
                 .map(|p| p.map_or(Start::Earliest, Start::Offset))
                 .collect();
-            let max = self.services.config.websocket.max_channel_bytes;
-            let registered = Channel::parse(&stored.channel, max)
-                .map_err(|e| (ErrorCode::InvalidChannel, e.to_string()))
-                .and_then(|channel| self.permit(&channel, &stored.channel).map(|()| channel))
-                .and_then(|channel| {
-                    self.register(
-                        None,
-                        &stored.channel,
-                        channel,
-                        Resolved::Stored(starts),
-                        stored.options.clone(),
-                        false,
-                    )
-                });
-            if let Err((code, message)) = registered {
-                self.error(
-                    None,
-                    code,
-                    &format!("cannot resume {:?}: {message}", stored.channel),
-                );
+            if let Err(e) = self.resume(&stored.channel, starts, stored.options).await {
+                let message = format!("cannot resume {:?}: {e}", stored.channel);
+                self.error(None, e.code(), message);
             }
         }
+    }
+
+    /// Registers a stored subscription again, from its stored positions.
+    async fn resume(
+        &mut self,
+        name: &str,
+        starts: Vec<Start>,
+        options: crate::session::subscription::Options,
+    ) -> Result<(), SubscribeError> {
+        let max = self.services.config.websocket.max_channel_bytes;
+        let channel = Channel::parse(name, max)?;
+        self.permit(&channel, name)?;
+        let starts = Resolved::Stored(starts);
+        self.register(None, name, channel, starts, options, false)
+            .await
     }
 
     /// A cumulative ack: every record of `topic`/`partition` up to `offset` was processed.
@@ -137,7 +136,7 @@ mod tests {
         assert_eq!(first.events(5).await.0, vec![0, 1, 2, 3, 4]);
         first.send(json!({"type": "ack", "topic": TOPIC, "partition": 0, "offset": 2}));
         first.nothing_pending().await;
-        h.services.sessions.commit().expect("commit");
+        h.services.sessions.blocking().commit().expect("commit");
         first.hang_up();
         first.ended().await;
         // Records 5 and 6 arrive while nobody is attached.
@@ -160,7 +159,7 @@ mod tests {
         // An ack past what was delivered counts only up to what was delivered.
         second.send(json!({"type": "ack", "topic": TOPIC, "partition": 0, "offset": 90}));
         second.nothing_pending().await;
-        h.services.sessions.commit().expect("commit");
+        h.services.sessions.blocking().commit().expect("commit");
         second.hang_up();
         second.ended().await;
 

@@ -9,17 +9,83 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::Connection;
+use super::ServerFrame;
 use super::flow::Active;
 use super::link::Outbound;
-use super::protocol::{self, ErrorCode, From};
+use super::protocol::{ErrorCode, From};
 use super::throttle::Throttle;
 use crate::config::SlowConsumerPolicy;
-use crate::router::{Channel, Registered, TopicRoute};
+use crate::kafka::cluster::ClusterError;
+use crate::router::{Channel, ChannelError, Registered, TopicRoute};
 use crate::session::subscription::{Options, Start, Subscription};
 use crate::stats::stats;
+use crate::store::StoreError;
 
-/// A refused command: its error code and a message naming what was wrong.
-pub(super) type Refused = (ErrorCode, String);
+/// Why a subscription was refused; each names what was wrong and maps to a protocol code.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SubscribeError {
+    #[error(transparent)]
+    InvalidChannel(#[from] ChannelError),
+    #[error("the token does not permit channel {0:?}")]
+    Forbidden(String),
+    #[error("topic {topic:?} is not served here; served topics: {served}")]
+    UnknownTopic { topic: String, served: String },
+    #[error("topic {0:?} is no longer served")]
+    NoLongerServed(String),
+    #[error("topic {0:?} was deleted from the cluster")]
+    TopicDeleted(String),
+    #[error("already subscribed to {0:?}")]
+    AlreadySubscribed(String),
+    #[error("a connection may hold {0} subscriptions")]
+    TooManySubscriptions(usize),
+    #[error("topic {0:?} keeps no snapshot: set `snapshot = true` in its [[topics]] entry")]
+    NoSnapshot(String),
+    #[error("the snapshot of {0:?} is still loading; retry shortly")]
+    SnapshotLoading(String),
+    #[error(
+        "offset {offset} of {topic:?} partition {partition} is past its end: the next record there will be offset {end}"
+    )]
+    PastEnd {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        end: i64,
+    },
+    #[error("topic {topic:?} has {partitions} partitions; there is no partition {partition}")]
+    NoSuchPartition {
+        topic: String,
+        partitions: i32,
+        partition: i32,
+    },
+    #[error(transparent)]
+    Kafka(#[from] ClusterError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl SubscribeError {
+    /// The code the `error` frame carries.
+    pub(super) fn code(&self) -> ErrorCode {
+        match self {
+            SubscribeError::InvalidChannel(_) => ErrorCode::InvalidChannel,
+            SubscribeError::Forbidden(_) => ErrorCode::Forbidden,
+            SubscribeError::UnknownTopic { .. } | SubscribeError::NoLongerServed(_) => {
+                ErrorCode::UnknownTopic
+            }
+            SubscribeError::TopicDeleted(_) => ErrorCode::TopicDeleted,
+            SubscribeError::AlreadySubscribed(_) => ErrorCode::AlreadySubscribed,
+            SubscribeError::TooManySubscriptions(_) => ErrorCode::TooManySubscriptions,
+            SubscribeError::NoSnapshot(_) | SubscribeError::SnapshotLoading(_) => {
+                ErrorCode::SnapshotUnavailable
+            }
+            SubscribeError::PastEnd { .. } | SubscribeError::NoSuchPartition { .. } => {
+                ErrorCode::InvalidPosition
+            }
+            SubscribeError::Kafka(_) => ErrorCode::KafkaUnavailable,
+            SubscribeError::Store(_) => ErrorCode::StoreFailed,
+        }
+    }
+}
 
 /// Where the starts of a subscription come from.
 pub(super) enum Resolved {
@@ -30,26 +96,14 @@ pub(super) enum Resolved {
 }
 
 /// Waits (up to 30 s) for the topic's last-value cache to finish loading.
-async fn wait_for_snapshot(route: &TopicRoute) -> Result<(), Refused> {
+async fn wait_for_snapshot(route: &TopicRoute) -> Result<(), SubscribeError> {
     let Some(latest) = route.latest() else {
-        return Err((
-            ErrorCode::SnapshotUnavailable,
-            format!(
-                "topic {:?} keeps no snapshot: set `snapshot = true` in its [[topics]] entry",
-                &**route.name()
-            ),
-        ));
+        return Err(SubscribeError::NoSnapshot(route.name().to_string()));
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while !latest.lock().is_loaded() {
         if Instant::now() > deadline {
-            return Err((
-                ErrorCode::SnapshotUnavailable,
-                format!(
-                    "the snapshot of {:?} is still loading; retry shortly",
-                    &**route.name()
-                ),
-            ));
+            return Err(SubscribeError::SnapshotLoading(route.name().to_string()));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -57,12 +111,9 @@ async fn wait_for_snapshot(route: &TopicRoute) -> Result<(), Refused> {
 }
 
 /// Refuses a subscription to a topic deleted from the cluster.
-fn not_deleted(route: &TopicRoute) -> Result<(), Refused> {
+fn not_deleted(route: &TopicRoute) -> Result<(), SubscribeError> {
     match route.is_deleted() {
-        true => Err((
-            ErrorCode::TopicDeleted,
-            format!("topic {:?} was deleted from the cluster", &**route.name()),
-        )),
+        true => Err(SubscribeError::TopicDeleted(route.name().to_string())),
         false => Ok(()),
     }
 }
@@ -75,7 +126,7 @@ impl Connection {
         &self,
         route: &TopicRoute,
         offsets: &BTreeMap<i32, i64>,
-    ) -> Result<(), Refused> {
+    ) -> Result<(), SubscribeError> {
         for (&partition, &offset) in offsets {
             if partition >= route.partitions() {
                 continue; // refused with its own message by the caller
@@ -89,34 +140,26 @@ impl Connection {
             if offset <= known {
                 continue;
             }
-            let end = self
-                .services
-                .end_offset(route.name(), partition)
-                .await
-                .map_err(|e| (ErrorCode::KafkaUnavailable, e.to_string()))?;
+            let end = self.services.end_offset(route.name(), partition).await?;
             if offset > end {
-                return Err((
-                    ErrorCode::InvalidPosition,
-                    format!(
-                        "offset {offset} of {:?} partition {partition} is past its end: the next record there will be offset {end}",
-                        &**route.name()
-                    ),
-                ));
+                return Err(SubscribeError::PastEnd {
+                    topic: route.name().to_string(),
+                    partition,
+                    offset,
+                    end,
+                });
             }
         }
         Ok(())
     }
 
     /// Refuses a channel the token does not permit.
-    pub(super) fn permit(&self, channel: &Channel, name: &str) -> Result<(), Refused> {
+    pub(super) fn permit(&self, channel: &Channel, name: &str) -> Result<(), SubscribeError> {
         if self.identity.permissions.can_subscribe(channel) {
             return Ok(());
         }
         stats().auth_forbidden.add(1);
-        Err((
-            ErrorCode::Forbidden,
-            format!("the token does not permit channel {name:?}"),
-        ))
+        Err(SubscribeError::Forbidden(name.to_string()))
     }
 
     /// A client's `subscribe`: checks it, resolves where each partition starts, registers it.
@@ -127,37 +170,25 @@ impl Connection {
         from: From,
         options: Options,
         snapshot: bool,
-    ) -> Result<(), Refused> {
+    ) -> Result<(), SubscribeError> {
         let services = self.services.clone();
         let limits = &services.config.websocket;
-        let channel = Channel::parse(name, limits.max_channel_bytes)
-            .map_err(|e| (ErrorCode::InvalidChannel, e.to_string()))?;
+        let channel = Channel::parse(name, limits.max_channel_bytes)?;
         self.permit(&channel, name)?;
         let Some(route) = services.router.topic(&channel.topic) else {
             let served: Vec<&str> = services.router.topics().map(|t| &**t.name()).collect();
-            return Err((
-                ErrorCode::UnknownTopic,
-                format!(
-                    "topic {:?} is not served here; served topics: {}",
-                    &*channel.topic,
-                    served.join(", ")
-                ),
-            ));
+            return Err(SubscribeError::UnknownTopic {
+                topic: channel.topic.to_string(),
+                served: served.join(", "),
+            });
         };
         not_deleted(route)?;
         if self.by_channel.contains_key(name) {
-            return Err((
-                ErrorCode::AlreadySubscribed,
-                format!("already subscribed to {name:?}"),
-            ));
+            return Err(SubscribeError::AlreadySubscribed(name.to_string()));
         }
         if self.subs.len() >= limits.max_subscriptions {
-            return Err((
-                ErrorCode::TooManySubscriptions,
-                format!(
-                    "a connection may hold {} subscriptions",
-                    limits.max_subscriptions
-                ),
+            return Err(SubscribeError::TooManySubscriptions(
+                limits.max_subscriptions,
             ));
         }
         if snapshot {
@@ -173,14 +204,11 @@ impl Connection {
             From::Offsets(offsets) | From::OffsetsElseEarliest(offsets)
                 if offsets.keys().any(|p| *p >= partitions) =>
             {
-                let p = offsets.keys().max().copied().unwrap_or(0);
-                return Err((
-                    ErrorCode::InvalidPosition,
-                    format!(
-                        "topic {:?} has {partitions} partitions; there is no partition {p}",
-                        &*channel.topic
-                    ),
-                ));
+                return Err(SubscribeError::NoSuchPartition {
+                    topic: channel.topic.to_string(),
+                    partitions,
+                    partition: offsets.keys().max().copied().unwrap_or(0),
+                });
             }
             From::OffsetsElseEarliest(offsets) => (0..partitions)
                 .map(|p| {
@@ -194,8 +222,7 @@ impl Connection {
                 .collect(),
             From::Timestamp(ts) => services
                 .offsets_for_time(&channel.topic, partitions, ts)
-                .await
-                .map_err(|e| (ErrorCode::KafkaUnavailable, e.to_string()))?
+                .await?
                 .into_iter()
                 .map(|o| o.map_or(Start::Latest, Start::Offset))
                 .collect(),
@@ -208,10 +235,11 @@ impl Connection {
             options,
             snapshot,
         )
+        .await
     }
 
     /// Registers a subscription with the router and starts the replays it needs.
-    pub(super) fn register(
+    pub(super) async fn register(
         &mut self,
         id: Option<Value>,
         name: &str,
@@ -219,14 +247,12 @@ impl Connection {
         starts: Resolved,
         options: Options,
         snapshot: bool,
-    ) -> Result<(), Refused> {
+    ) -> Result<(), SubscribeError> {
         let services = self.services.clone();
-        let route = services.router.topic(&channel.topic).ok_or_else(|| {
-            (
-                ErrorCode::UnknownTopic,
-                format!("topic {:?} is no longer served", &*channel.topic),
-            )
-        })?;
+        let route = services
+            .router
+            .topic(&channel.topic)
+            .ok_or_else(|| SubscribeError::NoLongerServed(channel.topic.to_string()))?;
         not_deleted(route)?;
         let partitions = route.partitions();
         let (persist, mut starts) = match starts {
@@ -263,12 +289,15 @@ impl Connection {
                     Start::Earliest => None,
                 })
                 .collect();
-            if let Err(e) = services
+            let (session, channel_name, stored) =
+                (session.clone(), name.to_string(), options.clone());
+            let added = services
                 .sessions
-                .add_subscription(session, name, &options, &positions)
-            {
+                .call(move |s| s.add_subscription(&session, &channel_name, &stored, &positions))
+                .await;
+            if let Err(e) = added {
                 services.router.unsubscribe(route, &channel, sub_id);
-                return Err((ErrorCode::StoreFailed, e.to_string()));
+                return Err(e.into());
             }
         }
         let buffer = services.config.replay.handoff_buffer_records;
@@ -282,8 +311,12 @@ impl Connection {
             buffer,
         );
         let handles = self.start_replays(sub_id, route.name(), replays, &live);
-        self.push_text(protocol::subscribed_frame(id.as_ref(), name, &live));
         let name: Arc<str> = Arc::from(name);
+        self.push(ServerFrame::Subscribed {
+            id: id.clone(),
+            channel: name.clone(),
+            live,
+        });
         if snapshot {
             let count = snapshot_records.len();
             self.pending
@@ -291,7 +324,11 @@ impl Connection {
                     channel: name.clone(),
                     record,
                 }));
-            self.push_text(protocol::snapshot_end_frame(id.as_ref(), &name, count));
+            self.push(ServerFrame::SnapshotEnd {
+                id: id.clone(),
+                channel: name.clone(),
+                count,
+            });
         }
         let mut active = Active {
             sub,
@@ -306,7 +343,10 @@ impl Connection {
                 .map(Throttle::new),
         };
         if active.sub.take_live_marker() {
-            self.push_text(protocol::live_frame(id.as_ref(), &name));
+            self.push(ServerFrame::Live {
+                id,
+                channel: name.clone(),
+            });
         }
         self.by_channel.insert(name.to_string(), sub_id);
         self.subs.insert(sub_id, Box::new(active));
@@ -316,7 +356,7 @@ impl Connection {
     /// Ends the subscriptions to topics deleted from the cluster, each with an error
     /// naming its channel: no record will come, and waiting silently would look like a
     /// quiet topic. A durable session forgets them too.
-    pub(super) fn end_deleted_topics(&mut self) {
+    pub(super) async fn end_deleted_topics(&mut self) {
         let router = &self.services.router;
         let gone: Vec<(Arc<str>, Option<Value>)> = self
             .subs
@@ -329,22 +369,35 @@ impl Connection {
             .map(|a| (a.name.clone(), a.sub.request_id.clone()))
             .collect();
         for (name, request_id) in gone {
-            self.remove_subscription(&name, true);
+            self.remove_subscription(&name);
+            self.forget(&name).await;
             let message = format!("the topic of channel {name:?} was deleted from the cluster");
-            self.error(request_id.as_ref(), ErrorCode::TopicDeleted, &message);
+            self.error(request_id.as_ref(), ErrorCode::TopicDeleted, message);
         }
     }
 
-    /// Drops a subscription; `forget` also removes it from the attached session.
-    pub(super) fn remove_subscription(&mut self, name: &str, forget: bool) -> bool {
+    /// Removes a channel from the attached session, if any, so it is not resumed.
+    pub(super) async fn forget(&mut self, name: &str) {
+        let Some((session, _)) = &self.session else {
+            return;
+        };
+        let (key, channel) = (session.clone(), name.to_string());
+        let removed = self
+            .services
+            .sessions
+            .call(move |s| s.remove_subscription(&key, &channel))
+            .await;
+        if let Err(e) = removed {
+            tracing::warn!(conn = self.guard.id, %session, error = %e, "cannot remove subscription from session");
+        }
+    }
+
+    /// Drops a subscription (the session keeps it: see [`Connection::forget`]); false
+    /// when there was none.
+    pub(super) fn remove_subscription(&mut self, name: &str) -> bool {
         let Some(id) = self.by_channel.remove(name) else {
             return false;
         };
-        if let (true, Some((session, _))) = (forget, &self.session) {
-            if let Err(e) = self.services.sessions.remove_subscription(session, name) {
-                tracing::warn!(conn = self.guard.id, %session, error = %e, "cannot remove subscription from session");
-            }
-        }
         if let Some(active) = self.subs.remove(&id) {
             if let Some(route) = self.services.router.topic(&active.sub.channel.topic) {
                 self.services
@@ -355,10 +408,10 @@ impl Connection {
         true
     }
 
-    pub(super) fn unsubscribe_all(&mut self, forget: bool) {
+    pub(super) fn unsubscribe_all(&mut self) {
         let names: Vec<String> = self.by_channel.keys().cloned().collect();
         for name in names {
-            self.remove_subscription(&name, forget);
+            self.remove_subscription(&name);
         }
     }
 }

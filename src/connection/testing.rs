@@ -22,7 +22,7 @@ use crate::kafka::replay::ReplayPool;
 use crate::limits::Admission;
 use crate::router::{Router, TopicSpec};
 use crate::session::attachments::Attachments;
-use crate::store::SessionStore;
+use crate::store::{SessionStore, StoreHandle};
 
 /// The topic every harness serves: one partition.
 pub(super) const TOPIC: &str = "prices";
@@ -75,7 +75,10 @@ impl Harness {
             replay: ReplayPool::new(config.clone(), offsets.clone(), router.clone()),
             router,
             offsets,
-            sessions: Arc::new(SessionStore::open(dir.path(), false).expect("session store")),
+            sessions: StoreHandle::start(Arc::new(
+                SessionStore::open(dir.path(), false).expect("session store"),
+            ))
+            .expect("store threads"),
             attachments: Attachments::default(),
             auth: Authenticator::new(&config.auth).expect("authenticator"),
             admission: Admission::new(&config.limits),
@@ -181,9 +184,7 @@ impl Link for MemoryLink {
             self.open.wait_for(|open| *open).await.map_err(|_| Gone)?;
             for frame in batch.drain(..) {
                 let sent = match frame {
-                    Outbound::Control(text) => {
-                        Sent::Frame(serde_json::from_str(&text).expect("control frames are JSON"))
-                    }
+                    Outbound::Frame(frame) => Sent::Frame(frame.to_value()),
                     Outbound::Event { record, .. } => Sent::Event {
                         offset: record.meta.offset,
                     },

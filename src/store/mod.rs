@@ -6,7 +6,10 @@
 //! interval (through RocksDB's WAL, so a killed process loses nothing
 //! committed). Sessions idle longer than their TTL are swept.
 
+mod handle;
 pub mod replication;
+
+pub use handle::StoreHandle;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -37,6 +40,10 @@ pub enum StoreError {
     },
     #[error("session record {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error("cannot start a session store thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the session store's threads have stopped")]
+    Stopped,
 }
 
 /// A subscription remembered by a session.

@@ -40,7 +40,7 @@ pub fn routes(
             let checks = json!({
                 "ingest": gw.services.router.is_ready(),
                 "kafka": gw.services.router.is_kafka_reachable(),
-                "session_store": gw.services.sessions.size().is_some(),
+                "session_store": gw.services.sessions.blocking().size().is_some(),
                 "not_draining": !gw.is_draining(),
             });
             let ready = checks
@@ -224,27 +224,42 @@ fn sessions_admin(
     };
     let list = {
         let gw = gateway.clone();
-        warp::path!("v1" / "admin" / "sessions").and(warp::get()).and(admin_access(gw.clone())).map(move |denied: Option<warp::reply::Response>| if let Some(refusal) = denied { refusal } else { match gw.services.sessions.list() {
-            Ok(list) => {
-                let sessions: Vec<_> = list
-                    .into_iter()
-                    .map(|(id, last_seen_ms)| json!({"id": id, "last_seen_ms": last_seen_ms, "attached": gw.services.attachments.is_attached(&id)}))
-                    .collect();
-                warp::reply::json(&json!({"sessions": sessions})).into_response()
-            }
-            Err(e) => store_error(e),
-        }})
+        warp::path!("v1" / "admin" / "sessions")
+            .and(warp::get())
+            .and(admin_access(gw.clone()))
+            .then(move |denied: Option<warp::reply::Response>| {
+                let gw = gw.clone();
+                async move {
+                    if let Some(refusal) = denied {
+                        return refusal;
+                    }
+                    match gw.services.sessions.call(|s| s.list()).await {
+                        Ok(list) => {
+                            let attachments = &gw.services.attachments;
+                            let sessions: Vec<_> = list
+                                .into_iter()
+                                .map(|(id, last_seen_ms)| json!({"id": id, "last_seen_ms": last_seen_ms, "attached": attachments.is_attached(&id)}))
+                                .collect();
+                            warp::reply::json(&json!({"sessions": sessions})).into_response()
+                        }
+                        Err(e) => store_error(e),
+                    }
+                }
+            })
     };
     let show = {
         let gw = gateway.clone();
         session_id()
             .and(warp::get())
             .and(admin_access(gw.clone()))
-            .map(move |id: String, denied: Option<warp::reply::Response>| {
-                if let Some(refusal) = denied {
-                    refusal
-                } else {
-                    match gw.services.sessions.load(&id) {
+            .then(move |id: String, denied: Option<warp::reply::Response>| {
+                let gw = gw.clone();
+                async move {
+                    if let Some(refusal) = denied {
+                        return refusal;
+                    }
+                    let key = id.clone();
+                    match gw.services.sessions.call(move |s| s.load(&key)).await {
                         Ok(Some(record)) => {
                             let mut value = serde_json::to_value(&record).unwrap_or_default();
                             value["attached"] = gw.services.attachments.is_attached(&id).into();
@@ -263,19 +278,28 @@ fn sessions_admin(
     let delete = session_id()
         .and(warp::delete())
         .and(admin_access(gateway.clone()))
-        .map(move |id: String, denied: Option<warp::reply::Response>| {
-            if let Some(refusal) = denied {
-                return refusal;
-            }
-            gateway.services.attachments.kick(&id);
-            match gateway.services.sessions.delete(&id) {
-                Ok(true) => warp::reply::json(&json!({"deleted": id})).into_response(),
-                Ok(false) => error_reply(
-                    StatusCode::NOT_FOUND,
-                    "session_not_found",
-                    &format!("no session {id:?}"),
-                ),
-                Err(e) => store_error(e),
+        .then(move |id: String, denied: Option<warp::reply::Response>| {
+            let gateway = gateway.clone();
+            async move {
+                if let Some(refusal) = denied {
+                    return refusal;
+                }
+                gateway.services.attachments.kick(&id);
+                let key = id.clone();
+                match gateway
+                    .services
+                    .sessions
+                    .call(move |s| s.delete(&key))
+                    .await
+                {
+                    Ok(true) => warp::reply::json(&json!({"deleted": id})).into_response(),
+                    Ok(false) => error_reply(
+                        StatusCode::NOT_FOUND,
+                        "session_not_found",
+                        &format!("no session {id:?}"),
+                    ),
+                    Err(e) => store_error(e),
+                }
             }
         });
     list.or(show).unify().or(delete).unify()

@@ -54,7 +54,7 @@ pub fn render(gateway: &Gateway) -> String {
         counter!("kgate_auth_failures_total", "reason" => reason).absolute(c.get());
     }
     counter!("kgate_published_records_total").absolute(s.published.get());
-    if let Some(size) = gateway.services.sessions.size() {
+    if let Some(size) = gateway.services.sessions.blocking().size() {
         gauge!("kgate_session_store_keys").set(size.keys as f64);
         gauge!("kgate_session_store_bytes").set(size.bytes as f64);
     }

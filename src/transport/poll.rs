@@ -8,25 +8,31 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, StatusCode};
-use serde_json::{Value, json};
+use serde_json::Value;
 use warp::Filter;
-use warp::reply::Reply;
 
 use super::access::request_parts;
 use super::reply::error_reply;
 use super::resume::Resume;
 use super::sse::Request;
-use crate::connection::Connection;
 use crate::connection::link::{Gone, Inbound, Link, Outbound};
 use crate::connection::protocol::CloseCode;
+use crate::connection::{Connection, ServerFrame};
 use crate::gateway::Gateway;
+
+/// A frame of a poll's answer.
+enum Collected {
+    Frame(String),
+    Event(crate::codec::Frame),
+}
 
 /// Collects one poll's answer.
 struct PollLink {
     commands: std::vec::IntoIter<String>,
     resume: Resume,
-    /// Frames for the client: events, and notices such as `gap`, `skipped` or `error`.
-    frames: Vec<Value>,
+    /// Frames for the client, as JSON text: events (their shared encoding, not parsed
+    /// again), and notices such as `gap`, `skipped` or `error`.
+    frames: Vec<Collected>,
     events: usize,
     max_events: usize,
     deadline: tokio::time::Instant,
@@ -52,22 +58,19 @@ impl Link for PollLink {
     async fn send(&mut self, batch: &mut Vec<Outbound>) -> Result<(), Gone> {
         for item in batch.drain(..) {
             match item {
-                Outbound::Control(text) => {
-                    self.resume.on_control(&text);
-                    let frame: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                Outbound::Frame(frame) => {
+                    self.resume.on_frame(&frame);
                     // `subscribed` is kept: it tells a client where a `latest` start is.
-                    let routine = ["welcome", "live", "pong"];
-                    if routine.iter().any(|t| frame["type"] == *t) {
+                    if frame.is_routine() {
                         continue;
                     }
-                    self.due |= frame["type"] != "subscribed";
-                    self.frames.push(frame);
+                    self.due |= !matches!(frame, ServerFrame::Subscribed { .. });
+                    self.frames.push(Collected::Frame(frame.to_json()));
                 }
                 // Past the limit, records are left for the next poll (the cursor stops before them).
                 Outbound::Event { channel, record } if self.events < self.max_events => {
                     self.resume.on_event(&channel, &record);
-                    self.frames
-                        .push(serde_json::from_str(record.frame.as_str()).unwrap_or(Value::Null));
+                    self.frames.push(Collected::Event(record.frame.clone()));
                     self.events += 1;
                     self.due = true;
                 }
@@ -81,7 +84,7 @@ impl Link for PollLink {
     /// draining node: poll another node).
     async fn close(&mut self, code: CloseCode) {
         self.frames
-            .push(crate::connection::protocol::close_frame(code));
+            .push(Collected::Frame(ServerFrame::Close(code).to_json()));
     }
 }
 
@@ -123,7 +126,7 @@ async fn poll(
             .insert("retry-after", http::HeaderValue::from_static("1"));
         return response;
     }
-    let (resume, ticket, identity) = match request.admit(&gateway, headers, query, remote) {
+    let (resume, ticket, identity) = match request.admit(&gateway, headers, query, remote).await {
         Ok(admitted) => admitted,
         Err(response) => return response,
     };
@@ -151,6 +154,25 @@ async fn poll(
     let mut link = Connection::new(gateway.services.clone(), remote, ticket, identity)
         .run(link)
         .await;
-    warp::reply::json(&json!({"frames": link.frames, "cursor": link.resume.cursor()}))
-        .into_response()
+    let cursor = link.resume.cursor().await;
+    answer(&link.frames, &cursor)
+}
+
+/// `{"frames": [...], "cursor": "..."}`, the frames written as they are (each is JSON).
+fn answer(frames: &[Collected], cursor: &str) -> warp::reply::Response {
+    let texts: Vec<&str> = frames
+        .iter()
+        .map(|f| match f {
+            Collected::Frame(text) => text.as_str(),
+            Collected::Event(frame) => frame.as_str(),
+        })
+        .collect();
+    let cursor = Value::from(cursor);
+    let body = format!(r#"{{"frames":[{}],"cursor":{cursor}}}"#, texts.join(","));
+    let mut response = warp::reply::Response::new(body.into());
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
 }

@@ -20,7 +20,8 @@ use serde_json::{Value, json};
 
 use crate::codec::EncodedRecord;
 use crate::codec::cursor::{Cursor, CursorError, Position, decode_positions, encode_positions};
-use crate::store::SessionStore;
+use crate::connection::ServerFrame;
+use crate::store::StoreHandle;
 
 /// Bytes of encoded positions a cursor carries inline before a checkpoint is used.
 pub const INLINE_LIMIT: usize = 384;
@@ -40,7 +41,7 @@ pub enum Start {
 pub struct Resume {
     channels: Vec<(Arc<str>, Start)>,
     positions: BTreeMap<(u32, i32), i64>,
-    store: Arc<SessionStore>,
+    store: StoreHandle,
     /// Whose checkpoints these are (bounded per owner): a token subject or a client address.
     owner: String,
     /// The last checkpoint written or resumed from, and the positions it holds.
@@ -49,11 +50,11 @@ pub struct Resume {
 
 impl Resume {
     /// Channels in the client's order, all starting at `from`, unless `cursor` resumes them.
-    pub fn new(
+    pub async fn new(
         channels: &[String],
         from: Value,
         cursor: Option<&str>,
-        store: Arc<SessionStore>,
+        store: StoreHandle,
     ) -> Result<Resume, CursorError> {
         let mut resume = Resume {
             channels: channels
@@ -77,7 +78,8 @@ impl Resume {
         let positions = match Cursor::decode(text)? {
             Cursor::Inline(positions) => positions,
             Cursor::Checkpoint { id, delta } => {
-                let stored = match resume.store.checkpoint(&id) {
+                let key = id.clone();
+                let stored = match resume.store.call(move |s| s.checkpoint(&key)).await {
                     Ok(Some(bytes)) => decode_positions(&bytes)?,
                     Ok(None) => return Err(CursorError::UnknownCheckpoint),
                     Err(e) => {
@@ -134,29 +136,19 @@ impl Resume {
 
     /// Notes the starting positions a `subscribed` frame reveals (a `latest` start is at
     /// the live offsets it names); other frames are ignored.
-    pub fn on_control(&mut self, frame: &str) {
-        if !frame.contains(r#""type":"subscribed""#) {
-            return;
-        }
-        let Ok(value) = serde_json::from_str::<Value>(frame) else {
+    pub fn on_frame(&mut self, frame: &ServerFrame) {
+        let ServerFrame::Subscribed { channel, live, .. } = frame else {
             return;
         };
-        if value["type"] != "subscribed" {
-            return;
-        }
-        let Some(index) = self.index(value["channel"].as_str().unwrap_or("")) else {
+        let Some(index) = self.index(channel) else {
             return;
         };
         let latest = matches!(&self.channels[index as usize].1, Start::From(f) if f == "latest");
         if !latest {
             return;
         }
-        if let Some(live) = value["live_offsets"].as_object() {
-            for (p, o) in live {
-                if let (Ok(p), Some(o)) = (p.parse::<i32>(), o.as_i64()) {
-                    self.positions.entry((index, p)).or_insert(o);
-                }
-            }
+        for (p, o) in live.iter().enumerate() {
+            self.positions.entry((index, p as i32)).or_insert(*o);
         }
     }
 
@@ -174,7 +166,7 @@ impl Resume {
 
     /// The cursor that resumes right after everything recorded so far (bounded in size:
     /// see the module docs).
-    pub fn cursor(&mut self) -> String {
+    pub async fn cursor(&mut self) -> String {
         let all = to_positions(self.positions.iter());
         if let Some((id, base)) = &self.checkpoint {
             let changed = self
@@ -193,10 +185,12 @@ impl Resume {
             return Cursor::Inline(all).encode();
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
-        if let Err(e) = self
+        let (owner, key, bytes) = (self.owner.clone(), id.clone(), encode_positions(&all));
+        let stored = self
             .store
-            .put_checkpoint(&self.owner, &id, &encode_positions(&all))
-        {
+            .call(move |s| s.put_checkpoint(&owner, &key, &bytes))
+            .await;
+        if let Err(e) = stored {
             // Correct but long: the inline form.
             tracing::warn!(error = %e, "cannot store a cursor checkpoint; sending positions inline");
             return Cursor::Inline(all).encode();
@@ -249,29 +243,37 @@ mod tests {
         )
     }
 
-    #[test]
-    fn cursors_stay_small_with_many_partitions_and_resume_exactly() {
+    fn store(dir: &tempfile::TempDir) -> StoreHandle {
+        let store = crate::store::SessionStore::open(dir.path(), false).expect("store");
+        StoreHandle::start(Arc::new(store)).expect("store threads")
+    }
+
+    #[tokio::test]
+    async fn cursors_stay_small_with_many_partitions_and_resume_exactly() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(SessionStore::open(dir.path(), false).expect("store"));
+        let store = store(&dir);
         let channels = vec!["t".to_string()];
-        let mut resume = Resume::new(&channels, "latest".into(), None, store.clone()).expect("new");
+        let mut resume = Resume::new(&channels, "latest".into(), None, store.clone())
+            .await
+            .expect("new");
         let mut longest = 0;
         // 2,000 partitions, each at an offset in the millions: inline that is over 10 KB.
         for round in 0..3 {
             for p in 0..2_000 {
                 resume.on_event("t", &record(p, 5_000_000 + round * 10 + i64::from(p % 7)));
                 if p % 97 == 0 {
-                    longest = longest.max(resume.cursor().len());
+                    longest = longest.max(resume.cursor().await.len());
                 }
             }
         }
-        let cursor = resume.cursor();
+        let cursor = resume.cursor().await;
         assert!(
             longest <= INLINE_LIMIT * 4 / 3 + 80,
             "a cursor of {longest} characters"
         );
-        let resumed =
-            Resume::new(&channels, "latest".into(), Some(&cursor), store).expect("resume");
+        let resumed = Resume::new(&channels, "latest".into(), Some(&cursor), store)
+            .await
+            .expect("resume");
         assert_eq!(
             resumed.positions(),
             resume.positions(),
@@ -280,17 +282,20 @@ mod tests {
         assert_eq!(resumed.positions().len(), 2_000);
     }
 
-    #[test]
-    fn few_partitions_stay_inline_and_unknown_checkpoints_are_refused() {
+    #[tokio::test]
+    async fn few_partitions_stay_inline_and_unknown_checkpoints_are_refused() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(SessionStore::open(dir.path(), false).expect("store"));
+        let store = store(&dir);
         let channels = vec!["a".to_string(), "b".to_string()];
-        let mut resume = Resume::new(&channels, "latest".into(), None, store.clone()).expect("new");
+        let mut resume = Resume::new(&channels, "latest".into(), None, store.clone())
+            .await
+            .expect("new");
         resume.on_event("b", &record(2, 41));
-        let cursor = resume.cursor();
+        let cursor = resume.cursor().await;
         assert!(cursor.starts_with("p1."), "{cursor}");
-        let resumed =
-            Resume::new(&channels, "latest".into(), Some(&cursor), store.clone()).expect("resume");
+        let resumed = Resume::new(&channels, "latest".into(), Some(&cursor), store.clone())
+            .await
+            .expect("resume");
         assert_eq!(resumed.positions(), &BTreeMap::from([((1, 2), 42)]));
         let commands = resumed.commands();
         assert!(
@@ -301,12 +306,15 @@ mod tests {
         // A cursor that names no partition (handed out before catch-up delivered anything)
         // resumes every channel from its earliest record, whatever `from` says.
         let empty = Resume::new(&channels, "latest".into(), Some("p1."), store.clone())
+            .await
             .expect("empty cursor");
         for command in empty.commands() {
             assert!(command.contains(r#""others":"earliest""#), "{command}");
         }
         assert_eq!(
-            Resume::new(&channels, "latest".into(), Some("c1.nosuch.AAAA"), store).err(),
+            Resume::new(&channels, "latest".into(), Some("c1.nosuch.AAAA"), store)
+                .await
+                .err(),
             Some(CursorError::UnknownCheckpoint)
         );
     }

@@ -22,9 +22,9 @@ use super::reply::error_reply;
 use super::resume::Resume;
 use super::server::ConnectionAbort;
 use crate::auth::Identity;
-use crate::connection::Connection;
 use crate::connection::link::{Gone, Inbound, Link, Outbound};
 use crate::connection::protocol::CloseCode;
+use crate::connection::{Connection, ServerFrame};
 use crate::gateway::Gateway;
 use crate::limits::Ticket;
 
@@ -77,19 +77,20 @@ impl Link for SseLink {
     async fn send(&mut self, batch: &mut Vec<Outbound>) -> Result<(), Gone> {
         for item in batch.drain(..) {
             let message = match item {
-                Outbound::Control(text) => {
-                    self.resume.on_control(&text);
+                Outbound::Frame(frame) => {
+                    self.resume.on_frame(&frame);
                     // A subscribe reply carries the cursor too: a client that disconnects
                     // before its first event still resumes from its start positions.
-                    let id = text
-                        .contains(r#""type":"subscribed""#)
-                        .then(|| self.resume.cursor());
-                    message(id, Bytes::from(text))
+                    let id = match frame {
+                        ServerFrame::Subscribed { .. } => Some(self.resume.cursor().await),
+                        _ => None,
+                    };
+                    message(id, Bytes::from(frame.to_json()))
                 }
                 Outbound::Event { channel, record } => {
                     self.resume.on_event(&channel, &record);
                     let frame = Bytes::from(record.frame.clone());
-                    message(Some(self.resume.cursor()), frame)
+                    message(Some(self.resume.cursor().await), frame)
                 }
                 Outbound::Ping => [
                     Bytes::from_static(b": ping\n\n"),
@@ -106,7 +107,7 @@ impl Link for SseLink {
     /// [`CLOSE_LINGER`] (or whose buffer is full already) loses its HTTP connection, so
     /// its socket and buffered frames do not outlive the kgate connection.
     async fn close(&mut self, code: CloseCode) {
-        let frame = crate::connection::protocol::close_frame(code).to_string();
+        let frame = ServerFrame::Close(code).to_json();
         let queued = self.tx.try_send(message(None, Bytes::from(frame))).is_ok();
         let Some(abort) = self.abort.clone() else {
             return;
@@ -180,7 +181,7 @@ impl Request {
     }
 
     /// Admits the client (token, origin, limits), then builds its resume state.
-    pub fn admit(
+    pub async fn admit(
         &self,
         gateway: &Gateway,
         headers: &HeaderMap,
@@ -192,11 +193,15 @@ impl Request {
             true => remote.map(|r| r.ip().to_string()).unwrap_or_default(),
             false => identity.subject.clone(),
         };
-        Ok((self.resume(gateway)?.owned_by(owner), ticket, identity))
+        Ok((
+            self.resume(gateway).await?.owned_by(owner),
+            ticket,
+            identity,
+        ))
     }
 
     /// The resume state, or the 400 answer for a bad cursor.
-    fn resume(&self, gateway: &Gateway) -> Result<Resume, warp::reply::Response> {
+    async fn resume(&self, gateway: &Gateway) -> Result<Resume, warp::reply::Response> {
         let store = gateway.services.sessions.clone();
         Resume::new(
             &self.channels,
@@ -204,6 +209,7 @@ impl Request {
             self.cursor.as_deref(),
             store,
         )
+        .await
         .map_err(|e| error_reply(StatusCode::BAD_REQUEST, "invalid_cursor", &e.to_string()))
     }
 }
@@ -217,17 +223,18 @@ pub fn route(
         .and(request_parts())
         .and(super::server::remote_addr())
         .and(super::server::connection_abort())
-        .map(
+        .then(
             move |headers: HeaderMap,
                   query: String,
                   remote: Option<SocketAddr>,
                   abort: Option<ConnectionAbort>| {
-                open(gateway.clone(), &headers, &query, remote, abort)
+                let gateway = gateway.clone();
+                async move { open(gateway, &headers, &query, remote, abort).await }
             },
         )
 }
 
-fn open(
+async fn open(
     gateway: Arc<Gateway>,
     headers: &HeaderMap,
     query: &str,
@@ -242,7 +249,7 @@ fn open(
     if let Some(id) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         request.cursor = Some(id.to_string());
     }
-    let (resume, ticket, identity) = match request.admit(&gateway, headers, query, remote) {
+    let (resume, ticket, identity) = match request.admit(&gateway, headers, query, remote).await {
         Ok(admitted) => admitted,
         Err(response) => return response,
     };
@@ -339,27 +346,30 @@ mod fuzz {
         #[test]
         fn arbitrary_queries_never_panic(query in query()) {
             thread_local! {
-                static STORE: (tempfile::TempDir, Arc<crate::store::SessionStore>) = {
+                static STORE: (tempfile::TempDir, crate::store::StoreHandle, tokio::runtime::Runtime) = {
                     let dir = tempfile::tempdir().expect("temp dir");
                     let store = crate::store::SessionStore::open(dir.path(), false)
                         .expect("store");
-                    (dir, Arc::new(store))
+                    let handle = crate::store::StoreHandle::start(Arc::new(store)).expect("store threads");
+                    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+                    (dir, handle, runtime)
                 };
             }
             for param in ["cursor", "last_event_id"] {
                 if let Ok(request) = Request::parse(&query, param) {
-                    let store = STORE.with(|(_, store)| store.clone());
-                    if let Ok(mut resume) = Resume::new(
-                        &request.channels,
-                        request.from.clone(),
-                        request.cursor.as_deref(),
-                        store,
-                    ) {
-                        for command in resume.commands() {
-                            let _ = crate::connection::protocol::parse_command(&command, 1 << 20);
+                    STORE.with(|(_, store, runtime)| runtime.block_on(async {
+                        if let Ok(mut resume) = Resume::new(
+                            &request.channels,
+                            request.from.clone(),
+                            request.cursor.as_deref(),
+                            store.clone(),
+                        ).await {
+                            for command in resume.commands() {
+                                let _ = crate::connection::protocol::parse_command(&command, 1 << 20);
+                            }
+                            let _ = resume.cursor().await;
                         }
-                        let _ = resume.cursor();
-                    }
+                    }));
                 }
             }
         }

@@ -45,7 +45,7 @@ impl Link for WsLink {
     async fn send(&mut self, batch: &mut Vec<Outbound>) -> Result<(), Gone> {
         for item in batch.drain(..) {
             let message = match item {
-                Outbound::Control(text) => Message::Text(text.into()),
+                Outbound::Frame(frame) => Message::Text(frame.to_json().into()),
                 Outbound::Event { record, .. } => match (&record.binary, self.binary) {
                     (Some(envelope), true) => Message::Binary(envelope.clone()),
                     _ => Message::Text(record.frame.clone()),
