@@ -233,7 +233,7 @@ pub struct WebSocketConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReplayConfig {
-    /// Kafka readers that may run at once across all clients.
+    /// Kafka readers that may run at once across all clients (a thread each; at most 1024).
     pub max_kafka_readers: usize,
     /// Live records held per partition while a replay catches up; older ones are re-read.
     pub handoff_buffer_records: usize,
@@ -672,6 +672,14 @@ impl Config {
                 "websocket.max_frame_bytes",
                 ws.max_frame_bytes,
                 "at most websocket.max_message_bytes",
+            ));
+        }
+        // One thread per reader, started with the gateway.
+        if self.replay.max_kafka_readers > 1024 {
+            return Err(invalid(
+                "replay.max_kafka_readers",
+                self.replay.max_kafka_readers,
+                "at most 1024 (a thread each)",
             ));
         }
         if ws.max_command_bytes > ws.max_message_bytes {

@@ -42,6 +42,8 @@ pub enum StartError {
     Auth(#[from] crate::auth::KeyError),
     #[error("cannot create the publish producer: {0}")]
     Producer(rdkafka::error::KafkaError),
+    #[error("cannot start the replay threads: {0}")]
+    Threads(std::io::Error),
     #[error(transparent)]
     Replication(#[from] crate::store::replication::ReplicationError),
 }
@@ -185,7 +187,8 @@ impl Gateway {
             &router,
             std::time::Duration::from_secs(config.kafka.metadata_refresh_secs),
         );
-        let replay = ReplayPool::new(config.clone(), Arc::new(cluster.clone()), router.clone());
+        let replay = ReplayPool::new(config.clone(), Arc::new(cluster.clone()), router.clone())
+            .map_err(StartError::Threads)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let admission = crate::limits::Admission::new(&config.limits);
         let producer = match config.publish.enabled {
@@ -199,7 +202,6 @@ impl Gateway {
             config,
             router,
             replay,
-            offsets: Arc::new(cluster.clone()),
             sessions: StoreHandle::start(sessions)?,
             attachments: Attachments::default(),
             auth,
@@ -209,7 +211,7 @@ impl Gateway {
         });
         let weak = Arc::downgrade(&services);
         crate::store::spawn_background(
-            services.sessions.blocking().clone(),
+            services.sessions.clone(),
             std::time::Duration::from_millis(services.config.sessions.commit_interval_ms),
             std::time::Duration::from_secs(services.config.sessions.ttl_secs),
             Arc::new(move |id: &str| {

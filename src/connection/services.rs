@@ -1,5 +1,5 @@
 //! What the connection engine uses besides its transport: a narrow set of shared
-//! services (router, replay pool, session store, auth, limits), not the whole gateway,
+//! services (router, replay pool and Kafka lookups, session store, auth, limits), not the whole gateway,
 //! so that it runs, and is unit-tested, without a broker or a socket.
 
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::kafka::cluster::{ClusterError, Offsets};
+use crate::kafka::cluster::ClusterError;
 use crate::kafka::replay::ReplayPool;
 use crate::limits::Admission;
 use crate::router::Router;
@@ -23,8 +23,6 @@ pub struct Services {
     pub node: String,
     pub router: Arc<Router>,
     pub replay: Arc<ReplayPool>,
-    /// Kafka's watermarks and offsets-for-times, to resolve where a subscription starts.
-    pub offsets: Arc<dyn Offsets>,
     /// The session store, called on its own threads.
     pub sessions: StoreHandle,
     pub attachments: Attachments,
@@ -36,27 +34,9 @@ pub struct Services {
 }
 
 impl Services {
-    /// The next offset of a partition in Kafka (its high watermark), asked off the async threads.
+    /// The next offset of a partition in Kafka (its high watermark).
     pub async fn end_offset(&self, topic: &str, partition: i32) -> Result<i64, ClusterError> {
-        let (offsets, topic) = (self.offsets.clone(), topic.to_string());
-        let (_, high) =
-            tokio::task::spawn_blocking(move || offsets.watermarks_blocking(&topic, partition))
-                .await??;
-        Ok(high)
-    }
-
-    /// Per partition, the first offset at or after `timestamp`, asked off the async threads.
-    pub async fn offsets_for_time(
-        &self,
-        topic: &str,
-        partitions: i32,
-        timestamp: i64,
-    ) -> Result<Vec<Option<i64>>, ClusterError> {
-        let (offsets, topic) = (self.offsets.clone(), topic.to_string());
-        tokio::task::spawn_blocking(move || {
-            offsets.offsets_for_time_blocking(&topic, partitions, timestamp)
-        })
-        .await?
+        Ok(self.replay.watermarks(topic, partition).await?.1)
     }
 }
 

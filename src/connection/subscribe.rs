@@ -221,6 +221,7 @@ impl Connection {
                 .map(|p| offsets.get(&p).map_or(Start::Latest, |o| Start::Offset(*o)))
                 .collect(),
             From::Timestamp(ts) => services
+                .replay
                 .offsets_for_time(&channel.topic, partitions, ts)
                 .await?
                 .into_iter()

@@ -70,11 +70,12 @@ impl Harness {
         ));
         let offsets: Arc<dyn Offsets> = Arc::new(RouterOffsets(router.clone()));
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let replay =
+            ReplayPool::new(config.clone(), offsets, router.clone()).expect("replay threads");
         let services = Services {
             node: "test".into(),
-            replay: ReplayPool::new(config.clone(), offsets.clone(), router.clone()),
+            replay,
             router,
-            offsets,
             sessions: StoreHandle::start(Arc::new(
                 SessionStore::open(dir.path(), false).expect("session store"),
             ))

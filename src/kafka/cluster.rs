@@ -47,6 +47,8 @@ pub enum ClusterError {
     Probe { topic: String, source: KafkaError },
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Stopped(#[from] crate::blocking::Stopped),
 }
 
 /// Blocking metadata queries on one shared client, run off the async threads.

@@ -12,12 +12,13 @@ use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{Semaphore, mpsc};
 
+use crate::blocking::Pool;
 use crate::codec::EncodedRecord;
 use crate::config::Config;
-use crate::kafka::cluster::Offsets;
+use crate::kafka::cluster::{ClusterError, Offsets};
 use crate::router::outbox::SubscriptionId;
 use crate::router::{Router, TopicRoute};
 use crate::telemetry;
@@ -132,6 +133,9 @@ type ScanKey = (Arc<str>, i32);
 /// records held per send.
 const BATCH: usize = 64;
 
+/// Threads for watermark and offsets-for-times lookups.
+const LOOKUP_THREADS: usize = 4;
+
 /// How long a shared scan waits for one slow follower before detaching it.
 const FOLLOWER_PATIENCE: Duration = Duration::from_millis(250);
 
@@ -158,26 +162,59 @@ pub struct ReplayPool {
     config: Arc<Config>,
     offsets: Arc<dyn Offsets>,
     router: Arc<Router>,
-    permits: Arc<Semaphore>,
+    /// Kafka scans, at most `replay.max_kafka_readers` at once (one thread each).
+    readers: Pool,
+    /// Watermark and offsets-for-times lookups: short, and never queued behind scans.
+    lookups: Pool,
+    /// Where replays deliver from memory and report failures (scans start replays too).
+    runtime: tokio::runtime::Handle,
     idle: Mutex<Vec<BaseConsumer>>,
     scans: Mutex<HashMap<ScanKey, Vec<Arc<Scan>>>>,
 }
 
 impl ReplayPool {
-    /// A pool of at most `replay.max_kafka_readers` concurrent Kafka readers.
+    /// A pool of at most `replay.max_kafka_readers` concurrent Kafka readers; must be
+    /// made inside the runtime its replays deliver on.
     pub fn new(
         config: Arc<Config>,
         offsets: Arc<dyn Offsets>,
         router: Arc<Router>,
-    ) -> Arc<ReplayPool> {
-        Arc::new(ReplayPool {
-            permits: Arc::new(Semaphore::new(config.replay.max_kafka_readers)),
+    ) -> std::io::Result<Arc<ReplayPool>> {
+        Ok(Arc::new(ReplayPool {
+            readers: Pool::start("replay", config.replay.max_kafka_readers)?,
+            lookups: Pool::start("lookup", LOOKUP_THREADS)?,
+            runtime: tokio::runtime::Handle::current(),
             config,
             offsets,
             router,
             idle: Mutex::new(Vec::new()),
             scans: Mutex::new(HashMap::new()),
-        })
+        }))
+    }
+
+    /// Low and high watermarks of a partition, asked on the lookup threads.
+    pub async fn watermarks(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(i64, i64), ClusterError> {
+        let (offsets, topic) = (self.offsets.clone(), topic.to_string());
+        self.lookups
+            .run(move || offsets.watermarks_blocking(&topic, partition))
+            .await?
+    }
+
+    /// Per partition, the first offset at or after `timestamp`, asked on the lookup threads.
+    pub async fn offsets_for_time(
+        &self,
+        topic: &str,
+        partitions: i32,
+        timestamp: i64,
+    ) -> Result<Vec<Option<i64>>, ClusterError> {
+        let (offsets, topic) = (self.offsets.clone(), topic.to_string());
+        self.lookups
+            .run(move || offsets.offsets_for_time_blocking(&topic, partitions, timestamp))
+            .await?
     }
 
     /// Starts a replay; its events go to `tx` until it reaches `until`, the partition's end, or cancellation.
@@ -198,7 +235,7 @@ impl ReplayPool {
         cancel: ReplayHandle,
     ) {
         let pool = self.clone();
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             if let Start::Offset(from) = request.start {
                 if let Some(records) = pool
                     .router
@@ -214,9 +251,10 @@ impl ReplayPool {
             cancel.from_kafka.store(true, Ordering::Release);
             telemetry::replay_started(Tier::Kafka.as_str());
             let pool2 = pool.clone();
-            let joined =
-                tokio::task::spawn_blocking(move || pool2.resolve_and_join(request, tx, cancel))
-                    .await;
+            let joined = pool
+                .lookups
+                .run(move || pool2.resolve_and_join(request, tx, cancel))
+                .await;
             match joined {
                 Ok(Some(scan_key_and_scan)) => pool.run_scan(scan_key_and_scan).await,
                 Ok(None) => {}
@@ -327,16 +365,9 @@ impl ReplayPool {
     }
 
     async fn run_scan(self: &Arc<Self>, (key, scan): (ScanKey, Arc<Scan>)) {
-        let Ok(permit) = self.permits.clone().acquire_owned().await else {
-            return;
-        };
         let pool = self.clone();
         let scan2 = scan.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            pool.read(&key, &scan2)
-        })
-        .await;
+        let result = self.readers.run(move || pool.read(&key, &scan2)).await;
         let failure = match result {
             Ok(Ok(())) => return,
             Ok(Err(e)) => e.to_string(),

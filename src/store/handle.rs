@@ -4,48 +4,26 @@
 //! would queue behind Kafka replays).
 
 use std::sync::Arc;
-use std::sync::mpsc;
-
-use parking_lot::Mutex;
-use tokio::sync::oneshot;
 
 use super::{SessionStore, StoreError};
+use crate::blocking::Pool;
 
 /// Threads running store calls: RocksDB serves concurrent readers and groups
 /// concurrent writers' commits, so a few calls in flight keep it busy.
 const THREADS: usize = 4;
 
-type Job = Box<dyn FnOnce(&SessionStore) + Send>;
-
 /// A handle to the session store; cheap to clone.
 #[derive(Clone)]
 pub struct StoreHandle {
     store: Arc<SessionStore>,
-    jobs: mpsc::Sender<Job>,
+    pool: Pool,
 }
 
 impl StoreHandle {
     /// Starts the store's threads; they end when the last handle is dropped.
     pub fn start(store: Arc<SessionStore>) -> Result<StoreHandle, StoreError> {
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let queue = Arc::new(Mutex::new(queue));
-        for i in 0..THREADS {
-            let (store, queue) = (store.clone(), queue.clone());
-            std::thread::Builder::new()
-                .name(format!("kgate-store-{i}"))
-                .spawn(move || {
-                    loop {
-                        // One thread waits on the queue at a time; the others wait for the lock.
-                        let job = queue.lock().recv();
-                        match job {
-                            Ok(job) => job(&store),
-                            Err(_) => return,
-                        }
-                    }
-                })
-                .map_err(StoreError::Thread)?;
-        }
-        Ok(StoreHandle { store, jobs })
+        let pool = Pool::start("store", THREADS).map_err(StoreError::Thread)?;
+        Ok(StoreHandle { store, pool })
     }
 
     /// Runs `f` on a store thread and waits for its answer.
@@ -53,13 +31,11 @@ impl StoreHandle {
         &self,
         f: impl FnOnce(&SessionStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |store| {
-            let _ = tx.send(f(store));
-        });
-        self.jobs.send(job).map_err(|_| StoreError::Stopped)?;
-        // A job that panicked drops its sender: the store thread is gone, not the answer late.
-        rx.await.map_err(|_| StoreError::Stopped)?
+        let store = self.store.clone();
+        self.pool
+            .run(move || f(&store))
+            .await
+            .map_err(|_| StoreError::Stopped)?
     }
 
     /// Records an acknowledged position (in memory until the next commit; no I/O).

@@ -597,9 +597,9 @@ impl SessionStore {
     }
 }
 
-/// Runs the group committer and the TTL sweeper until the store is dropped elsewhere.
+/// Runs the group committer and the TTL sweeper, on the store's threads.
 pub fn spawn_background(
-    store: Arc<SessionStore>,
+    store: StoreHandle,
     commit_every: Duration,
     ttl: Duration,
     attached: Arc<dyn Fn(&str) -> bool + Send + Sync>,
@@ -610,13 +610,8 @@ pub fn spawn_background(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let store = committer.clone();
-            match tokio::task::spawn_blocking(move || store.commit()).await {
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "session positions not committed; retrying")
-                }
-                Err(e) => tracing::error!(error = %e, "session committer failed"),
-                Ok(Ok(_)) => {}
+            if let Err(e) = committer.call(|s| s.commit()).await {
+                tracing::error!(error = %e, "session positions not committed; retrying");
             }
         }
     });
@@ -626,24 +621,20 @@ pub fn spawn_background(
         );
         loop {
             tick.tick().await;
-            let store = store.clone();
             let attached = attached.clone();
-            let expired = tokio::task::spawn_blocking(move || {
-                // Cursor checkpoints live as long as an idle session would.
-                store
-                    .expire(ttl, &*attached)
-                    .and_then(|n| Ok((n, store.expire_checkpoints(ttl)?)))
-            })
-            .await;
+            // Cursor checkpoints live as long as an idle session would.
+            let expired = store
+                .call(move |s| Ok((s.expire(ttl, &*attached)?, s.expire_checkpoints(ttl)?)))
+                .await;
             match expired {
-                Ok(Ok((sessions, checkpoints))) if sessions + checkpoints > 0 => {
+                Ok((sessions, checkpoints)) if sessions + checkpoints > 0 => {
                     tracing::info!(
                         sessions,
                         checkpoints,
                         "expired idle sessions and cursor checkpoints"
                     )
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "session expiry failed"),
+                Err(e) => tracing::warn!(error = %e, "session expiry failed"),
                 _ => {}
             }
         }
