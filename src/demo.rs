@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde_json::json;
 
-use crate::kafka::producer::Producer;
+use kgate::kafka::producer::Producer;
 
 /// Ticker symbols with plausible starting prices.
 pub const SYMBOLS: &[(&str, f64)] = &[

@@ -4,14 +4,10 @@
 //! [`session`] → [`connection`] → [`transport`].
 
 pub mod auth;
-pub mod bench;
 pub mod blocking;
-pub mod cli;
-pub mod client;
 pub mod codec;
 pub mod config;
 pub mod connection;
-pub mod demo;
 pub mod gateway;
 pub mod kafka;
 pub mod limits;

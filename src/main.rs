@@ -1,4 +1,9 @@
-//! The `kgate` command: a thin shell over the library.
+//! The `kgate` command: a thin shell over the library. The commands, the load
+//! tool and the demo producer live here, not in the gateway's library.
+
+mod bench;
+mod cli;
+mod demo;
 
 use std::process::ExitCode;
 
@@ -10,8 +15,8 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = kgate::cli::Cli::parse();
-    match kgate::cli::run(cli) {
+    let cli = cli::Cli::parse();
+    match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kgate: error: {e:#}");

@@ -169,7 +169,7 @@ impl Centrifugo {
     /// has joined its group and reads live, so the measured run starts on equal terms.
     pub async fn wait_consuming(
         &self,
-        producer: &crate::kafka::producer::Producer,
+        producer: &kgate::kafka::producer::Producer,
         topic: &str,
     ) -> anyhow::Result<()> {
         let mut probe = super::load::LoadClient::connect(&self.target(), Default::default())

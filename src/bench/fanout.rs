@@ -14,7 +14,7 @@ use super::centrifugo::{Centrifugo, Mode};
 use super::floor::Floor;
 use super::load::{Connect, LoadClient, Target, connect_many};
 use super::{CpuMeter, GatewayProc, Row, produce, produce_with, progress};
-use crate::kafka::producer::Producer;
+use kgate::kafka::producer::Producer;
 
 /// Options of the fan-out scenario.
 #[derive(Debug, Clone)]

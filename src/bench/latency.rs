@@ -19,8 +19,8 @@ use super::fanout::deliver;
 use super::floor::Floor;
 use super::load::{Connect, LoadClient, Target, connect_many, now_us, timestamp_us};
 use super::{CpuMeter, GatewayProc, Row, bench_record, produce, progress};
-use crate::config::Config;
-use crate::kafka::producer::Producer;
+use kgate::config::Config;
+use kgate::kafka::producer::Producer;
 
 /// Options of the latency scenario.
 #[derive(Debug, Clone)]
@@ -75,7 +75,7 @@ pub async fn run_latency(opts: &LatencyOptions) -> anyhow::Result<Vec<Row>> {
     let total = ((rate * opts.seconds as f64) as usize).max(1);
 
     let start = {
-        let consumer: BaseConsumer = crate::kafka::consumer_config(&config, "bench-wm").create()?;
+        let consumer: BaseConsumer = kgate::kafka::consumer_config(&config, "bench-wm").create()?;
         consumer
             .fetch_watermarks(topic, 0, Duration::from_secs(10))?
             .1
@@ -275,7 +275,7 @@ fn raw_latencies(
     start: i64,
     n: usize,
 ) -> anyhow::Result<Histogram<u64>> {
-    let consumer: BaseConsumer = crate::kafka::consumer_config(config, "bench-raw").create()?;
+    let consumer: BaseConsumer = kgate::kafka::consumer_config(config, "bench-raw").create()?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Offset(start))?;
     consumer.assign(&tpl)?;

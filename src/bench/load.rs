@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::progress;
-use crate::connection::protocol::SUBPROTOCOL;
+use kgate::connection::protocol::SUBPROTOCOL;
 
 /// Where a load client connects and which messages it counts.
 #[derive(Debug, Clone)]

@@ -19,14 +19,14 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::client::Client;
-use crate::kafka::producer::Producer;
+use kgate::kafka::producer::Producer;
+use kgate_client::Client;
 
 pub use fanout::{FanoutOptions, run_fanout};
 pub use floor::serve as floor_serve;
 pub use idle::{IdleOptions, run_hold, run_idle};
 pub use latency::{LatencyOptions, run_latency};
-pub use procs::{BrokerChoice, CpuMeter, GatewayProc, Proc, choose_broker};
+pub use procs::{BrokerChoice, CpuMeter, GatewayProc, choose_broker};
 pub use replay::{ReplayOptions, run_replay};
 pub use storm::{StormOptions, run_storm};
 pub use ticker::{TickerOptions, run_ticker};
@@ -72,8 +72,8 @@ pub fn print_table(rows: &[Row]) {
 
 /// Settings for the bench's own Kafka clients (producers, the raw consumer) on `bootstrap`,
 /// with the same fetch wait the gateways get.
-pub fn kafka_config(bootstrap: &str) -> crate::config::Config {
-    let mut config = crate::config::Config::default();
+pub fn kafka_config(bootstrap: &str) -> kgate::config::Config {
+    let mut config = kgate::config::Config::default();
     config.kafka.bootstrap_servers = bootstrap.to_string();
     config.kafka.fetch_wait_max_ms = procs::fetch_wait_max_ms();
     config

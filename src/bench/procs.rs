@@ -162,7 +162,7 @@ pub fn choose_broker(choice: BrokerChoice) {
 pub fn fetch_wait_max_ms() -> u32 {
     match BROKER.get() {
         Some(BrokerChoice::Tansu) => 5,
-        _ => crate::config::Config::default().kafka.fetch_wait_max_ms,
+        _ => kgate::config::Config::default().kafka.fetch_wait_max_ms,
     }
 }
 

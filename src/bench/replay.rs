@@ -8,8 +8,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 
 use super::{GatewayProc, Row, produce, progress, read_n};
-use crate::config::Config;
-use crate::kafka::producer::Producer;
+use kgate::config::Config;
+use kgate::kafka::producer::Producer;
 
 /// Options of the replay scenario.
 #[derive(Debug, Clone)]
@@ -113,7 +113,7 @@ pub(super) fn raw_read_all(
     partitions: i32,
     n: usize,
 ) -> anyhow::Result<Duration> {
-    let consumer: BaseConsumer = crate::kafka::consumer_config(config, "bench-raw").create()?;
+    let consumer: BaseConsumer = kgate::kafka::consumer_config(config, "bench-raw").create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Offset(0))?;

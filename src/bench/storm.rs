@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::centrifugo::{Centrifugo, Mode, Recovering};
 use super::{GatewayProc, Row, durable, produce, produce_with, progress, read_and_ack};
-use crate::kafka::producer::Producer;
+use kgate::kafka::producer::Producer;
 
 /// Options of the storm scenario.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use rand::seq::index::sample;
 use super::fanout::deliver_each;
 use super::load::{Connect, Target, connect_each};
 use super::{GatewayProc, Row, SYMBOLS, produce, progress};
-use crate::kafka::producer::Producer;
+use kgate::kafka::producer::Producer;
 
 /// Options of the ticker scenario.
 #[derive(Debug, Clone)]

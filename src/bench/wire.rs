@@ -9,8 +9,8 @@ use apache_avro::types::Value as Avro;
 use serde_json::json;
 
 use super::{GatewayProc, Row, progress};
-use crate::client::{Client, Raw};
-use crate::kafka::producer::Producer;
+use kgate::kafka::producer::Producer;
+use kgate_client::{Client, Raw};
 
 /// Options of the wire scenario.
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use super::ConfigArgs;
-use crate::kafka::embedded::EmbeddedBroker;
+use kgate::kafka::embedded::EmbeddedBroker;
 
 /// Options of `kgate broker`.
 #[derive(Debug, clap::Args)]
@@ -24,7 +24,7 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = args.config.load_clientless()?;
-    crate::logging::init(&config.log);
+    kgate::logging::init(&config.log);
     let listen = args.listen.unwrap_or(config.embedded_broker.listen);
     let data_dir = args.data_dir.unwrap_or(config.server.data_dir);
     let retention_check =

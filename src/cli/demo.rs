@@ -6,7 +6,7 @@ use anyhow::Context;
 
 use super::ConfigArgs;
 use crate::demo::DemoOptions;
-use crate::kafka::producer::Producer;
+use kgate::kafka::producer::Producer;
 
 /// Options of `kgate demo`.
 #[derive(Debug, clap::Args)]
@@ -29,7 +29,7 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = args.config.load_clientless()?;
-    crate::logging::init(&config.log);
+    kgate::logging::init(&config.log);
     if !(args.ticks_per_symbol > 0.0 && args.readings_per_device > 0.0) {
         anyhow::bail!("--ticks-per-symbol and --readings-per-device must be positive");
     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
+use kgate::config::Config;
 
 /// kgate: stream Kafka topics to WebSocket clients, with replay on reconnect.
 #[derive(Debug, Parser)]

@@ -6,8 +6,8 @@ use anyhow::Context;
 
 use super::ConfigArgs;
 use crate::demo::{self, DemoOptions};
-use crate::gateway::Gateway;
-use crate::kafka::producer::Producer;
+use kgate::gateway::Gateway;
+use kgate::kafka::producer::Producer;
 
 /// Options of `kgate serve`.
 #[derive(Debug, clap::Args)]
@@ -26,15 +26,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = match args.demo {
         true => args
             .config
-            .load_over(crate::config::Config::demo_defaults())?,
+            .load_over(kgate::config::Config::demo_defaults())?,
         false => args.config.load()?,
     };
-    crate::logging::init(&config.log);
-    for (name, fixed) in crate::config::misspelled_env_vars() {
+    kgate::logging::init(&config.log);
+    for (name, fixed) in kgate::config::misspelled_env_vars() {
         tracing::warn!("{name} is not a config variable and is ignored; did you mean {fixed}?");
     }
-    crate::telemetry::install();
-    let tls = crate::transport::server::tls_acceptor(&config.tls)?;
+    kgate::telemetry::install();
+    let tls = kgate::transport::server::tls_acceptor(&config.tls)?;
     let scheme = if tls.is_some() {
         ("https", "wss")
     } else {
@@ -69,7 +69,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::transport::http::serve(
+    let server = tokio::spawn(kgate::transport::http::serve(
         listener,
         tls,
         gateway.clone(),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::store::SessionStore;
+use kgate::store::SessionStore;
 
 /// Options of `kgate sessions`.
 #[derive(Debug, clap::Args)]

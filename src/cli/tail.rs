@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::client::{Client, Incoming};
+use kgate_client::{Client, Incoming};
 
 /// Options of `kgate tail`.
 #[derive(Debug, clap::Args)]

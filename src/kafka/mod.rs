@@ -2,6 +2,10 @@
 //! metadata, live ingest, catch-up replay readers and the producer.
 
 pub mod cluster;
+#[cfg(feature = "embedded-broker")]
+pub mod embedded;
+#[cfg(not(feature = "embedded-broker"))]
+#[path = "embedded_off.rs"]
 pub mod embedded;
 pub mod ingest;
 pub mod layout;

@@ -77,7 +77,8 @@ pub fn routes(
                         .collect();
                     json!({"name": &**t.name(), "format": t.format(), "partitions": t.partitions(),
                            "live_offsets": live, "high_watermarks": high, "lag": lag,
-                           "subscriptions": t.subscription_count()})
+                           "subscriptions": t.subscription_count(),
+                           "decode_failures": t.codec().failures()})
                 })
                 .collect();
             warp::reply::json(&json!({"topics": topics})).into_response()

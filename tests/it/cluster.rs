@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use kgate::client::{Client, Incoming};
+use kgate_client::{Client, Incoming};
 use serde_json::json;
 use tokio::sync::watch;
 

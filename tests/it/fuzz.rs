@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use kgate::client::{Client, Incoming};
+use kgate_client::{Client, Incoming};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config as RunConfig, TestCaseError, TestRunner};

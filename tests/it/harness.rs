@@ -8,9 +8,9 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use kgate::client::{Client, Incoming};
 use kgate::config::Config;
 use kgate::kafka::producer::Producer;
+use kgate_client::{Client, Incoming};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 

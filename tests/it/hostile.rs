@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use kgate::client::{Client, Incoming};
+use kgate_client::{Client, Incoming};
 use serde_json::{Value, json};
 
 use crate::harness::*;

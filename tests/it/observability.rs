@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kgate::client::{Client, Incoming};
+use kgate_client::{Client, Incoming};
 use serde_json::{Value, json};
 
 use crate::harness::*;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use kgate::client::{Client, Incoming};
+use kgate_client::{Client, Incoming};
 use rdkafka::message::{Header, OwnedHeaders};
 use serde_json::{Value, json};
 
@@ -212,6 +212,14 @@ async fn avro_in_both_framings_from_a_third_party_producer() {
     let (_, stats) = http_get(gw.port, "/v1/stats").expect("stats");
     let stats: Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(stats["decode_failures"], 4, "{stats}");
+    assert_eq!(
+        (
+            topic_stat(gw.port, &plain, "decode_failures"),
+            topic_stat(gw.port, &framed, "decode_failures")
+        ),
+        (2, 2),
+        "per topic in /v1/topics"
+    );
 
     // Air-gapped: no registry URL, the schema by id from a local directory; a replay
     // from Kafka decodes the same way.
@@ -524,7 +532,7 @@ async fn topic_conflation_default_never_reorders_a_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_subprotocol_delivers_avro_envelopes() {
     use apache_avro::types::Value as Avro;
-    use kgate::client::Raw;
+    use kgate_client::Raw;
 
     let bin = topic("bin");
     let text = topic("bintext");

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use kgate::client::{Client, Incoming};
+use kgate_client::{Client, Incoming};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -370,7 +370,7 @@ async fn silent_peers_and_idle_connections_are_closed() {
         "only the silent and blackholed peers timed out"
     );
     assert!(
-        matches!(r, Err(kgate::client::ClientError::Timeout(_))),
+        matches!(r, Err(kgate_client::ClientError::Timeout(_))),
         "the live client was kept: {r:?}"
     );
     // The idle client's close handshake may take up to its 5 s linger.

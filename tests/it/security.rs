@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use kgate::client::{Client, Incoming};
+use kgate_client::{Client, Incoming};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kgate::client::{Client, Incoming};
 use kgate::kafka::producer::Producer;
+use kgate_client::{Client, Incoming};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -99,7 +99,7 @@ async fn durable(
     session: &str,
     topic: &str,
     subscribe: bool,
-) -> Result<(Client, serde_json::Value), kgate::client::ClientError> {
+) -> Result<(Client, serde_json::Value), kgate_client::ClientError> {
     let mut c = Client::connect(url).await?;
     let attached = c.attach(session).await?;
     if subscribe {

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use kgate::client::{Client, Incoming};
+use kgate_client::{Client, Incoming};
 use rdkafka::message::{Header, OwnedHeaders};
 use serde_json::{Value, json};
 

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use kgate::client::{Client, Incoming};
+use kgate_client::{Client, Incoming};
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};

@@ -1,5 +1,6 @@
 //! A client of kgate's own WebSocket protocol, used by `kgate tail`, the tests
-//! and the load tool.
+//! and the load tool. It depends on nothing of the gateway's: the protocol is
+//! what it shares (docs/protocol.md).
 
 use std::time::Duration;
 
@@ -12,7 +13,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::connection::protocol::{BINARY_SUBPROTOCOL, SUBPROTOCOL};
+/// The subprotocol of JSON frames (`kgate.v1.json`).
+pub const SUBPROTOCOL: &str = "kgate.v1.json";
+/// The subprotocol with binary events for `binary = true` topics (`kgate.v1.avro`).
+pub const BINARY_SUBPROTOCOL: &str = "kgate.v1.avro";
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
