@@ -230,26 +230,11 @@ impl Cluster {
     }
 
     /// For each partition, the first offset whose timestamp is at or after `timestamp`
-    /// (`None` when no such record exists yet: the subscription starts live).
+    /// (`None` when no such record exists yet: the subscription starts live). Blocks.
     ///
     /// The broker's answer is checked, not trusted: some brokers (tansu) answer 0 where
     /// Kafka answers "none". An answer at or past the partition's end, or whose record is
     /// older than `timestamp`, means no such record: `None`.
-    pub async fn offsets_for_time(
-        &self,
-        topic: &str,
-        partitions: i32,
-        timestamp: i64,
-    ) -> Result<Vec<Option<i64>>, ClusterError> {
-        let this = self.clone();
-        let topic = topic.to_string();
-        tokio::task::spawn_blocking(move || {
-            this.offsets_for_time_blocking(&topic, partitions, timestamp)
-        })
-        .await?
-    }
-
-    /// [`Cluster::offsets_for_time`] for callers already on a blocking thread.
     pub fn offsets_for_time_blocking(
         &self,
         topic: &str,
