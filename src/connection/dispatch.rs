@@ -63,7 +63,10 @@ impl Connection {
                     match inbound {
                         Inbound::Gone => break End::Gone,
                         Inbound::Command(text) => {
-                            if let Err(end) = self.on_command(&text).await {
+                            // Boxed, as are the other rare awaits below: a command's future
+                            // (subscribe, attach) is the largest state of this loop, and every
+                            // idle connection's task would otherwise hold room for it.
+                            if let Err(end) = Box::pin(self.on_command(&text)).await {
                                 break end;
                             }
                         }
@@ -102,7 +105,7 @@ impl Connection {
                     }
                     self.shrink_buffers();
                     self.pending.push(super::Outbound::Ping);
-                    self.end_deleted_topics().await;
+                    Box::pin(self.end_deleted_topics()).await;
                 }
                 _ = async { tokio::time::sleep_until(wake_at.unwrap_or_else(tokio::time::Instant::now)).await }, if wake_at.is_some() => {
                     let now = tokio::time::Instant::now();
@@ -123,7 +126,7 @@ impl Connection {
                 }
             }
         };
-        self.end(link, end, opened).await;
+        Box::pin(self.end(link, end, opened)).await;
     }
 
     /// Releases everything, records why the connection ended and closes the link.
