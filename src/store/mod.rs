@@ -80,6 +80,10 @@ struct Meta {
 pub struct SessionStore {
     db: DB,
     pending: Mutex<HashMap<Vec<u8>, i64>>,
+    /// Held across each read-modify-write of a session's meta record and each delete:
+    /// calls run on several threads, and a connection's last write could otherwise read
+    /// a session just before its deletion and write it back just after.
+    meta: Mutex<()>,
     sync: bool,
     /// Set on nodes that share sessions through Kafka.
     replicate: OnceLock<mpsc::UnboundedSender<Vec<Op>>>,
@@ -188,6 +192,7 @@ impl SessionStore {
         Ok(SessionStore {
             db,
             pending: Mutex::new(HashMap::new()),
+            meta: Mutex::new(()),
             sync,
             replicate: OnceLock::new(),
         })
@@ -319,6 +324,7 @@ impl SessionStore {
     /// Marks an existing session seen now; false if it does not exist (a deleted session
     /// stays deleted: a connection that held it must not bring it back as it ends).
     pub fn mark_seen(&self, session: &str) -> Result<bool, StoreError> {
+        let _meta = self.meta.lock();
         let Some(mut meta) = self.get_meta(session)? else {
             return Ok(false);
         };
@@ -330,6 +336,7 @@ impl SessionStore {
     /// Creates the session if new and marks it seen now; returns it, and whether it
     /// existed before (its timestamps cannot tell: two attaches may share a millisecond).
     pub fn touch(&self, session: &str) -> Result<(SessionRecord, bool), StoreError> {
+        let _meta = self.meta.lock();
         let now = now_ms();
         let existing = self.get_meta(session)?;
         let existed = existing.is_some();
@@ -361,6 +368,7 @@ impl SessionStore {
         options: &Options,
         positions: &[Option<i64>],
     ) -> Result<(), StoreError> {
+        let _meta = self.meta.lock();
         let mut meta = self.get_meta(session)?.unwrap_or(Meta {
             created_ms: now_ms(),
             last_seen_ms: now_ms(),
@@ -390,6 +398,7 @@ impl SessionStore {
 
     /// Forgets one subscription of a session and its positions.
     pub fn remove_subscription(&self, session: &str, channel: &str) -> Result<(), StoreError> {
+        let _meta = self.meta.lock();
         let Some(mut meta) = self.get_meta(session)? else {
             return Ok(());
         };
@@ -459,6 +468,7 @@ impl SessionStore {
 
     /// Deletes a session and all its positions; false if it did not exist.
     pub fn delete(&self, session: &str) -> Result<bool, StoreError> {
+        let _meta = self.meta.lock();
         if self.get_meta(session)?.is_none() {
             return Ok(false);
         }
@@ -667,6 +677,43 @@ pub fn ops(batch: &WriteBatch) -> Vec<Op> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A deleted session stays deleted while another thread marks it seen (a connection
+    /// ending as its session is deleted): each read-modify-write is atomic with deletes.
+    #[test]
+    fn a_concurrent_mark_seen_never_brings_a_deleted_session_back() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SessionStore::open(dir.path(), false).unwrap());
+        let ids: Arc<Vec<String>> = Arc::new((0..2_000).map(|i| format!("s{i}")).collect());
+        for id in ids.iter() {
+            store.touch(id).unwrap();
+        }
+        // The other thread marks seen whichever session is being deleted right now.
+        let (current, done) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let seer = {
+            let (store, ids, current, done) =
+                (store.clone(), ids.clone(), current.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Acquire) {
+                    store
+                        .mark_seen(&ids[current.load(Ordering::Acquire)])
+                        .unwrap();
+                }
+            })
+        };
+        for (i, id) in ids.iter().enumerate() {
+            current.store(i, Ordering::Release);
+            store.delete(id).unwrap();
+        }
+        done.store(true, Ordering::Release);
+        seer.join().unwrap();
+        let left = store.list().unwrap();
+        assert!(left.is_empty(), "{} deleted sessions came back", left.len());
+    }
 
     #[test]
     fn positions_are_committed_monotonic_and_survive_reopen() {
