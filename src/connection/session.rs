@@ -113,7 +113,17 @@ mod tests {
 
     use crate::config::SlowConsumerPolicy;
     use crate::connection::protocol::CloseCode;
-    use crate::connection::testing::{Harness, TOPIC};
+    use crate::connection::testing::{Harness, Peer, TOPIC};
+
+    /// Attaches `session`; returns the `attached` frame's `resumed` and `subscriptions`.
+    async fn attach(peer: &mut Peer, session: &str) -> (serde_json::Value, serde_json::Value) {
+        peer.send(json!({"type": "attach", "session": session}));
+        let attached = peer.frame("attached").await;
+        (
+            attached["resumed"].clone(),
+            attached["subscriptions"].clone(),
+        )
+    }
 
     /// A session resumes after the last acked offset; a second attach takes it over.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,15 +131,7 @@ mod tests {
         let h = Harness::new(SlowConsumerPolicy::CatchUp, |_| {});
         let mut first = h.connect();
         first.frame("welcome").await;
-        first.send(json!({"type": "attach", "id": 1, "session": "s1"}));
-        let attached = first.frame("attached").await;
-        assert_eq!(
-            (
-                attached["resumed"].clone(),
-                attached["subscriptions"].clone()
-            ),
-            (json!(false), json!([]))
-        );
+        assert_eq!(attach(&mut first, "s1").await, (json!(false), json!([])));
         first.send(json!({"type": "subscribe", "channel": TOPIC}));
         first.frame("subscribed").await;
         h.publish(5, 5).await;
@@ -144,13 +146,8 @@ mod tests {
 
         let mut second = h.connect();
         second.frame("welcome").await;
-        second.send(json!({"type": "attach", "id": 2, "session": "s1"}));
-        let attached = second.frame("attached").await;
         assert_eq!(
-            (
-                attached["resumed"].clone(),
-                attached["subscriptions"].clone()
-            ),
+            attach(&mut second, "s1").await,
             (json!(true), json!([TOPIC]))
         );
         let (offsets, _) = second.events(4).await;
@@ -165,8 +162,7 @@ mod tests {
 
         let mut third = h.connect();
         third.frame("welcome").await;
-        third.send(json!({"type": "attach", "session": "s1"}));
-        third.frame("attached").await;
+        attach(&mut third, "s1").await;
         h.publish(1, 1).await;
         let (offsets, _) = third.events(1).await;
         assert_eq!(
@@ -177,8 +173,7 @@ mod tests {
 
         let mut fourth = h.connect();
         fourth.frame("welcome").await;
-        fourth.send(json!({"type": "attach", "session": "s1"}));
-        fourth.frame("attached").await;
+        attach(&mut fourth, "s1").await;
         assert_eq!(third.closed().await, CloseCode::SessionTakenOver);
     }
 
