@@ -237,7 +237,8 @@ pub struct ReplayConfig {
     pub max_kafka_readers: usize,
     /// Live records held per partition while a replay catches up; older ones are re-read.
     pub handoff_buffer_records: usize,
-    /// Bytes of recent records kept in memory per partition for fast short replays (0 turns it off).
+    /// Bytes of recent records kept in memory per partition: the window whole-topic readers
+    /// read live records from, and the memory tier of replay (0 turns it off).
     pub ring_bytes_per_partition: usize,
 }
 
@@ -397,7 +398,7 @@ impl Default for ReplayConfig {
         ReplayConfig {
             max_kafka_readers: 16,
             handoff_buffer_records: 10_000,
-            ring_bytes_per_partition: 4 * 1024 * 1024,
+            ring_bytes_per_partition: 16 * 1024 * 1024,
         }
     }
 }

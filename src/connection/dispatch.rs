@@ -50,6 +50,10 @@ impl Connection {
                 self.route_drained();
                 continue;
             }
+            if self.pull_more {
+                self.pull();
+                continue;
+            }
             let flush_at = self.next_flush.map(tokio::time::Instant::from_std);
             let behind_since = self.behind_since();
             let outbox = self.outbox.clone();

@@ -1,6 +1,6 @@
-//! Flow: live records from the outbox routed through their subscriptions, the
-//! slow-consumer policy applied to what the outbox dropped, and per-subscription
-//! throttles.
+//! Flow: live records from the ring or the outbox routed through their
+//! subscriptions, the slow-consumer policy applied to what was dropped, and
+//! per-subscription throttles.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,17 +11,20 @@ use super::{Connection, End};
 use crate::codec::EncodedRecord;
 use crate::connection::protocol::CloseCode;
 use crate::kafka::replay::ReplayHandle;
+use crate::router::Read;
 use crate::router::outbox::Outbox;
 use crate::session::subscription::Subscription;
 use crate::stats::stats;
 
 /// Live records routed per write: bounds the frames held at once (one drain may bring an
-/// outbox's 10,000) and lets commands and pings through between chunks.
+/// outbox's 10,000, the ring holds more) and lets commands and pings through between chunks.
 pub(super) const ROUTE_CHUNK: usize = 256;
 
 /// A subscription plus the replays feeding it.
 pub(super) struct Active {
     pub(super) sub: Subscription,
+    /// Reads its live records from the ring (see [`crate::router`]) rather than the outbox.
+    pub(super) pulls: bool,
     /// The topic's slow-consumer policy is `disconnect`.
     pub(super) disconnect_when_behind: bool,
     /// Since when the subscription has been off the live path because the outbox dropped
@@ -110,10 +113,93 @@ impl Connection {
         End::Close(CloseCode::SlowConsumer)
     }
 
-    /// Takes what the outbox queued and dropped, and routes the first chunk of it.
+    /// Takes what the outbox queued and dropped, and routes the first chunk of it; then
+    /// reads the ring for the subscriptions that pull.
     pub(super) fn on_outbox(&mut self) {
         self.dropped = self.outbox.drain_into(&mut self.drained);
         self.route_drained();
+        self.pull();
+    }
+
+    /// Reads live records from the ring for each subscription that pulls, up to
+    /// [`ROUTE_CHUNK`] in all (`pull_more` is set when more may be there). When the
+    /// budget runs out, the next read starts at the next subscription and partition, so
+    /// one busy partition cannot starve the others. A subscription the ring no longer
+    /// covers leaves the live path and re-reads from Kafka, as `catch_up` does for
+    /// records an outbox dropped.
+    pub(super) fn pull(&mut self) {
+        let more = std::mem::take(&mut self.pull_more);
+        let mut order = std::mem::take(&mut self.pull_order);
+        order.clear();
+        order.extend(self.subs.iter().filter(|(_, a)| a.pulls).map(|(id, _)| *id));
+        if order.is_empty() {
+            self.pull_order = order;
+            return;
+        }
+        if more {
+            self.pull_turn = self.pull_turn.wrapping_add(1);
+        }
+        let turn = self.pull_turn as usize;
+        let first = turn % order.len();
+        order.rotate_left(first);
+        let now = Instant::now();
+        let mut budget = ROUTE_CHUNK;
+        let mut out = std::mem::take(&mut self.scratch);
+        let mut behind = Vec::new();
+        let router = &self.services.router;
+        for id in &order {
+            let Some(active) = self.subs.get_mut(id) else {
+                continue;
+            };
+            let Some(route) = router.topic(&active.sub.channel.topic) else {
+                continue;
+            };
+            let partitions = route.partitions();
+            for i in 0..partitions {
+                let partition = ((turn + i as usize) % partitions as usize) as i32;
+                let Some(next) = active.sub.live_next(partition, partitions) else {
+                    continue;
+                };
+                let (sub, emitted) = (&mut active.sub, &mut self.emitted);
+                let read = route.read(partition, next, budget, |record| {
+                    match sub.filter.as_ref().is_none_or(|f| f.matches(record)) {
+                        true => sub.on_live(record.clone(), emitted),
+                        false => sub.pass_live(partition, record.meta.offset),
+                    }
+                });
+                match read {
+                    Read::Records(n) => budget -= n,
+                    Read::Evicted { covered_from } => {
+                        // Kafka serves only what the ring lost; the ring serves the rest.
+                        if let Some(start) = active.sub.fall_behind(partition, covered_from - 1) {
+                            tracing::debug!(
+                                conn = self.guard.id,
+                                partition,
+                                next,
+                                covered_from,
+                                "reader fell off the ring; catching up"
+                            );
+                            behind.push((*id, partition, start, covered_from));
+                        }
+                    }
+                }
+                if budget == 0 {
+                    break;
+                }
+            }
+            active.emit(&mut self.emitted, now, &mut out);
+            if budget == 0 {
+                self.pull_more = true;
+                break;
+            }
+        }
+        self.pull_order = order;
+        self.scratch = out;
+        self.emit_scratch();
+        for (id, partition, start, until) in behind {
+            stats().slow_consumer_catch_up.add(1);
+            self.restart_replay(id, partition, start, until);
+        }
     }
 
     /// Routes up to [`ROUTE_CHUNK`] drained live records through their subscriptions; once
@@ -157,6 +243,7 @@ impl Connection {
         self.pending.shrink_to_fit();
         self.scratch.shrink_to_fit();
         self.emitted.shrink_to_fit();
+        self.pull_order = Vec::new();
         self.drained.shrink();
         self.outbox.shrink();
         self.subs
@@ -202,10 +289,10 @@ mod tests {
         c.limits.slow_consumer_grace_ms = 200;
     }
 
-    /// `catch_up`: a client that stops reading loses its place in the outbox, then gets
-    /// every record it missed from the ring, in order, once, and goes live again.
+    /// `catch_up`, whole topic: a client that stops reading keeps its place in the ring
+    /// (nothing is queued for it), then gets every record it missed, in order, once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn catch_up_policy_rereads_what_the_outbox_dropped() {
+    async fn a_paused_reader_pulls_what_it_missed_from_the_ring() {
         let h = Harness::new(SlowConsumerPolicy::CatchUp, small_outbox);
         let mut peer = h.connect();
         peer.frame("welcome").await;
@@ -218,9 +305,33 @@ mod tests {
         peer.resume();
         let (offsets, frames) = peer.events(500).await;
         assert_eq!(offsets, (0..500).collect::<Vec<i64>>());
-        assert!(frames.iter().all(|f| f["type"] == "live"), "{frames:?}");
+        assert!(frames.is_empty(), "{frames:?}");
         h.publish(1, 1).await;
         assert_eq!(peer.events(1).await.0, vec![500], "live again");
+    }
+
+    /// `catch_up`, one key (pushed to the outbox): a client that stops reading loses its
+    /// place in the outbox, then gets every record it missed from the ring, in order,
+    /// once, and goes live again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn catch_up_policy_rereads_what_the_outbox_dropped() {
+        let h = Harness::new(SlowConsumerPolicy::CatchUp, small_outbox);
+        let mut peer = h.connect();
+        peer.frame("welcome").await;
+        let channel = format!("{TOPIC}:k0");
+        peer.send(json!({"type": "subscribe", "id": 1, "channel": channel}));
+        peer.frame("subscribed").await;
+        peer.frame("live").await;
+        peer.pause();
+        h.publish(1500, 10).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        peer.resume();
+        // Keys cycle k0, k1, k2: k0 is every third offset. The outbox holds 8 of them.
+        let (offsets, frames) = peer.events(500).await;
+        assert_eq!(offsets, (0..1500).step_by(3).collect::<Vec<i64>>());
+        assert!(frames.iter().all(|f| f["type"] == "live"), "{frames:?}");
+        h.publish(3, 1).await;
+        assert_eq!(peer.events(1).await.0, vec![1500], "live again");
     }
 
     /// `disconnect`: a client behind for longer than the grace is closed with 4008, even

@@ -7,7 +7,7 @@
 //! - [`command`]: command rate limit and dispatch;
 //! - [`subscribe`]: channel checks, start resolution, (un)registering subscriptions;
 //! - [`replay`]: catch-up reads feeding a subscription until it hands off to live;
-//! - [`flow`]: the outbox, slow-consumer policy and throttles;
+//! - [`flow`]: live records from the ring or the outbox, slow-consumer policy, throttles;
 //! - [`session`]: durable sessions (attach, ack, takeover);
 //! - [`auth`]: token refresh and expiry.
 
@@ -99,6 +99,12 @@ pub struct Connection {
     dropped: Drained,
     /// Records a subscription let through, before its throttle (reused).
     emitted: Vec<Arc<EncodedRecord>>,
+    /// The last read of the ring stopped at its budget: read again before waiting.
+    pull_more: bool,
+    /// Turns whose budget ran out: where the next read of the ring starts.
+    pull_turn: u32,
+    /// The subscriptions that pull, in the order of this read (reused).
+    pull_order: Vec<SubscriptionId>,
     commands: DefaultDirectRateLimiter,
     rate_limited_streak: u32,
     /// Last time anything arrived from the peer.
@@ -166,6 +172,9 @@ impl Connection {
             drained: Deliveries::default(),
             dropped: Drained::default(),
             emitted: Vec::new(),
+            pull_more: false,
+            pull_turn: 0,
+            pull_order: Vec::new(),
             commands,
             rate_limited_streak: 0,
             last_heard: Instant::now(),

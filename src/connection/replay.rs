@@ -117,6 +117,9 @@ impl Connection {
                 if active.sub.is_live() {
                     active.behind_since = None;
                 }
+                // The ring may already hold what came after the hand-off, and no wake-up
+                // will say so.
+                self.pull_more |= active.pulls;
             }
             ReplayStep::Restart(from) => {
                 let until = active.sub.catch_up_target(partition).unwrap_or(from);
@@ -195,5 +198,27 @@ mod tests {
         let kinds: Vec<&str> = frames.iter().filter_map(|f| f["type"].as_str()).collect();
         assert_eq!(kinds, vec!["live"]);
         peer.nothing_pending().await;
+    }
+
+    /// Records that reached the ring while a replay ran, with no dispatch after the
+    /// hand-off to wake the connection, are still read: the hand-off itself reads the ring.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_in_the_ring_at_the_hand_off_are_read_without_a_wake_up() {
+        let h = Harness::new(SlowConsumerPolicy::CatchUp, |_| {});
+        h.publish(2_000, 50).await;
+        let mut peer = h.connect();
+        peer.frame("welcome").await;
+        peer.pause();
+        peer.send(json!({"type": "subscribe", "id": 1, "channel": TOPIC,
+                         "from": {"offsets": {"0": 0}}}));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // All of it at once, while the replay waits on the paused reader: the one wake-up
+        // it brings is spent before the hand-off.
+        h.publish(3_000, 3_000).await;
+        peer.resume();
+        let (offsets, frames) = peer.events(5_000).await;
+        assert_eq!(offsets, (0..5_000).collect::<Vec<i64>>());
+        let kinds: Vec<&str> = frames.iter().filter_map(|f| f["type"].as_str()).collect();
+        assert_eq!(kinds, vec!["subscribed", "live"]);
     }
 }

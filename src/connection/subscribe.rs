@@ -273,6 +273,7 @@ impl Connection {
             id: sub_id,
             live,
             snapshot: snapshot_records,
+            pulls,
         } = services.router.subscribe(
             route,
             &channel,
@@ -333,6 +334,7 @@ impl Connection {
         }
         let mut active = Active {
             sub,
+            pulls,
             disconnect_when_behind: route.slow_consumer() == SlowConsumerPolicy::Disconnect,
             behind_since: None,
             name: name.clone(),

@@ -2,8 +2,15 @@
 //! partition.
 //!
 //! Registration and dispatch share one lock per topic, so the live position a
-//! new subscription is given is exact: every record at or after it is pushed to
-//! the subscription, every record before it is the replay's job.
+//! new subscription is given is exact: every record at or after it reaches the
+//! subscription, every record before it is the replay's job.
+//!
+//! Whole-topic subscriptions under the `catch_up` policy *pull*: dispatch only
+//! wakes them, and their connection reads the partition's ring from its own
+//! position ([`TopicRoute::read`]), so a record costs nothing per subscriber until
+//! it is read, and a reader that falls off the ring catches up from Kafka. Keyed
+//! subscriptions (a few records each) and the `conflate` and `disconnect`
+//! policies (which act per queued record) get records *pushed* to their outbox.
 
 mod channel;
 mod filter;
@@ -86,6 +93,8 @@ struct Subscribers {
 struct Target {
     outbox: Arc<Outbox>,
     filter: Option<Arc<HeaderFilter>>,
+    /// Reads the ring itself: only woken by dispatch.
+    pulls: bool,
 }
 
 /// A topic to serve, with its partition count and the offsets ingest starts from.
@@ -122,6 +131,18 @@ pub struct Registered {
     pub id: SubscriptionId,
     pub live: Vec<i64>,
     pub snapshot: Vec<Arc<EncodedRecord>>,
+    /// The connection reads live records from the ring ([`TopicRoute::read`]) when its
+    /// outbox wakes it; otherwise they are pushed to the outbox.
+    pub pulls: bool,
+}
+
+/// What [`TopicRoute::read`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// This many records, in offset order, up to the live position or the limit.
+    Records(usize),
+    /// The ring no longer holds the asked offset: it begins here.
+    Evicted { covered_from: i64 },
 }
 
 impl Router {
@@ -235,7 +256,14 @@ impl Router {
             (Some(latest), true) => latest.lock().snapshot(channel, filter.as_deref()),
             _ => Vec::new(),
         };
-        let target = Target { outbox, filter };
+        let pulls = channel.key.is_none()
+            && route.slow_consumer == SlowConsumerPolicy::CatchUp
+            && route.ring_bytes > 0;
+        let target = Target {
+            outbox,
+            filter,
+            pulls,
+        };
         match &channel.key {
             None => {
                 subs.all.insert(id, target);
@@ -253,7 +281,12 @@ impl Router {
             .iter()
             .map(|p| p.live.load(Ordering::Acquire))
             .collect();
-        Registered { id, live, snapshot }
+        Registered {
+            id,
+            live,
+            snapshot,
+            pulls,
+        }
     }
 
     /// Removes a subscription; deliveries already queued for it are ignored by the session.
@@ -274,9 +307,10 @@ impl Router {
         }
     }
 
-    /// Pushes ingested records (in offset order per partition) to every matching
-    /// subscription; returns how many deliveries were dropped because an outbox was full.
-    /// Each whole-topic subscription's outbox is locked once for the whole batch.
+    /// Adds ingested records (in offset order per partition) to the ring, wakes the
+    /// subscriptions that pull and pushes them to every other matching subscription;
+    /// returns how many deliveries were dropped because an outbox was full. Each
+    /// whole-topic subscription's outbox is locked once for the whole batch.
     pub fn dispatch(&self, route: &TopicRoute, records: &[Arc<EncodedRecord>]) -> usize {
         let subs = route.subscribers.read();
         {
@@ -297,7 +331,16 @@ impl Router {
             filter.as_ref().is_none_or(|f| f.matches(record))
         };
         let mut dropped = 0;
-        for (&subscription, Target { outbox, filter }) in &subs.all {
+        for (&subscription, target) in &subs.all {
+            let Target {
+                outbox,
+                filter,
+                pulls,
+            } = target;
+            if *pulls {
+                outbox.wake();
+                continue;
+            }
             let deliveries = records
                 .iter()
                 .filter(|r| wanted(filter, r))
@@ -312,7 +355,7 @@ impl Router {
                 let Some(set) = record.key.as_ref().and_then(|k| subs.by_key.get(k)) else {
                     continue;
                 };
-                for (&subscription, Target { outbox, filter }) in set {
+                for (&subscription, Target { outbox, filter, .. }) in set {
                     if wanted(filter, record) {
                         let delivery = Delivery {
                             subscription,
@@ -435,6 +478,28 @@ impl TopicRoute {
             .range(from, until)
     }
 
+    /// Reads the records of `partition` from offset `from` on, up to the live position
+    /// and at most `max` of them, handing each to `each` with the ring locked.
+    pub fn read(
+        &self,
+        partition: i32,
+        from: i64,
+        max: usize,
+        each: impl FnMut(&Arc<EncodedRecord>),
+    ) -> Read {
+        let partitions = self.partitions.read();
+        let Some(p) = partitions.get(partition as usize) else {
+            return Read::Records(0);
+        };
+        let ring = p.ring.lock();
+        match ring.read(from, max, each) {
+            Some(n) => Read::Records(n),
+            None => Read::Evicted {
+                covered_from: ring.covered_from(),
+            },
+        }
+    }
+
     /// Subscriptions currently registered (whole-topic and keyed).
     pub fn subscription_count(&self) -> usize {
         let subs = self.subscribers.read();
@@ -466,9 +531,7 @@ mod tests {
         let route = router.topic("prices").unwrap();
         let all = Arc::new(Outbox::new(100, 1 << 20));
         let aapl = Arc::new(Outbox::new(100, 1 << 20));
-        let Registered {
-            id: all_id, live, ..
-        } = router.subscribe(
+        let Registered { live, pulls, .. } = router.subscribe(
             route,
             &Channel::parse("prices", 64).unwrap(),
             None,
@@ -476,21 +539,31 @@ mod tests {
             false,
         );
         assert_eq!(live, vec![10, 20]);
+        assert!(pulls, "a whole-topic catch_up subscription reads the ring");
         let aapl_channel = Channel::parse("prices:AAPL", 64).unwrap();
-        let aapl_id = router
-            .subscribe(route, &aapl_channel, None, aapl.clone(), false)
-            .id;
+        let aapl_sub = router.subscribe(route, &aapl_channel, None, aapl.clone(), false);
+        assert!(!aapl_sub.pulls, "a keyed subscription is pushed to");
+        let aapl_id = aapl_sub.id;
 
         router.dispatch(route, &[record(0, 10, "AAPL")]);
         router.dispatch(route, &[record(1, 20, "MSFT")]);
         assert_eq!(route.live_offset(0), Some(11));
         assert_eq!(route.live_offset(1), Some(21));
 
+        // The pulling subscription was woken, and reads the records from its positions.
+        assert!(has_wake(&all), "dispatch wakes a pulling subscription");
         let mut got = Deliveries::default();
         all.drain_into(&mut got);
-        assert_eq!(got.len(), 2);
-        assert!(got.iter().all(|d| d.subscription == all_id));
-        got.clear();
+        assert!(
+            got.is_empty(),
+            "nothing is queued for a pulling subscription"
+        );
+        let mut read = Vec::new();
+        for (partition, from) in [(0, 10), (1, 20)] {
+            let found = route.read(partition, from, 10, |r| read.push(r.meta.offset));
+            assert_eq!(found, Read::Records(1));
+        }
+        assert_eq!(read, vec![10, 20]);
         aapl.drain_into(&mut got);
         assert_eq!(got.len(), 1);
         let first = got.iter().next().expect("one delivery");
@@ -499,6 +572,11 @@ mod tests {
             (aapl_id, 10)
         );
 
+        assert_eq!(
+            route.read(0, 9, 10, |_| {}),
+            Read::Evicted { covered_from: 10 },
+            "offset 9 was never in the ring"
+        );
         let ring: Vec<i64> = route
             .ring_range(0, 10, 11)
             .unwrap()
@@ -514,9 +592,19 @@ mod tests {
         assert!(got.is_empty());
     }
 
+    /// Whether `outbox` has a wake-up pending.
+    fn has_wake(outbox: &Outbox) -> bool {
+        let ready = std::pin::pin!(outbox.ready());
+        let waker = std::task::Waker::noop();
+        ready
+            .poll(&mut std::task::Context::from_waker(waker))
+            .is_ready()
+    }
+
+    /// The push path (here with no ring, so nothing can pull).
     #[test]
     fn a_batch_keeps_order_per_subscription_applies_filters_and_counts_drops() {
-        let router = Router::new(vec![TopicSpec::json("prices", vec![0, 0])], 1 << 20);
+        let router = Router::new(vec![TopicSpec::json("prices", vec![0, 0])], 0);
         let route = router.topic("prices").unwrap();
         let channel = Channel::parse("prices", 64).unwrap();
         let wide = Arc::new(Outbox::new(100, 1 << 20));

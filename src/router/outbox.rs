@@ -318,7 +318,12 @@ impl Outbox {
         }
     }
 
-    /// Waits until something was queued or dropped since the last drain.
+    /// Wakes the reader without queueing anything: records it pulls from the ring arrived.
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Waits until something was queued or dropped since the last drain, or a wake.
     pub async fn ready(&self) {
         self.notify.notified().await
     }

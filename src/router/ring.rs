@@ -75,6 +75,26 @@ impl Ring {
         added
     }
 
+    /// Hands up to `max` records from offset `from` on to `each`, oldest first; how many,
+    /// or `None` if the ring no longer covers `from`.
+    pub fn read(
+        &self,
+        from: i64,
+        max: usize,
+        mut each: impl FnMut(&Arc<EncodedRecord>),
+    ) -> Option<usize> {
+        if self.max_bytes == 0 || from < self.covered_from {
+            return None;
+        }
+        let start = self.records.partition_point(|r| r.meta.offset < from);
+        let mut n = 0;
+        for record in self.records.range(start..).take(max) {
+            each(record);
+            n += 1;
+        }
+        Some(n)
+    }
+
     /// The records with offsets in `from..until`, if the ring still covers `from`.
     pub fn range(&self, from: i64, until: i64) -> Option<Vec<Arc<EncodedRecord>>> {
         if self.max_bytes == 0 || from < self.covered_from {

@@ -206,6 +206,28 @@ impl Subscription {
         }
     }
 
+    /// Where a live partition's next record is, for a subscription that reads the ring
+    /// itself; `None` while the partition catches up. Partitions the topic gained since
+    /// the subscription began (up to `partitions`) are live from their first record.
+    pub fn live_next(&mut self, partition: i32, partitions: i32) -> Option<i64> {
+        if partitions as usize > self.cursors.len() {
+            self.cursors
+                .resize_with(partitions as usize, || Cursor::Live { next: 0 });
+        }
+        match self.cursors.get(partition as usize)? {
+            Cursor::Live { next } => Some(*next),
+            Cursor::CatchingUp { .. } => None,
+        }
+    }
+
+    /// Moves a live partition past a record the subscription does not want (its header
+    /// filter refused it), so reads of the ring go on after it.
+    pub fn pass_live(&mut self, partition: i32, offset: i64) {
+        if let Some(Cursor::Live { next }) = self.cursors.get_mut(partition as usize) {
+            *next = (*next).max(offset + 1);
+        }
+    }
+
     /// The outbox dropped live records of `partition` up to `last_dropped`: leave the live
     /// path and re-read from where delivery stopped. Returns the replay start if one must begin.
     pub fn fall_behind(&mut self, partition: i32, last_dropped: i64) -> Option<Start> {

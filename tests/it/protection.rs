@@ -85,7 +85,9 @@ async fn slow_readers_stay_bounded_and_fast_readers_get_everything() {
     let t = topic("slow");
     let gw = Gateway::start(
         &[(&t, 1)],
-        "[websocket]\noutbox_max_messages = 300\noutbox_max_bytes = 131072\n[heartbeat]\nidle_timeout_secs = 600\n",
+        // Whole-topic readers read the ring: a small one makes the stalled ones fall off it.
+        "[websocket]\noutbox_max_messages = 300\noutbox_max_bytes = 131072\n\
+         [replay]\nring_bytes_per_partition = 131072\n[heartbeat]\nidle_timeout_secs = 600\n",
     );
     let port = gw.port;
     let url = gw.ws_url();
