@@ -53,8 +53,6 @@ pub enum StartError {
 pub struct Gateway {
     pub services: Arc<Services>,
     pub cluster: Cluster,
-    /// Produces for `POST /v1/publish/{topic}` (`None` when `publish.enabled` is off).
-    pub producer: Option<crate::kafka::producer::Producer>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -202,6 +200,7 @@ impl Gateway {
             config,
             router,
             replay,
+            producer,
             sessions: StoreHandle::start(sessions)?,
             attachments: Attachments::default(),
             auth,
@@ -222,7 +221,6 @@ impl Gateway {
         let gateway = Arc::new(Gateway {
             services,
             cluster,
-            producer,
             shutdown,
         });
         Ok(Running {

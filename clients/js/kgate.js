@@ -82,6 +82,8 @@
     this._timers = [];
     this._awaitingLive = {};
     this._snapshotLive = {};    // channel -> live offsets while its snapshot arrives
+    this._publishes = {};       // request id -> { resolve, reject } until Kafka acknowledged
+    this._publishSeq = 0;
   }
 
   Client.prototype.on = function (type, fn) {
@@ -110,6 +112,7 @@
     this._clearTimers();
     if (this._conn) this._conn.close();
     this._conn = null;
+    this._failPublishes("closed by the client");
     this.transport = null;
     this._setState("closed");
   };
@@ -184,7 +187,19 @@
       }
       case "live": delete this._awaitingLive[frame.channel]; this._emit("live", frame); break;
       case "gap": this._emit("gap", frame); break;
-      case "error": this._emit("error", frame); break;
+      case "published": {
+        var done = this._publishes[frame.id];
+        delete this._publishes[frame.id];
+        if (done) done.resolve({ topic: frame.topic, partition: frame.partition, offset: frame.offset });
+        break;
+      }
+      case "error": {
+        var failed = frame.id !== undefined && this._publishes[frame.id];
+        if (!failed) { this._emit("error", frame); break; }
+        delete this._publishes[frame.id];
+        failed.reject(publishError(frame.code, frame.message));
+        break;
+      }
       case "close": break;
       default: this._emit("frame", frame);
     }
@@ -250,6 +265,7 @@
       closed: function (reason, fatal) {
         if (self._conn !== conn) return;
         self._conn = null;
+        self._failPublishes(reason);
         self._clearTimers();
         self.transport = null;
         if (self.stopped) return;
@@ -265,6 +281,58 @@
     this._timers.push(setTimeout(function () {
       if (!opened && self._conn === conn) conn.fail("connect timeout");
     }, this.options.connectTimeoutMs));
+  };
+
+  function publishError(code, message) {
+    var e = new Error(message || code);
+    e.code = code;
+    return e;
+  }
+
+  /**
+   * Publishes a record to Kafka; resolves with {topic, partition, offset} once Kafka
+   * acknowledged it, rejects with an Error whose `code` is the gateway's error code.
+   * Over a WebSocket it is a `publish` command on the open connection; otherwise (SSE,
+   * long-poll, or not connected) a POST to /v1/publish. `data` is sent as JSON; options:
+   * `key` (string), `headers` ({name: string}).
+   */
+  Client.prototype.publish = function (topic, data, options) {
+    var o = options || {}, self = this;
+    if (this._conn && this._conn.publish) {
+      var id = "publish-" + (++this._publishSeq);
+      var command = { type: "publish", id: id, topic: topic, data: data === undefined ? null : data };
+      if (o.key !== undefined) command.key = String(o.key);
+      if (o.headers) command.headers = o.headers;
+      return new Promise(function (resolve, reject) {
+        self._publishes[id] = { resolve: resolve, reject: reject };
+        if (!self._conn.publish(command)) {
+          delete self._publishes[id];
+          reject(publishError("not_connected", "the WebSocket is not open"));
+        }
+      });
+    }
+    var url = this.options.url + "/v1/publish/" + encodeURIComponent(topic) +
+      (o.key !== undefined ? "?key=" + encodeURIComponent(String(o.key)) : "");
+    var headers = { "Content-Type": "application/json" }, token = this._token();
+    if (token) headers.Authorization = "Bearer " + token;
+    Object.keys(o.headers || {}).forEach(function (name) { headers["kgate-header-" + name] = o.headers[name]; });
+    return fetch(url, { method: "POST", headers: headers, body: JSON.stringify(data === undefined ? null : data) })
+      .then(function (r) {
+        return r.json().then(function (body) {
+          if (!r.ok) throw publishError(body.code, body.message);
+          return { topic: body.topic, partition: body.partition, offset: body.offset };
+        });
+      });
+  };
+
+  /** Fails the publishes still waiting for an answer: the connection that carried them ended. */
+  Client.prototype._failPublishes = function (reason) {
+    var pending = this._publishes;
+    this._publishes = {};
+    Object.keys(pending).forEach(function (id) {
+      pending[id].reject(publishError("connection_closed",
+        "the connection closed (" + reason + ") before Kafka's answer; the record may or may not have been produced"));
+    });
   };
 
   Client.prototype._retry = function (nextIndex, reason) {
@@ -339,6 +407,11 @@
         fail: function (reason) { fail(reason); },
         ack: function (f) {
           if (ws.readyState === 1) ws.send(JSON.stringify({ type: "ack", topic: f.topic, partition: f.partition, offset: f.offset }));
+        },
+        publish: function (command) {
+          if (ws.readyState !== 1) return false;
+          ws.send(JSON.stringify(command));
+          return true;
         },
       };
     },

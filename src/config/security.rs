@@ -82,6 +82,8 @@ pub struct PublishConfig {
     pub max_body_bytes: usize,
     /// Deepest nesting of arrays and objects in a JSON body (HTTP 400 past it).
     pub max_json_depth: usize,
+    /// `publish` commands one connection may send per second (also its burst).
+    pub max_per_connection_per_sec: u32,
 }
 
 impl Default for AuthConfig {
@@ -104,6 +106,7 @@ impl Default for PublishConfig {
             enabled: true,
             max_body_bytes: 1024 * 1024,
             max_json_depth: 64,
+            max_per_connection_per_sec: 100,
         }
     }
 }
@@ -173,6 +176,13 @@ impl super::Config {
         }
         if self.publish.max_json_depth == 0 {
             return invalid("publish.max_json_depth", "0".into(), "a positive integer");
+        }
+        if self.publish.max_per_connection_per_sec == 0 {
+            return invalid(
+                "publish.max_per_connection_per_sec",
+                "0".into(),
+                "a positive integer",
+            );
         }
         Ok(())
     }

@@ -28,12 +28,17 @@ impl Connection {
             return Ok(());
         }
         self.rate_limited_streak = 0;
-        let max = self.services.config.websocket.max_command_bytes;
+        let ws = &self.services.config.websocket;
+        let max = protocol::Limits {
+            command: ws.max_command_bytes,
+            publish: ws.max_message_bytes,
+        };
         match protocol::parse_command(text, max) {
             Err(e) => self.error(e.id.as_ref(), e.code, &e.message),
             Ok(Command::Ping { id }) => self.push(ServerFrame::Pong { id }),
             Ok(Command::Attach { id, session }) => self.attach(id, session).await,
             Ok(Command::Auth { id, token }) => self.refresh_token(id.as_ref(), &token),
+            Ok(Command::Publish { id, publication }) => self.publish(id, publication),
             Ok(Command::Ack {
                 id,
                 topic,

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use super::flow::slow_consumer;
 use super::link::{Inbound, Link};
 use super::protocol::{CloseCode, ErrorCode};
+use super::publish::next_produced;
 use super::replay::next_replay;
 use super::session::taken_over;
 use super::{Connection, End, Opened, ServerFrame};
@@ -94,6 +95,9 @@ impl Connection {
                             _ => break,
                         }
                     }
+                }
+                Some(produced) = next_produced(self.publishing.as_deref_mut()) => {
+                    self.on_produced(produced);
                 }
                 _ = heartbeat.tick() => {
                     let now = Instant::now();

@@ -59,6 +59,13 @@ pub enum ServerFrame {
     },
     /// The reply to `ping`.
     Pong { id: Option<Value> },
+    /// The reply to `publish`, once Kafka acknowledged the record: where it landed.
+    Published {
+        id: Option<Value>,
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
     /// A refused command or a failure, with its stable code.
     Error {
         id: Option<Value>,
@@ -130,6 +137,15 @@ impl ServerFrame {
                 id.as_ref(),
             ),
             ServerFrame::Pong { id } => (json!({"type": "pong"}), id.as_ref()),
+            ServerFrame::Published {
+                id,
+                topic,
+                partition,
+                offset,
+            } => (
+                json!({"type": "published", "topic": topic, "partition": partition, "offset": offset}),
+                id.as_ref(),
+            ),
             ServerFrame::Error { id, code, message } => (
                 json!({"type": "error", "code": code.as_str(), "message": message}),
                 id.as_ref(),

@@ -9,7 +9,8 @@
 //! - [`replay`]: catch-up reads feeding a subscription until it hands off to live;
 //! - [`flow`]: live records from the ring or the outbox, slow-consumer policy, throttles;
 //! - [`session`]: durable sessions (attach, ack, takeover);
-//! - [`auth`]: token refresh and expiry.
+//! - [`auth`]: token refresh and expiry;
+//! - [`publish`]: records the client produces to Kafka.
 
 mod auth;
 mod command;
@@ -18,6 +19,7 @@ mod flow;
 pub mod frame;
 pub mod link;
 pub mod protocol;
+mod publish;
 mod replay;
 pub mod services;
 mod session;
@@ -113,6 +115,8 @@ pub struct Connection {
     idle_since: Option<Instant>,
     /// When the next throttled value is due.
     next_flush: Option<Instant>,
+    /// Made at the first `publish`.
+    publishing: Option<Box<publish::Publishing>>,
 }
 
 impl Drop for Connection {
@@ -180,6 +184,7 @@ impl Connection {
             last_heard: Instant::now(),
             idle_since: Some(Instant::now()),
             next_flush: None,
+            publishing: None,
         }
     }
 

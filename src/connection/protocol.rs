@@ -3,9 +3,13 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine;
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
+use crate::publish::Publication;
 use crate::router::HeaderFilter;
 use crate::session::subscription::Options;
 
@@ -63,6 +67,10 @@ pub enum ErrorCode {
     SnapshotUnavailable,
     /// The topic was deleted from the cluster; the subscription was removed.
     TopicDeleted,
+    /// `publish` on a gateway with `publish.enabled = false`.
+    PublishDisabled,
+    /// A published value past `publish.max_body_bytes`, or a record the topic refuses.
+    RecordTooLarge,
 }
 
 impl ErrorCode {
@@ -91,6 +99,8 @@ impl ErrorCode {
             ErrorCode::InvalidToken => "invalid_token",
             ErrorCode::SnapshotUnavailable => "snapshot_unavailable",
             ErrorCode::TopicDeleted => "topic_deleted",
+            ErrorCode::PublishDisabled => "publish_disabled",
+            ErrorCode::RecordTooLarge => "record_too_large",
         }
     }
 }
@@ -224,6 +234,30 @@ pub enum Command {
         id: Option<Value>,
         token: String,
     },
+    /// A record to produce to Kafka, answered with `published` once Kafka acknowledged it.
+    Publish {
+        id: Option<Value>,
+        publication: Publication,
+    },
+}
+
+/// How large a command may be: `publish` carries a record, every other command is small.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `websocket.max_command_bytes`.
+    pub command: usize,
+    /// `publish` commands (`websocket.max_message_bytes`: the frame limit).
+    pub publish: usize,
+}
+
+impl Limits {
+    /// The same limit for every command.
+    pub fn all(bytes: usize) -> Limits {
+        Limits {
+            command: bytes,
+            publish: bytes,
+        }
+    }
 }
 
 /// A command that could not be parsed; answered with an `error` frame.
@@ -300,6 +334,24 @@ struct AuthFields {
     token: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishFields<'a> {
+    #[serde(rename = "type")]
+    _kind: String,
+    #[serde(rename = "id")]
+    _id: Option<Value>,
+    topic: String,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    data_b64: Option<String>,
+}
+
 /// Session ids: 1-128 characters of `[A-Za-z0-9._:@-]`.
 pub fn is_valid_session_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
@@ -311,14 +363,17 @@ pub fn is_valid_session_id(id: &str) -> bool {
 const FROM_HELP: &str = r#"`from` must be "latest", "earliest", {"offsets": {"<partition>": <offset>}} or {"timestamp": <epoch ms>}"#;
 
 /// Parses one text frame into a command.
-pub fn parse_command(text: &str, max_bytes: usize) -> Result<Command, CommandError> {
+pub fn parse_command(text: &str, limits: Limits) -> Result<Command, CommandError> {
     let fail = |id: Option<Value>, code, message: String| CommandError { id, code, message };
-    if text.len() > max_bytes {
-        return Err(fail(
+    let too_large = |max: usize| {
+        fail(
             None,
             ErrorCode::MessageTooLarge,
-            format!("command is {} bytes; the limit is {max_bytes}", text.len()),
-        ));
+            format!("command is {} bytes; the limit is {max}", text.len()),
+        )
+    };
+    if text.len() > limits.command.max(limits.publish) {
+        return Err(too_large(limits.command.max(limits.publish)));
     }
     let value: Value = serde_json::from_str(text)
         .map_err(|e| fail(None, ErrorCode::InvalidJson, format!("not JSON: {e}")))?;
@@ -350,6 +405,13 @@ pub fn parse_command(text: &str, max_bytes: usize) -> Result<Command, CommandErr
     let invalid = |id: &Option<Value>, e: serde_json::Error| {
         fail(id.clone(), ErrorCode::InvalidFrame, format!("{kind}: {e}"))
     };
+    let limit = match kind {
+        "publish" => limits.publish,
+        _ => limits.command,
+    };
+    if text.len() > limit {
+        return Err(too_large(limit));
+    }
     match kind {
         "subscribe" => {
             let f: SubscribeFields =
@@ -436,11 +498,50 @@ pub fn parse_command(text: &str, max_bytes: usize) -> Result<Command, CommandErr
                 serde_json::from_value(value.clone()).map_err(|e| invalid(&id, e))?;
             Ok(Command::Auth { id, token: f.token })
         }
+        "publish" => {
+            // From the text, so `data` is produced exactly as the client wrote it.
+            let f: PublishFields = serde_json::from_str(text).map_err(|e| invalid(&id, e))?;
+            let (value, json) = match (f.data, f.data_b64) {
+                (Some(data), None) => (Bytes::copy_from_slice(data.get().as_bytes()), true),
+                (None, Some(b64)) => {
+                    let raw = base64::engine::general_purpose::STANDARD
+                        .decode(&b64)
+                        .map_err(|e| {
+                            fail(
+                                id.clone(),
+                                ErrorCode::InvalidFrame,
+                                format!("publish: `data_b64` is not base64: {e}"),
+                            )
+                        })?;
+                    (Bytes::from(raw), false)
+                }
+                _ => {
+                    return Err(fail(
+                        id,
+                        ErrorCode::InvalidFrame,
+                        "publish: give the value as exactly one of `data` (JSON) or `data_b64`"
+                            .into(),
+                    ));
+                }
+            };
+            let publication = Publication {
+                topic: f.topic,
+                key: f.key.map(Bytes::from),
+                headers: f
+                    .headers
+                    .into_iter()
+                    .map(|(name, value)| (name, Bytes::from(value)))
+                    .collect(),
+                value,
+                json,
+            };
+            Ok(Command::Publish { id, publication })
+        }
         other => Err(fail(
             id.clone(),
             ErrorCode::UnknownType,
             format!(
-                "unknown command type {other:?}; expected subscribe, unsubscribe, attach, ack, auth or ping"
+                "unknown command type {other:?}; expected subscribe, unsubscribe, publish, attach, ack, auth or ping"
             ),
         )),
     }
@@ -505,14 +606,14 @@ mod tests {
     use serde_json::json;
 
     fn err(text: &str) -> CommandError {
-        parse_command(text, 1000).unwrap_err()
+        parse_command(text, Limits::all(1000)).unwrap_err()
     }
 
     #[test]
     fn parses_subscribe_variants() {
         let c = parse_command(
             r#"{"type":"subscribe","id":"a","channel":"prices:AAPL"}"#,
-            1000,
+            Limits::all(1000),
         )
         .unwrap();
         assert_eq!(
@@ -527,7 +628,7 @@ mod tests {
         );
         let c = parse_command(
             r#"{"type":"subscribe","channel":"p","snapshot":true,"filter":{"headers":{"region":["eu",null]}}}"#,
-            1000,
+            Limits::all(1000),
         )
         .unwrap();
         let Command::Subscribe {
@@ -548,7 +649,7 @@ mod tests {
         );
         let c = parse_command(
             r#"{"type":"subscribe","id":7,"channel":"p","from":{"offsets":{"0":5,"2":9}}}"#,
-            1000,
+            Limits::all(1000),
         )
         .unwrap();
         let Command::Subscribe {
@@ -561,7 +662,7 @@ mod tests {
         assert_eq!(o.into_iter().collect::<Vec<_>>(), vec![(0, 5), (2, 9)]);
         let c = parse_command(
             r#"{"type":"subscribe","channel":"p","from":{"timestamp":1700}}"#,
-            1000,
+            Limits::all(1000),
         )
         .unwrap();
         assert!(matches!(
@@ -573,7 +674,7 @@ mod tests {
         ));
         let c = parse_command(
             r#"{"type":"subscribe","channel":"p","from":"earliest"}"#,
-            1000,
+            Limits::all(1000),
         )
         .unwrap();
         assert!(matches!(
@@ -723,7 +824,7 @@ mod fuzz {
 
         #[test]
         fn arbitrary_text_never_panics(text in ".{0,300}") {
-            let _ = parse_command(&text, 4096);
+            let _ = parse_command(&text, Limits::all(4096));
         }
 
         /// The whole subscribe path past the parser: a rate that is accepted drives a
@@ -736,7 +837,7 @@ mod fuzz {
         ) {
             let text = json!({"type": "subscribe", "channel": "t", "max_rate": rate,
                               "from": {"offsets": {"0": offsets[0]}}}).to_string();
-            if let Ok(Command::Subscribe { options, .. }) = parse_command(&text, 4096) {
+            if let Ok(Command::Subscribe { options, .. }) = parse_command(&text, Limits::all(4096)) {
                 let rate = options.max_rate.unwrap_or(1.0);
                 prop_assert!(crate::config::valid_rate(rate));
                 let mut throttle = super::super::throttle::Throttle::new(rate);
@@ -760,12 +861,12 @@ mod fuzz {
 
         #[test]
         fn arbitrary_json_never_panics(value in json_value()) {
-            let _ = parse_command(&value.to_string(), 4096);
+            let _ = parse_command(&value.to_string(), Limits::all(4096));
         }
 
         #[test]
         fn command_shaped_frames_never_panic(text in command_like()) {
-            let _ = parse_command(&text, 4096);
+            let _ = parse_command(&text, Limits::all(4096));
         }
 
         #[test]

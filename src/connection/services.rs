@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::kafka::cluster::ClusterError;
+use crate::kafka::producer::Producer;
 use crate::kafka::replay::ReplayPool;
 use crate::limits::Admission;
 use crate::router::Router;
@@ -23,6 +24,8 @@ pub struct Services {
     pub node: String,
     pub router: Arc<Router>,
     pub replay: Arc<ReplayPool>,
+    /// Produces what clients publish (`None` when `publish.enabled` is off).
+    pub producer: Option<Producer>,
     /// The session store, called on its own threads.
     pub sessions: StoreHandle,
     pub attachments: Attachments,

@@ -76,6 +76,7 @@ impl Harness {
             node: "test".into(),
             replay,
             router,
+            producer: None,
             sessions: StoreHandle::start(Arc::new(
                 SessionStore::open(dir.path(), false).expect("session store"),
             ))

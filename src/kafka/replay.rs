@@ -139,20 +139,28 @@ const LOOKUP_THREADS: usize = 4;
 /// How long a shared scan waits for one slow follower before detaching it.
 const FOLLOWER_PATIENCE: Duration = Duration::from_millis(250);
 
-/// Sends without blocking the scan for longer than [`FOLLOWER_PATIENCE`].
+/// How long a scan with one follower waits for it. Longer: detaching a lone follower ends
+/// its scan, and a client that is only briefly slower than Kafka should keep it. Bounded:
+/// a client that stopped reading must not hold one of the few reader threads.
+const LONE_FOLLOWER_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Sends from a reader thread, waiting (parked) for room at most `patience`. On `Full` the
+/// event is dropped: the follower is detached and re-reads from the batch's first offset.
 fn patient_send(
+    runtime: &tokio::runtime::Handle,
     tx: &mpsc::Sender<Addressed>,
     event: Addressed,
-) -> Result<(), TrySendError<Addressed>> {
-    let deadline = std::time::Instant::now() + FOLLOWER_PATIENCE;
-    let mut event = event;
-    loop {
-        match tx.try_send(event) {
-            Err(TrySendError::Full(back)) if std::time::Instant::now() < deadline => {
-                event = back;
-                std::thread::sleep(Duration::from_micros(200));
+    patience: Duration,
+) -> Result<(), TrySendError<()>> {
+    match tx.try_send(event) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Closed(_)) => Err(TrySendError::Closed(())),
+        Err(TrySendError::Full(event)) => {
+            match runtime.block_on(tokio::time::timeout(patience, tx.send(event))) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(TrySendError::Closed(())),
+                Err(_) => Err(TrySendError::Full(())),
             }
-            other => return other,
         }
     }
 }
@@ -491,21 +499,19 @@ impl ReplayPool {
                 f.request.partition,
                 ReplayEvent::Records(wanted),
             );
-            if alone {
-                if f.tx.blocking_send(event).is_ok() {
-                    sent += count;
-                    kept.push(f);
-                }
-                continue;
-            }
-            match patient_send(&f.tx, event) {
+            let patience = match alone {
+                true => LONE_FOLLOWER_PATIENCE,
+                false => FOLLOWER_PATIENCE,
+            };
+            match patient_send(&self.runtime, &f.tx, event, patience) {
                 Ok(()) => {
                     sent += count;
                     kept.push(f);
                 }
                 Err(TrySendError::Closed(_)) => {}
                 Err(TrySendError::Full(_)) => {
-                    // A follower that stays slow must not stall the others: it continues on its own scan.
+                    // A follower that stays slow must not stall the others, nor hold this
+                    // thread: it continues on a scan of its own once it has room again.
                     detached.push((f.request, f.tx, f.cancel, first));
                 }
             }
@@ -519,7 +525,15 @@ impl ReplayPool {
         telemetry::replayed(Tier::Kafka.as_str(), sent);
         for (mut request, tx, cancel, offset) in detached {
             request.start = Start::Offset(offset);
-            self.start_with(request, tx, cancel);
+            let pool = self.clone();
+            // Waits without a thread: a client that stopped reading (a stalled socket)
+            // would otherwise keep a reader blocked, and enough of them every reader.
+            self.runtime.spawn(async move {
+                let room = tx.reserve().await.is_ok();
+                if room && !cancel.is_cancelled() {
+                    pool.start_with(request, tx, cancel);
+                }
+            });
         }
         any
     }
@@ -541,11 +555,17 @@ impl ReplayPool {
             (state.position, std::mem::take(&mut state.followers))
         };
         for f in followers {
-            let _ = f.tx.blocking_send((
+            let end = (
                 f.subscription,
                 f.request.partition,
                 ReplayEvent::End { position },
-            ));
+            );
+            // A follower with no room gets it when it reads again, without holding this thread.
+            if let Err(TrySendError::Full(end)) = f.tx.try_send(end) {
+                self.runtime.spawn(async move {
+                    let _ = f.tx.send(end).await;
+                });
+            }
         }
     }
 

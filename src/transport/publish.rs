@@ -6,17 +6,14 @@
 use bytes::{Buf, Bytes};
 use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use serde_json::json;
 use warp::Filter;
 use warp::reply::Reply;
 
 use super::access::{forbidden, identify, request_parts};
 use super::reply::error_reply;
-use crate::codec::depth::nests_deeper_than;
 use crate::gateway::Gateway;
-use crate::stats::stats;
+use crate::publish::{self, Publication, PublishError};
 use std::sync::Arc;
 
 /// Request headers with this prefix become Kafka record headers (prefix removed).
@@ -68,6 +65,21 @@ async fn read_body(
     Ok(out.freeze())
 }
 
+/// The HTTP answer for a refused or failed publication.
+fn refused(e: &PublishError) -> warp::reply::Response {
+    let status = match e {
+        PublishError::Disabled | PublishError::UnknownTopic(_) => StatusCode::NOT_FOUND,
+        PublishError::Forbidden(_) => return forbidden(&e.to_string()),
+        PublishError::TooLarge { .. } | PublishError::RecordTooLarge(_) => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        PublishError::InvalidJson(_) | PublishError::TooDeep(_) => StatusCode::BAD_REQUEST,
+        PublishError::Kafka { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        PublishError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+    };
+    error_reply(status, e.code(), &e.to_string())
+}
+
 async fn publish(
     gateway: &Gateway,
     topic: &str,
@@ -75,12 +87,8 @@ async fn publish(
     query: &str,
     body: impl futures_util::Stream<Item = Result<impl Buf, warp::Error>>,
 ) -> warp::reply::Response {
-    let Some(producer) = &gateway.producer else {
-        return error_reply(
-            StatusCode::NOT_FOUND,
-            "publish_disabled",
-            "publish.enabled is off",
-        );
+    let Some(producer) = &gateway.services.producer else {
+        return refused(&PublishError::Disabled);
     };
     // Token, permission and size come first: an unauthenticated or oversized body is
     // refused without reading it.
@@ -88,18 +96,8 @@ async fn publish(
         Ok(identity) => identity,
         Err(response) => return response,
     };
-    // Permission before existence, so the answer does not tell strangers what is served.
-    if !identity.permissions.can_publish(topic) {
-        return forbidden(&format!(
-            "the token does not permit publishing to {topic:?}"
-        ));
-    }
-    if gateway.services.router.topic(topic).is_none() {
-        return error_reply(
-            StatusCode::NOT_FOUND,
-            "unknown_topic",
-            &format!("topic {topic:?} is not served here"),
-        );
+    if let Err(e) = publish::check_topic(&identity.permissions, &gateway.services.router, topic) {
+        return refused(&e);
     }
     let limits = &gateway.services.config.publish;
     let too_large = || {
@@ -143,71 +141,37 @@ async fn publish(
             );
         }
     };
-    let is_json = headers
+    let json = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-            return error_reply(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                &format!("the body is not JSON: {e}"),
-            );
-        }
-        if nests_deeper_than(&body, limits.max_json_depth) {
-            return error_reply(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                &format!(
-                    "the body nests arrays and objects deeper than publish.max_json_depth = {}",
-                    limits.max_json_depth
-                ),
-            );
-        }
+    if let Err(e) = publish::check_value(limits, &body, json) {
+        return refused(&e);
     }
     let key = url::form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "key")
-        .map(|(_, v)| v.into_owned());
-    let mut record_headers = OwnedHeaders::new();
-    for (name, value) in headers {
-        if let Some(short) = name.as_str().strip_prefix(HEADER_PREFIX) {
-            record_headers = record_headers.insert(Header {
-                key: short,
-                value: Some(value.as_bytes()),
-            });
-        }
-    }
-    match producer
-        .send(
-            topic,
-            key.as_deref().map(str::as_bytes),
-            Some(&body),
-            Some(record_headers),
-        )
-        .await
-    {
-        Ok(delivered) => {
-            stats().published.add(1);
-            warp::reply::json(&json!({
-                "topic": topic,
-                "partition": delivered.partition,
-                "offset": delivered.offset,
-            }))
-            .into_response()
-        }
-        Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => error_reply(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "record_too_large",
-            &format!(
-                "the record (body, key and headers) is larger than topic {topic:?} accepts \
-                 (its max.message.bytes)"
-            ),
-        ),
-        Err(e) => error_reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "kafka_unavailable",
-            &format!("could not produce to {topic:?}: {e}"),
-        ),
+        .map(|(_, v)| Bytes::from(v.into_owned()));
+    let record_headers = headers
+        .iter()
+        .filter_map(|(name, value)| {
+            let short = name.as_str().strip_prefix(HEADER_PREFIX)?;
+            Some((short.to_string(), Bytes::copy_from_slice(value.as_bytes())))
+        })
+        .collect();
+    let publication = Publication {
+        topic: topic.to_string(),
+        key,
+        headers: record_headers,
+        value: body,
+        json,
+    };
+    match publish::produce(producer, &publication).await {
+        Ok(delivered) => warp::reply::json(&json!({
+            "topic": topic,
+            "partition": delivered.partition,
+            "offset": delivered.offset,
+        }))
+        .into_response(),
+        Err(e) => refused(&e),
     }
 }

@@ -365,7 +365,10 @@ mod fuzz {
                             store.clone(),
                         ).await {
                             for command in resume.commands() {
-                                let _ = crate::connection::protocol::parse_command(&command, 1 << 20);
+                                let _ = crate::connection::protocol::parse_command(
+                                    &command,
+                                    crate::connection::protocol::Limits::all(1 << 20),
+                                );
                             }
                             let _ = resume.cursor().await;
                         }

@@ -190,6 +190,23 @@ try {
   }
   console.log(`ok: the SDK acknowledged every event; the session's stored positions are ${JSON.stringify(positions)}`);
 
+  // 4b. publish() over the open WebSocket: resolved once Kafka acknowledged the record,
+  // which then reaches the subscriber; a refused one rejects with the gateway's code.
+  const published = await sdk.evaluate(async (topic) => {
+    const c = window.sessionClient;
+    const landed = await c.publish(topic, { symbol: "AAPL", price: 123.45, change: 0.1, change_pct: 0.1, bid: 123.4, ask: 123.5, volume: 1 },
+      { key: "AAPL", headers: { source: "sdk" } });
+    let refused = null;
+    try { await c.publish("no-such-topic", { x: 1 }); } catch (e) { refused = e.code; }
+    return { landed, refused, transport: c.transport };
+  }, prices);
+  if (published.transport !== "websocket" || published.landed.topic !== prices || typeof published.landed.offset !== "number") {
+    fail(`publish() over the WebSocket answered ${JSON.stringify(published)}`);
+  }
+  if (published.refused !== "unknown_topic") fail(`publish() to an unknown topic rejected with ${published.refused}, expected unknown_topic`);
+  await waitFor("the published record on the subscriber", () => sdk.evaluate((o) => window.acked.includes(o), published.landed.offset));
+  console.log(`ok: publish() over the WebSocket landed at ${published.landed.partition}:${published.landed.offset} and reached the subscriber; an unknown topic was refused with ${published.refused}`);
+
   // 5. A board opened mid-session shows every symbol at once, from the snapshot,
   // with nothing published since; then live updates continue after it.
   const board = await openDemo(browser, `&snapshot=${prices}`);
@@ -244,6 +261,11 @@ try {
   });
   let polls = 0;
   drained.on("request", (r) => { if (r.url().includes("/v1/poll")) polls++; });
+  // publish() on a long-polling client goes over HTTP (POST /v1/publish) and reaches it.
+  const overHttp = await drained.evaluate((topic) => window.kgateClient.publish(topic,
+    { symbol: "MSFT", price: 321.5, change: 0.2, change_pct: 0.1, bid: 321.4, ask: 321.6, volume: 2 }, { key: "MSFT" }), prices);
+  await waitFor("the record published over HTTP", async () => (await received(drained)).includes(`${overHttp.partition}:${overHttp.offset}`));
+  console.log(`ok: publish() on a long-polling client went over HTTP and landed at ${overHttp.partition}:${overHttp.offset}`);
   const drain = await fetch(`${base}/v1/admin/drain`, { method: "POST" });
   if (!drain.ok) fail(`drain answered ${drain.status}`);
   await drained.waitForTimeout(3000);

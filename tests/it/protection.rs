@@ -85,9 +85,10 @@ async fn slow_readers_stay_bounded_and_fast_readers_get_everything() {
     let t = topic("slow");
     let gw = Gateway::start(
         &[(&t, 1)],
-        // Whole-topic readers read the ring: a small one makes the stalled ones fall off it.
+        // Whole-topic readers read the ring: 1.5 MiB holds about 3,000 of the 4,000 records,
+        // so the stalled readers fall off it and catch up from Kafka.
         "[websocket]\noutbox_max_messages = 300\noutbox_max_bytes = 131072\n\
-         [replay]\nring_bytes_per_partition = 131072\n[heartbeat]\nidle_timeout_secs = 600\n",
+         [replay]\nring_bytes_per_partition = 1572864\n[heartbeat]\nidle_timeout_secs = 600\n",
     );
     let port = gw.port;
     let url = gw.ws_url();

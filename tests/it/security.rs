@@ -455,6 +455,158 @@ async fn publish_needs_a_token_with_publish_permission() {
     );
 }
 
+/// The `publish` command: answered with `published` once Kafka acknowledged the record
+/// (which then reaches subscribers with its key and headers); refused with a code naming
+/// why for every bad case, while the connection goes on; rate-limited per connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_over_the_connection_is_acknowledged_by_kafka_and_checked() {
+    let orders = topic("wspublish-orders");
+    let other = topic("wspublish-other");
+    let gw = Gateway::start(
+        &[(&orders, 1), (&other, 1)],
+        &auth_toml("[publish]\nmax_body_bytes = 1024\nmax_per_connection_per_sec = 5\n"),
+    );
+    let writer = hs256(&claims(
+        "device",
+        json!({"publish": [orders.clone()], "channels": [orders.clone()]}),
+    ));
+    let reader = hs256(&claims("app", json!({"channels": ["*"]})));
+    let mut sub = Client::connect_with_token(&gw.ws_url(), Some(&reader))
+        .await
+        .unwrap();
+    sub.subscribe(&orders, json!("latest")).await.unwrap();
+    sub.until("live", Duration::from_secs(30)).await.unwrap();
+    let mut device = Client::connect_with_token(&gw.ws_url(), Some(&writer))
+        .await
+        .unwrap();
+    /// Sends a command and returns its answer (`published` or `error`).
+    async fn send(client: &mut Client, command: Value) -> Value {
+        client.send_text(command.to_string()).await.unwrap();
+        let answer = loop {
+            match client.next_within(Duration::from_secs(30)).await.unwrap() {
+                Incoming::Frame(f) if f["type"] == "published" || f["type"] == "error" => break f,
+                Incoming::Frame(_) => continue,
+                Incoming::Closed(c) => panic!("closed: {c:?}"),
+            }
+        };
+        assert_eq!(answer["id"], command["id"], "{answer}");
+        answer
+    }
+    let answer = send(
+        &mut device,
+        json!({"type": "publish", "id": 1, "topic": orders, "key": "o-1",
+               "headers": {"source": "ws"}, "data": {"qty": 5, "note": "a  b"}}),
+    )
+    .await;
+    assert_eq!(
+        (answer["type"].as_str(), answer["topic"].as_str()),
+        (Some("published"), Some(orders.as_str())),
+        "{answer}"
+    );
+    assert_eq!(
+        (answer["partition"].as_i64(), answer["offset"].as_i64()),
+        (Some(0), Some(0))
+    );
+    let events = read_events(&mut sub, 1, Duration::from_secs(30)).await;
+    assert_eq!(events[0]["data"], json!({"qty": 5, "note": "a  b"}));
+    assert_eq!(
+        (events[0]["key"].as_str(), events[0]["offset"].as_i64()),
+        (Some("o-1"), Some(0))
+    );
+    assert_eq!(events[0]["headers"]["source"], "ws", "{}", events[0]);
+    let answer = send(
+        &mut device,
+        json!({"type": "publish", "id": 2, "topic": orders, "data_b64": "AAEC"}),
+    )
+    .await;
+    assert_eq!(
+        (answer["type"].as_str(), answer["offset"].as_i64()),
+        (Some("published"), Some(1))
+    );
+    let events = read_events(&mut sub, 1, Duration::from_secs(30)).await;
+    assert_eq!(
+        events[0]["offset"], 1,
+        "the binary value reached the subscriber too"
+    );
+
+    let refused = [
+        (
+            json!({"type": "publish", "id": 3, "topic": other, "data": 1}),
+            "forbidden",
+        ),
+        (
+            json!({"type": "publish", "id": 4, "topic": orders, "data_b64": "A".repeat(2000)}),
+            "record_too_large",
+        ),
+        (
+            json!({"type": "publish", "id": 5, "topic": orders}),
+            "invalid_frame",
+        ),
+        (
+            json!({"type": "publish", "id": 6, "topic": orders, "data_b64": "not base64!"}),
+            "invalid_frame",
+        ),
+    ];
+    for (command, code) in refused {
+        let answer = send(&mut device, command.clone()).await;
+        assert_eq!(
+            (answer["type"].as_str(), answer["code"].as_str()),
+            (Some("error"), Some(code)),
+            "{command} -> {answer}"
+        );
+    }
+    let answer = send(
+        &mut sub,
+        json!({"type": "publish", "id": 7, "topic": orders, "data": 1}),
+    )
+    .await;
+    assert_eq!(
+        answer["code"], "forbidden",
+        "subscribe rights are not publish rights"
+    );
+
+    // Past the per-connection rate (5 a second, burst 5; 2 spent above), publishes are
+    // refused and not produced.
+    for id in 10..20 {
+        device
+            .send_text(
+                json!({"type": "publish", "id": id, "topic": orders, "data": id}).to_string(),
+            )
+            .await
+            .unwrap();
+    }
+    let (mut published, mut limited) = (0, 0);
+    while published + limited < 10 {
+        match device.next_within(Duration::from_secs(30)).await.unwrap() {
+            Incoming::Frame(f) if f["type"] == "published" => published += 1,
+            Incoming::Frame(f) if f["code"] == "rate_limited" => limited += 1,
+            Incoming::Frame(_) => {}
+            Incoming::Closed(c) => panic!("closed: {c:?}"),
+        }
+    }
+    assert!(
+        limited > 0 && published < 10,
+        "{published} published, {limited} rate-limited"
+    );
+    // The subscriber got exactly what was acknowledged, and both connections go on.
+    let events = read_events(&mut sub, published, Duration::from_secs(30)).await;
+    assert_eq!(events.len(), published);
+    assert_eq!(
+        stats(gw.port)["published"],
+        2 + published as u64,
+        "only what was acknowledged was produced"
+    );
+    let answer = send(
+        &mut device,
+        json!({"type": "publish", "id": 99, "topic": orders, "data": {}}),
+    )
+    .await;
+    assert!(
+        answer["type"] == "published" || answer["code"] == "rate_limited",
+        "{answer}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_refresh_before_expiry_and_close_4001_at_expiry() {
     let t = topic("expiry");
