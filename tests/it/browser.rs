@@ -1,8 +1,9 @@
 //! Issue 6: the SDK and the demo page in a real browser (Debian's chromium, driven by
 //! playwright-core from tests/browser/run.mjs): live data, resume after a cut
 //! connection with no missing offset, fallback to SSE and to long-polling, a board opened
-//! mid-session from a snapshot, the status page, warnings for unknown options, long-polling
-//! on a draining node, and a screenshot of the demo page as an artifact.
+//! mid-session from a snapshot, the status page, warnings for unknown options, `publish()`
+//! over the WebSocket and over HTTP, long-polling on a draining node, and a screenshot of
+//! the demo page as an artifact.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -42,7 +43,7 @@ fn sdk_and_demo_page_in_chromium() {
     );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok:")).count(),
-        12,
+        14,
         "{stdout}"
     );
     assert!(artifacts.join("demo-page.png").exists(), "screenshot saved");

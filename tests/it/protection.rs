@@ -85,10 +85,7 @@ async fn slow_readers_stay_bounded_and_fast_readers_get_everything() {
     let t = topic("slow");
     let gw = Gateway::start(
         &[(&t, 1)],
-        // Whole-topic readers read the ring: 1.5 MiB holds about 3,000 of the 4,000 records,
-        // so the stalled readers fall off it and catch up from Kafka.
-        "[websocket]\noutbox_max_messages = 300\noutbox_max_bytes = 131072\n\
-         [replay]\nring_bytes_per_partition = 1572864\n[heartbeat]\nidle_timeout_secs = 600\n",
+        "[websocket]\noutbox_max_messages = 300\noutbox_max_bytes = 131072\n[heartbeat]\nidle_timeout_secs = 600\n",
     );
     let port = gw.port;
     let url = gw.ws_url();
@@ -128,18 +125,9 @@ async fn slow_readers_stay_bounded_and_fast_readers_get_everything() {
     eprintln!(
         "slow-consumer test: gateway RSS {rss_before} KiB before, {rss_after} KiB after streaming {RECORDS} records to 1000 clients (100 not reading); stats {s}"
     );
-    assert!(
-        s["outbox"]["max_messages_seen"].as_u64().unwrap() <= 300,
-        "{s}"
-    );
-    assert!(
-        s["outbox"]["max_bytes_seen"].as_u64().unwrap() <= 131_072 + 1024,
-        "{s}"
-    );
-    assert!(
-        s["slow_consumer"]["catch_up"].as_u64().unwrap() > 0,
-        "the slow clients were taken off the live path: {s}"
-    );
+    // Whole-topic readers read the shared ring at their own pace: nothing is queued per
+    // connection, however far behind a reader is (tests below cover falling off the ring).
+    assert_eq!(s["outbox"]["max_messages_seen"], 0, "{s}");
     // The slow clients start reading again: catch_up lost nothing.
     let readers = slow.into_iter().map(|mut ws| {
         tokio::spawn(async move {
@@ -165,6 +153,50 @@ async fn slow_readers_stay_bounded_and_fast_readers_get_everything() {
             (0..RECORDS as i64).collect::<Vec<_>>()
         );
     }
+}
+
+/// A whole-topic reader that stops reading until the ring no longer holds its position
+/// catches up from Kafka once it reads again: every record, in order, once; a reader that
+/// kept up on the same topic is not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_falls_off_the_ring_catches_up_from_kafka() {
+    let t = topic("offring");
+    // 64 KiB of ring: about 140 of the 2,000 records.
+    let gw = Gateway::start(
+        &[(&t, 1)],
+        "[replay]\nring_bytes_per_partition = 65536\n[heartbeat]\nidle_timeout_secs = 600\n",
+    );
+    const RECORDS: usize = 2000;
+    let mut reader = subscribed_client(&gw.ws_url(), &t, json!("latest")).await;
+    let reader = tokio::spawn(async move { read_offsets(&mut reader, RECORDS, WAIT).await });
+    let mut stalled = stalled_subscriber(gw.port, &t).await;
+    produce_sized(&t, RECORDS, 400).await;
+    let mut want = Received::new();
+    want.insert(0, (0..RECORDS as i64).collect());
+    assert_eq!(
+        reader.await.expect("reader"),
+        want,
+        "the reader that kept up"
+    );
+    let mut offsets = Vec::new();
+    while offsets.len() < RECORDS {
+        match tokio::time::timeout(WAIT, stalled.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                let f: Value = serde_json::from_str(&text).unwrap();
+                if f["type"] == "event" {
+                    offsets.push(f["offset"].as_i64().unwrap());
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("stalled reader after {} records: {other:?}", offsets.len()),
+        }
+    }
+    assert_eq!(offsets, (0..RECORDS as i64).collect::<Vec<_>>());
+    let s = stats(gw.port);
+    assert!(
+        s["slow_consumer"]["catch_up"].as_u64() >= Some(1),
+        "the stalled reader fell off the ring and caught up: {s}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
