@@ -156,7 +156,9 @@ fn patient_send(
         Ok(()) => Ok(()),
         Err(TrySendError::Closed(_)) => Err(TrySendError::Closed(())),
         Err(TrySendError::Full(event)) => {
-            match runtime.block_on(tokio::time::timeout(patience, tx.send(event))) {
+            // The timer is made inside the runtime: this thread is not one of its own.
+            let send = async { tokio::time::timeout(patience, tx.send(event)).await };
+            match runtime.block_on(send) {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) => Err(TrySendError::Closed(())),
                 Err(_) => Err(TrySendError::Full(())),
