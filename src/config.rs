@@ -237,9 +237,12 @@ pub struct ReplayConfig {
     pub max_kafka_readers: usize,
     /// Live records held per partition while a replay catches up; older ones are re-read.
     pub handoff_buffer_records: usize,
-    /// Bytes of recent records kept in memory per partition: the window whole-topic readers
-    /// read live records from, and the memory tier of replay (0 turns it off).
+    /// Bytes of recent records kept in memory per partition: the memory tier of replay, and
+    /// the window of readers with `live_from_ring` (0 turns it off).
     pub ring_bytes_per_partition: usize,
+    /// Whole-topic `catch_up` subscriptions read live records from the ring by position
+    /// instead of having them pushed to their outbox (experimental; see docs/architecture.md).
+    pub live_from_ring: bool,
 }
 
 /// Durable sessions (positions in RocksDB).
@@ -398,7 +401,8 @@ impl Default for ReplayConfig {
         ReplayConfig {
             max_kafka_readers: 16,
             handoff_buffer_records: 10_000,
-            ring_bytes_per_partition: 16 * 1024 * 1024,
+            ring_bytes_per_partition: 4 * 1024 * 1024,
+            live_from_ring: false,
         }
     }
 }

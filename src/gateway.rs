@@ -171,6 +171,7 @@ impl Gateway {
             });
         }
         let router = Arc::new(Router::new(specs, config.replay.ring_bytes_per_partition));
+        router.set_live_from_ring(config.replay.live_from_ring);
         // Before ingest: the load reads up to the live start that ingest begins at.
         crate::kafka::snapshot::spawn_load(&config, router.clone())?;
         // The embedded broker charges for every fetch: while no client subscribes, fetch
@@ -190,9 +191,10 @@ impl Gateway {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let admission = crate::limits::Admission::new(&config.limits);
         let producer = match config.publish.enabled {
-            true => {
-                Some(crate::kafka::producer::Producer::new(&config).map_err(StartError::Producer)?)
-            }
+            true => Some(
+                crate::kafka::producer::Producer::for_publish(&config)
+                    .map_err(StartError::Producer)?,
+            ),
             false => None,
         };
         let services = Arc::new(Services {

@@ -93,7 +93,11 @@ pub async fn deliver_each(
 
 /// Runs the scenario; returns the summary rows.
 pub async fn run_fanout(opts: &FanoutOptions) -> anyhow::Result<Vec<Row>> {
-    let dir = tempfile::tempdir()?;
+    let mut dir = tempfile::tempdir()?;
+    if std::env::var_os("KGATE_BENCH_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("keeping {}", dir.path().display());
+    }
     let (broker, bootstrap) = super::procs::broker(dir.path())?;
     let (topic, bridge_topic, centrifugo_topic) = (
         "bench-fanout",

@@ -52,6 +52,10 @@ impl Connection {
                 continue;
             }
             if self.pull_more {
+                // Other connections first: while its socket takes writes, nothing here
+                // waits, and one reader could otherwise take the whole ring in one turn
+                // while thousands of others wait for theirs.
+                tokio::task::yield_now().await;
                 self.pull();
                 continue;
             }

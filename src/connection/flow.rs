@@ -289,11 +289,15 @@ mod tests {
         c.limits.slow_consumer_grace_ms = 200;
     }
 
-    /// `catch_up`, whole topic: a client that stops reading keeps its place in the ring
-    /// (nothing is queued for it), then gets every record it missed, in order, once.
+    /// `catch_up`, whole topic, `live_from_ring`: a client that stops reading keeps its
+    /// place in the ring (nothing is queued for it), then gets every record it missed, in
+    /// order, once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_paused_reader_pulls_what_it_missed_from_the_ring() {
-        let h = Harness::new(SlowConsumerPolicy::CatchUp, small_outbox);
+        let h = Harness::new(SlowConsumerPolicy::CatchUp, |c| {
+            small_outbox(c);
+            c.replay.live_from_ring = true;
+        });
         let mut peer = h.connect();
         peer.frame("welcome").await;
         peer.send(json!({"type": "subscribe", "id": 1, "channel": TOPIC}));
@@ -310,7 +314,7 @@ mod tests {
         assert_eq!(peer.events(1).await.0, vec![500], "live again");
     }
 
-    /// `catch_up`, one key (pushed to the outbox): a client that stops reading loses its
+    /// `catch_up` (pushed to the outbox): a client that stops reading loses its
     /// place in the outbox, then gets every record it missed from the ring, in order,
     /// once, and goes live again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -204,7 +204,9 @@ mod tests {
     /// hand-off to wake the connection, are still read: the hand-off itself reads the ring.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn records_in_the_ring_at_the_hand_off_are_read_without_a_wake_up() {
-        let h = Harness::new(SlowConsumerPolicy::CatchUp, |_| {});
+        let h = Harness::new(SlowConsumerPolicy::CatchUp, |c| {
+            c.replay.live_from_ring = true
+        });
         h.publish(2_000, 50).await;
         let mut peer = h.connect();
         peer.frame("welcome").await;

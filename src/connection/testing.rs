@@ -68,6 +68,7 @@ impl Harness {
             vec![spec],
             config.replay.ring_bytes_per_partition,
         ));
+        router.set_live_from_ring(config.replay.live_from_ring);
         let offsets: Arc<dyn Offsets> = Arc::new(RouterOffsets(router.clone()));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let replay =

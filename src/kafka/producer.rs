@@ -1,5 +1,6 @@
-//! The producer behind client publishes, the demo generator and tools: every record
-//! acknowledged by all in-sync replicas, idempotently (a retry never writes twice).
+//! Producers: the one behind client publishes (every record acknowledged by all in-sync
+//! replicas, idempotently: a retry never writes twice), and a plain one for the demo
+//! generator, tools and benches.
 
 use std::time::Duration;
 
@@ -28,19 +29,31 @@ impl Producer {
         Self::with_linger(config, 5)
     }
 
+    /// The producer of what clients publish: acks from all in-sync replicas, idempotent.
+    pub fn for_publish(config: &Config) -> Result<Producer, KafkaError> {
+        let inner = Self::config(config, 5)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()?;
+        Ok(Producer { inner })
+    }
+
     /// A producer that batches for at most `linger_ms` (0 for latency measurements).
     pub fn with_linger(config: &Config, linger_ms: u32) -> Result<Producer, KafkaError> {
+        let inner = Self::config(config, linger_ms).create()?;
+        Ok(Producer { inner })
+    }
+
+    fn config(config: &Config, linger_ms: u32) -> rdkafka::ClientConfig {
         // Room for the largest publish body plus its key and headers; librdkafka's default
         // (1,000,000) refused bodies below the documented 1 MiB limit.
         let max_message = (config.publish.max_body_bytes + 65_536).max(1_000_000);
-        let inner = super::client_config(config, "producer")
+        let mut client = super::client_config(config, "producer");
+        client
             .set("linger.ms", linger_ms.to_string())
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
             .set("message.max.bytes", max_message.to_string())
-            .set("message.timeout.ms", "30000")
-            .create()?;
-        Ok(Producer { inner })
+            .set("message.timeout.ms", "30000");
+        client
     }
 
     /// Produces one record; the partition follows the key (or is chosen by librdkafka).

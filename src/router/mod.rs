@@ -5,7 +5,8 @@
 //! new subscription is given is exact: every record at or after it reaches the
 //! subscription, every record before it is the replay's job.
 //!
-//! Whole-topic subscriptions under the `catch_up` policy *pull*: dispatch only
+//! With `replay.live_from_ring` (experimental, off by default), whole-topic
+//! subscriptions under the `catch_up` policy *pull*: dispatch only
 //! wakes them, and their connection reads the partition's ring from its own
 //! position ([`TopicRoute::read`]), so a record costs nothing per subscriber until
 //! it is read, and a reader that falls off the ring catches up from Kafka. Keyed
@@ -43,6 +44,8 @@ pub struct Router {
     ready: AtomicBool,
     /// Ingest's client reports a connected broker (from its statistics, every second).
     kafka_reachable: AtomicBool,
+    /// Whole-topic `catch_up` subscriptions pull from the ring (`replay.live_from_ring`).
+    live_from_ring: AtomicBool,
 }
 
 /// One served topic: its partitions' live positions and its subscribers.
@@ -179,7 +182,13 @@ impl Router {
             ready: AtomicBool::new(false),
             // Start-up just read metadata from the cluster.
             kafka_reachable: AtomicBool::new(true),
+            live_from_ring: AtomicBool::new(false),
         }
+    }
+
+    /// Lets whole-topic `catch_up` subscriptions registered from now on pull from the ring.
+    pub fn set_live_from_ring(&self, on: bool) {
+        self.live_from_ring.store(on, Ordering::Release);
     }
 
     /// Adds partitions `route` gained in the cluster (they start at offset 0, so
@@ -256,7 +265,8 @@ impl Router {
             (Some(latest), true) => latest.lock().snapshot(channel, filter.as_deref()),
             _ => Vec::new(),
         };
-        let pulls = channel.key.is_none()
+        let pulls = self.live_from_ring.load(Ordering::Acquire)
+            && channel.key.is_none()
             && route.slow_consumer == SlowConsumerPolicy::CatchUp
             && route.ring_bytes > 0;
         let target = Target {
@@ -528,6 +538,7 @@ mod tests {
     #[test]
     fn routes_by_topic_and_key_and_tracks_live_positions() {
         let router = Router::new(vec![TopicSpec::json("prices", vec![10, 20])], 1 << 20);
+        router.set_live_from_ring(true);
         let route = router.topic("prices").unwrap();
         let all = Arc::new(Outbox::new(100, 1 << 20));
         let aapl = Arc::new(Outbox::new(100, 1 << 20));
