@@ -127,6 +127,17 @@ struct ScanState {
     open: bool,
 }
 
+impl ScanState {
+    /// True while the scan has followers; once it has none it closes, under the same
+    /// lock, so no replay joins a scan that is about to stop (it would wait forever).
+    fn keep_open(&mut self) -> bool {
+        if self.followers.is_empty() {
+            self.open = false;
+        }
+        self.open
+    }
+}
+
 type ScanKey = (Arc<str>, i32);
 
 /// Records per replay send: one wake of the connection per batch, at most this many
@@ -468,7 +479,7 @@ impl ReplayPool {
     /// Sends a batch of records to every follower that wants them; false when none remain.
     fn distribute(self: &Arc<Self>, scan: &Scan, mut batch: Vec<Arc<EncodedRecord>>) -> bool {
         let Some(last) = batch.last() else {
-            return !scan.state.lock().followers.is_empty();
+            return scan.state.lock().keep_open();
         };
         // Sent with the state unlocked: a follower slow to take its batch must not hold up
         // the replays that join this scan meanwhile (they join at or after `position`).
@@ -522,7 +533,7 @@ impl ReplayPool {
             let mut state = scan.state.lock();
             kept.append(&mut state.followers);
             state.followers = kept;
-            !state.followers.is_empty()
+            state.keep_open()
         };
         telemetry::replayed(Tier::Kafka.as_str(), sent);
         for (mut request, tx, cancel, offset) in detached {
@@ -546,7 +557,7 @@ impl ReplayPool {
         state
             .followers
             .retain(|f| !f.cancel.is_cancelled() && !f.tx.is_closed());
-        state.followers.is_empty()
+        !state.keep_open()
     }
 
     /// The partition's end: every follower learns the position the scan reached.

@@ -364,13 +364,23 @@ async fn channels_are_limited_by_claims_and_sessions_by_subject() {
     assert_eq!(status, 403, "bob cannot read alice's positions");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publish_needs_a_token_with_publish_permission() {
-    let orders = topic("publish-orders");
-    let other = topic("publish-other");
+/// Publish tests' setting: topics `orders` and `other`, a writer's token that may publish
+/// to `orders` only, and a reader (whose token may not publish) subscribed to `orders`.
+struct Publishing {
+    gw: Gateway,
+    orders: String,
+    other: String,
+    writer: String,
+    reader: String,
+    sub: Client,
+}
+
+async fn publishing(name: &str, publish_toml: &str) -> Publishing {
+    let orders = topic(&format!("{name}-orders"));
+    let other = topic(&format!("{name}-other"));
     let gw = Gateway::start(
         &[(&orders, 1), (&other, 1)],
-        &auth_toml("[publish]\nmax_body_bytes = 1024\n"),
+        &auth_toml(&format!("[publish]\n{publish_toml}")),
     );
     let writer = hs256(&claims(
         "svc",
@@ -381,6 +391,26 @@ async fn publish_needs_a_token_with_publish_permission() {
         .await
         .unwrap();
     sub.subscribe(&orders, json!("latest")).await.unwrap();
+    Publishing {
+        gw,
+        orders,
+        other,
+        writer,
+        reader,
+        sub,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_needs_a_token_with_publish_permission() {
+    let Publishing {
+        gw,
+        orders,
+        other,
+        writer,
+        reader,
+        mut sub,
+    } = publishing("publish", "max_body_bytes = 1024\n").await;
     let url = |t: &str| format!("http://127.0.0.1:{}/v1/publish/{t}?key=o-1", gw.port);
     let body = br#"{"qty": 5}"#;
     let (status, answer) = request(
@@ -460,21 +490,18 @@ async fn publish_needs_a_token_with_publish_permission() {
 /// why for every bad case, while the connection goes on; rate-limited per connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_over_the_connection_is_acknowledged_by_kafka_and_checked() {
-    let orders = topic("wspublish-orders");
-    let other = topic("wspublish-other");
-    let gw = Gateway::start(
-        &[(&orders, 1), (&other, 1)],
-        &auth_toml("[publish]\nmax_body_bytes = 1024\nmax_per_connection_per_sec = 5\n"),
-    );
-    let writer = hs256(&claims(
-        "device",
-        json!({"publish": [orders.clone()], "channels": [orders.clone()]}),
-    ));
-    let reader = hs256(&claims("app", json!({"channels": ["*"]})));
-    let mut sub = Client::connect_with_token(&gw.ws_url(), Some(&reader))
-        .await
-        .unwrap();
-    sub.subscribe(&orders, json!("latest")).await.unwrap();
+    let Publishing {
+        gw,
+        orders,
+        other,
+        writer,
+        mut sub,
+        ..
+    } = publishing(
+        "wspublish",
+        "max_body_bytes = 1024\nmax_per_connection_per_sec = 5\n",
+    )
+    .await;
     sub.until("live", Duration::from_secs(30)).await.unwrap();
     let mut device = Client::connect_with_token(&gw.ws_url(), Some(&writer))
         .await
