@@ -138,24 +138,9 @@ async fn slow_readers_stay_bounded_and_fast_readers_get_everything() {
         "the slow clients were taken off the live path: {s}"
     );
     // The slow clients start reading again: catch_up lost nothing.
-    let readers = slow.into_iter().map(|mut ws| {
-        tokio::spawn(async move {
-            let mut offsets = Vec::new();
-            while offsets.len() < RECORDS {
-                match tokio::time::timeout(WAIT, ws.next()).await {
-                    Ok(Some(Ok(Message::Text(text)))) => {
-                        let f: Value = serde_json::from_str(&text).unwrap();
-                        if f["type"] == "event" {
-                            offsets.push(f["offset"].as_i64().unwrap());
-                        }
-                    }
-                    Ok(Some(Ok(_))) => {}
-                    other => panic!("slow client after {} records: {other:?}", offsets.len()),
-                }
-            }
-            offsets
-        })
-    });
+    let readers = slow
+        .into_iter()
+        .map(|mut ws| tokio::spawn(async move { stalled_offsets(&mut ws, RECORDS).await }));
     for offsets in futures_util::future::join_all(readers).await {
         assert_eq!(
             offsets.expect("slow reader"),
@@ -191,19 +176,7 @@ async fn a_reader_that_falls_off_the_ring_catches_up_from_kafka() {
         want,
         "the reader that kept up"
     );
-    let mut offsets = Vec::new();
-    while offsets.len() < RECORDS {
-        match tokio::time::timeout(WAIT, stalled.next()).await {
-            Ok(Some(Ok(Message::Text(text)))) => {
-                let f: Value = serde_json::from_str(&text).unwrap();
-                if f["type"] == "event" {
-                    offsets.push(f["offset"].as_i64().unwrap());
-                }
-            }
-            Ok(Some(Ok(_))) => {}
-            other => panic!("stalled reader after {} records: {other:?}", offsets.len()),
-        }
-    }
+    let offsets = stalled_offsets(&mut stalled, RECORDS).await;
     assert_eq!(offsets, (0..RECORDS as i64).collect::<Vec<_>>());
     let s = stats(gw.port);
     assert!(
@@ -651,6 +624,27 @@ async fn graceful_drain_tells_clients_to_reconnect_and_loses_nothing() {
         assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "no gap");
     }
     assert_eq!(events.len(), 100, "nothing lost, nothing repeated");
+}
+
+/// The offsets of the next `n` events a stalled subscriber reads once it reads again.
+async fn stalled_offsets(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    n: usize,
+) -> Vec<i64> {
+    let mut offsets = Vec::new();
+    while offsets.len() < n {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                let f: Value = serde_json::from_str(&text).unwrap();
+                if f["type"] == "event" {
+                    offsets.push(f["offset"].as_i64().unwrap());
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("stalled reader after {} records: {other:?}", offsets.len()),
+        }
+    }
+    offsets
 }
 
 /// A subscriber that has stopped reading, with a small receive buffer so the gateway feels it.
