@@ -8,8 +8,10 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+mod mqtt;
 mod security;
 mod topics;
+pub use mqtt::MqttConfig;
 pub use security::{AuthConfig, AuthMode, KeyAlgorithm, KeyConfig, PublishConfig, TlsConfig};
 pub use topics::{
     DecodeFailurePolicy, MAX_RATE, MIN_RATE, PayloadFormat, SchemaRegistryConfig,
@@ -92,6 +94,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub auth: AuthConfig,
     pub publish: PublishConfig,
+    pub mqtt: MqttConfig,
     pub poll: PollConfig,
     pub kafka: KafkaConfig,
     pub embedded_broker: EmbeddedBrokerConfig,
@@ -318,6 +321,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             publish: PublishConfig::default(),
+            mqtt: MqttConfig::default(),
             poll: PollConfig::default(),
             kafka: KafkaConfig::default(),
             embedded_broker: EmbeddedBrokerConfig::default(),
@@ -463,6 +467,7 @@ impl Config {
     pub fn demo_defaults() -> Config {
         let mut config = Config::default();
         config.auth.mode = AuthMode::None;
+        config.mqtt.listen = Some(SocketAddr::new(config.server.listen.ip(), 1883));
         config
     }
 
@@ -695,6 +700,7 @@ impl Config {
             ));
         }
         self.validate_security()?;
+        self.validate_mqtt()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",

@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod kafka;
 pub mod limits;
 pub mod logging;
+pub mod mqtt;
 pub mod publish;
 pub mod router;
 pub mod session;

@@ -25,6 +25,10 @@ pub struct Args {
     /// Stop after this many seconds (default: run until interrupted).
     #[arg(long)]
     duration_secs: Option<u64>,
+    /// The devices publish their readings over MQTT to this gateway listener
+    /// (`mqtt.listen`, plain TCP) instead of producing to Kafka.
+    #[arg(long, value_name = "HOST:PORT")]
+    mqtt: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -39,6 +43,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         devices: args.devices,
         readings_per_device: args.readings_per_device,
         duration: args.duration_secs.map(Duration::from_secs),
+        mqtt: args.mqtt,
         ..DemoOptions::default()
     };
     eprintln!(

@@ -45,6 +45,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Bind first: a port already in use is the most common startup error.
     let listener = bind(listen, config.server.listen_backlog)
         .with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
+    let mqtt_listener = match config.mqtt.listen {
+        Some(addr) => Some(
+            bind(addr, config.server.listen_backlog)
+                .with_context(|| format!("cannot listen on {addr} (mqtt.listen)"))?,
+        ),
+        None => None,
+    };
     let running = tokio::select! {
         r = Gateway::start(config) => r?,
         _ = super::termination() => return Ok(()),
@@ -56,17 +63,55 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         scheme.0,
         scheme.1
     );
+    if let Some(listener) = mqtt_listener {
+        let addr = listener.local_addr().unwrap_or(listen);
+        tracing::info!(
+            "MQTT listening on {}://{addr}",
+            if tls.is_some() { "mqtts" } else { "mqtt" }
+        );
+        let front = kgate::mqtt::Front::new(gateway.services.clone());
+        let pending = gateway.services.config.server.max_http_connections;
+        tokio::spawn(kgate::mqtt::tcp::serve_tcp(
+            listener,
+            tls.clone(),
+            front,
+            pending,
+            gateway.services.shutdown.clone(),
+        ));
+    }
     if args.demo {
         let producer =
             Producer::new(&gateway.services.config).context("cannot create the demo producer")?;
+        // The devices publish over MQTT to this gateway (an unspecified address is this host).
+        let mqtt = match (&tls, gateway.services.config.mqtt.listen) {
+            (None, Some(mut addr)) => {
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                Some(addr)
+            }
+            _ => None,
+        };
+        let options = DemoOptions {
+            mqtt,
+            ..DemoOptions::default()
+        };
         tokio::spawn(async move {
-            if let Err(e) = demo::run(producer, DemoOptions::default()).await {
+            if let Err(e) = demo::run(producer, options).await {
                 tracing::error!(error = %e, "demo producer stopped");
             }
         });
-        tracing::info!(
-            "producing demo data to topics prices and telemetry; try: kgate tail prices:AAPL"
-        );
+        match mqtt {
+            Some(addr) => tracing::info!(
+                "producing demo data: prices to Kafka, telemetry from 8 devices over MQTT ({addr}); \
+                 try: kgate tail prices:AAPL, or mosquitto_sub -h {} -p {} -t 'telemetry/#' -v",
+                addr.ip(),
+                addr.port()
+            ),
+            None => tracing::info!(
+                "producing demo data to topics prices and telemetry; try: kgate tail prices:AAPL"
+            ),
+        }
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(kgate::transport::http::serve(

@@ -2,6 +2,8 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use std::sync::OnceLock;
+
 use bytes::Bytes;
 use serde::Serialize;
 use serde::ser::SerializeMap;
@@ -37,6 +39,19 @@ pub struct EncodedRecord {
     pub binary: Option<Bytes>,
     /// The complete `event` frame (JSON text), shared by every recipient.
     pub frame: Frame,
+    /// The value as protocols without frames carry it (MQTT), made by the first such recipient.
+    payload: OnceLock<Payload>,
+}
+
+/// A record's value on its own, for protocols that carry bare payloads (MQTT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// The value: JSON text, or the raw bytes of a binary value.
+    Value(Bytes),
+    /// A tombstone (empty).
+    Deleted,
+    /// The record is a `skipped` notice: its frame is the payload.
+    Skipped(Bytes),
 }
 
 impl EncodedRecord {
@@ -50,7 +65,38 @@ impl EncodedRecord {
             deleted: false,
             binary: None,
             frame,
+            payload: OnceLock::new(),
         }
+    }
+
+    /// The record's value without the frame around it, decoded once and shared.
+    pub fn payload(&self) -> &Payload {
+        self.payload.get_or_init(|| {
+            #[derive(serde::Deserialize)]
+            struct Parts<'a> {
+                #[serde(rename = "type")]
+                kind: &'a str,
+                #[serde(borrow)]
+                data: Option<&'a RawValue>,
+                data_b64: Option<&'a str>,
+            }
+            // The frame was encoded here, so it parses; a failure would leave the value empty.
+            let Ok(parts) = serde_json::from_str::<Parts>(&self.frame) else {
+                return Payload::Deleted;
+            };
+            let frame = Bytes::from(self.frame.clone());
+            if parts.kind != "event" {
+                return Payload::Skipped(frame);
+            }
+            match (parts.data, parts.data_b64) {
+                // A slice of the shared frame: no copy.
+                (Some(json), _) => Payload::Value(frame.slice_ref(json.get().as_bytes())),
+                (None, Some(b64)) => BASE64
+                    .decode(b64)
+                    .map_or(Payload::Deleted, |v| Payload::Value(v.into())),
+                (None, None) => Payload::Deleted,
+            }
+        })
     }
 
     /// The value of header `name` (the first, if repeated); `Some(None)` for a null value.
@@ -227,6 +273,29 @@ mod tests {
         );
         // Verbatim: the payload's own spacing survives.
         assert!(frame.contains(r#"{"price": 101.5}"#));
+    }
+
+    #[test]
+    fn payload_is_the_value_without_its_frame() {
+        let record = |frame: Frame| EncodedRecord::new(meta(), None, frame);
+        let json = Data::Verbatim(serde_json::from_str(r#"{"price": 101.5}"#).unwrap());
+        let frame = encode_event(&meta(), None, Some(b"AAPL"), &[], &json);
+        assert_eq!(
+            record(frame).payload(),
+            &Payload::Value(Bytes::from_static(br#"{"price": 101.5}"#))
+        );
+        let frame = encode_event(&meta(), None, None, &[], &Data::Bytes(&[0, 255]));
+        assert_eq!(
+            record(frame).payload(),
+            &Payload::Value(Bytes::from_static(&[0, 255]))
+        );
+        let frame = encode_event(&meta(), None, None, &[], &Data::Deleted);
+        assert_eq!(record(frame).payload(), &Payload::Deleted);
+        let notice = skipped_frame("prices", 2, 41, "record_too_large", json!({"bytes": 9}));
+        assert!(matches!(
+            record(notice.into()).payload(),
+            Payload::Skipped(_)
+        ));
     }
 
     #[test]

@@ -10,6 +10,32 @@ use crate::stats::stats;
 impl Connection {
     /// Executes one command (JSON text); `Err` when the connection must close.
     pub(super) async fn on_command(&mut self, text: &str) -> Result<(), End> {
+        if !self.admit_command()? {
+            return Ok(());
+        }
+        let ws = &self.services.config.websocket;
+        let max = protocol::Limits {
+            command: ws.max_command_bytes,
+            publish: ws.max_message_bytes,
+        };
+        match protocol::parse_command(text, max) {
+            Err(e) => self.error(e.id.as_ref(), e.code, &e.message),
+            Ok(command) => self.execute(command).await,
+        }
+        Ok(())
+    }
+
+    /// Executes a command a front end parsed itself; rate limited like JSON commands.
+    pub(super) async fn on_parsed(&mut self, command: Command) -> Result<(), End> {
+        if self.admit_command()? {
+            self.execute(command).await;
+        }
+        Ok(())
+    }
+
+    /// The per-connection command rate limit: `Ok(false)` refuses this command,
+    /// `Err` closes a connection that keeps flooding.
+    fn admit_command(&mut self) -> Result<bool, End> {
         // Every command counts, acks too: a client acks cumulatively, per partition, not per event.
         let limits = &self.services.config.limits;
         if self.commands.check().is_err() {
@@ -25,27 +51,25 @@ impl Connection {
                 limits.commands_per_sec
             );
             self.error(None, ErrorCode::RateLimited, message);
-            return Ok(());
+            return Ok(false);
         }
         self.rate_limited_streak = 0;
-        let ws = &self.services.config.websocket;
-        let max = protocol::Limits {
-            command: ws.max_command_bytes,
-            publish: ws.max_message_bytes,
-        };
-        match protocol::parse_command(text, max) {
-            Err(e) => self.error(e.id.as_ref(), e.code, &e.message),
-            Ok(Command::Ping { id }) => self.push(ServerFrame::Pong { id }),
-            Ok(Command::Attach { id, session }) => self.attach(id, session).await,
-            Ok(Command::Auth { id, token }) => self.refresh_token(id.as_ref(), &token),
-            Ok(Command::Publish { id, publication }) => self.publish(id, publication),
-            Ok(Command::Ack {
+        Ok(true)
+    }
+
+    async fn execute(&mut self, command: Command) {
+        match command {
+            Command::Ping { id } => self.push(ServerFrame::Pong { id }),
+            Command::Attach { id, session } => self.attach(id, session).await,
+            Command::Auth { id, token } => self.refresh_token(id.as_ref(), &token),
+            Command::Publish { id, publication } => self.publish(id, publication),
+            Command::Ack {
                 id,
                 topic,
                 partition,
                 offset,
-            }) => self.ack(id.as_ref(), &topic, partition, offset),
-            Ok(Command::Unsubscribe { id, channel }) => {
+            } => self.ack(id.as_ref(), &topic, partition, offset),
+            Command::Unsubscribe { id, channel } => {
                 if self.remove_subscription(&channel) {
                     self.forget(&channel).await;
                     self.push(ServerFrame::Unsubscribed { id, channel });
@@ -57,13 +81,13 @@ impl Connection {
                     );
                 }
             }
-            Ok(Command::Subscribe {
+            Command::Subscribe {
                 id,
                 channel,
                 from,
                 options,
                 snapshot,
-            }) => {
+            } => {
                 if let Err(e) = self
                     .subscribe(id.clone(), &channel, from, options, snapshot)
                     .await
@@ -77,7 +101,6 @@ impl Connection {
         } else {
             None
         };
-        Ok(())
     }
 }
 

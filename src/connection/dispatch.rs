@@ -79,9 +79,23 @@ impl Connection {
                                 break end;
                             }
                         }
+                        Inbound::Parsed(command) => {
+                            if let Err(end) = Box::pin(self.on_parsed(command)).await {
+                                break end;
+                            }
+                        }
+                        Inbound::Acked(acked) => {
+                            for a in acked {
+                                self.ack(None, &a.topic, a.partition, a.offset);
+                            }
+                        }
                         Inbound::Binary => self.error(None, ErrorCode::BinaryNotSupported,
                             "binary frames carry no commands in protocol v1; send JSON text"),
                         Inbound::Alive => {}
+                        Inbound::ProtocolError(why) => {
+                            tracing::info!(conn, %why, "closing: protocol error");
+                            break End::Close(CloseCode::ProtocolError);
+                        }
                         Inbound::TooBig { size, max } => {
                             tracing::info!(conn, size, max, "closing: inbound message too big");
                             stats().oversize_messages_closed.add(1);
@@ -110,7 +124,7 @@ impl Connection {
                         stats().heartbeat_timeouts.add(1);
                         break End::Close(CloseCode::HeartbeatTimeout);
                     }
-                    if self.idle_since.is_some_and(|t| now.duration_since(t) > Duration::from_secs(hb.idle_timeout_secs)) {
+                    if L::CLOSES_IDLE && self.idle_since.is_some_and(|t| now.duration_since(t) > Duration::from_secs(hb.idle_timeout_secs)) {
                         tracing::info!(conn, "closing: idle without subscriptions");
                         stats().idle_timeouts.add(1);
                         break End::Close(CloseCode::IdleTimeout);
@@ -181,7 +195,7 @@ impl Connection {
 
     /// Writes every pending frame, then flushes once.
     async fn flush<L: Link>(&mut self, link: &mut L) -> Result<(), End> {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && !link.has_output() {
             return Ok(());
         }
         let timeout = Duration::from_secs(self.services.config.websocket.write_timeout_secs);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::protocol::{CloseCode, ErrorCode};
+use crate::session::subscription::Options;
 
 /// A server frame other than an event, in the order the connection sends it.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,12 +46,13 @@ pub enum ServerFrame {
     },
     /// The reply to an unsubscribe.
     Unsubscribed { id: Option<Value>, channel: String },
-    /// The reply to `attach`: the session and the subscriptions being resumed.
+    /// The reply to `attach`: the session and the subscriptions being resumed (with
+    /// their options, for front ends that map them to their own protocol).
     Attached {
         id: Option<Value>,
         session: String,
         resumed: bool,
-        subscriptions: Vec<String>,
+        subscriptions: Vec<(String, Options)>,
     },
     /// The reply to an accepted `auth` command.
     Authenticated {
@@ -129,7 +131,7 @@ impl ServerFrame {
                 subscriptions,
             } => (
                 json!({"type": "attached", "session": session, "resumed": resumed,
-                       "subscriptions": subscriptions}),
+                       "subscriptions": subscriptions.iter().map(|(c, _)| c).collect::<Vec<_>>()}),
                 id.as_ref(),
             ),
             ServerFrame::Authenticated { id, expires_at } => (

@@ -27,14 +27,29 @@ pub enum Outbound {
 pub enum Inbound {
     /// A command (JSON text).
     Command(String),
+    /// A command a front end already parsed from its own wire format (MQTT).
+    Parsed(crate::connection::protocol::Command),
+    /// Records the client acknowledged as a front end's own protocol flow (MQTT PUBACK),
+    /// not a command of the client's: exempt from the command rate limit.
+    Acked(Vec<Acked>),
     /// A binary message, which carries no command in protocol v1.
     Binary,
     /// A message over the inbound size limit.
     TooBig { size: usize, max: usize },
+    /// The client broke its protocol's rules; the link knows what to tell it at close.
+    ProtocolError(String),
     /// Something that only shows the peer is alive (a pong).
     Alive,
     /// The client went away.
     Gone,
+}
+
+/// The highest offset acknowledged on one partition (cumulative, as `ack` is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acked {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
 }
 
 /// Why a send failed.
@@ -48,6 +63,9 @@ pub trait Link: Send {
     /// True when the peer answers pings, so silence means it is gone (WebSocket);
     /// otherwise a vanished peer shows as a failed send.
     const ANSWERS_PINGS: bool;
+    /// True when a connection without subscriptions is closed after
+    /// `heartbeat.idle_timeout_secs`; false for protocols whose clients may only publish.
+    const CLOSES_IDLE: bool = true;
     /// The next thing from the client. Transports without commands resolve only with `Gone`.
     fn recv(&mut self) -> impl Future<Output = Inbound> + Send;
     /// Writes `batch` in order (taking it, leaving the buffer empty) and flushes it.
@@ -55,6 +73,11 @@ pub trait Link: Send {
     /// The protocol the client speaks, named in the `welcome` frame.
     fn protocol(&self) -> &'static str {
         crate::connection::protocol::SUBPROTOCOL
+    }
+    /// True when the link has output of its own (replies to its protocol's control
+    /// packets) that the next `send` writes, even with nothing else to send.
+    fn has_output(&self) -> bool {
+        false
     }
     /// Bytes an event takes on this transport (for the delivered-bytes metric).
     fn event_bytes(&self, record: &EncodedRecord) -> usize {

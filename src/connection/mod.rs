@@ -40,7 +40,7 @@ use tokio::sync::{Notify, mpsc};
 use tracing::Instrument;
 
 pub use frame::ServerFrame;
-pub use link::{Gone, Inbound, Link, Outbound};
+pub use link::{Acked, Gone, Inbound, Link, Outbound};
 pub use services::Services;
 
 use crate::auth::Identity;

@@ -110,6 +110,8 @@ impl ErrorCode {
 pub enum CloseCode {
     /// 1001: the gateway is shutting down; reconnect (to another node).
     GoingAway,
+    /// 1002: the client broke its protocol's rules (MQTT: a malformed or unexpected packet).
+    ProtocolError,
     /// 1009: an inbound message exceeded `websocket.max_message_bytes`.
     MessageTooBig,
     /// 1011: an internal error ended the connection.
@@ -141,6 +143,7 @@ impl CloseCode {
     pub fn code(self) -> u16 {
         match self {
             CloseCode::GoingAway => 1001,
+            CloseCode::ProtocolError => 1002,
             CloseCode::MessageTooBig => 1009,
             CloseCode::InternalError => 1011,
             CloseCode::TokenExpired => 4001,
@@ -157,6 +160,7 @@ impl CloseCode {
     pub fn name(self) -> &'static str {
         match self {
             CloseCode::GoingAway => "going_away",
+            CloseCode::ProtocolError => "protocol_error",
             CloseCode::MessageTooBig => "message_too_big",
             CloseCode::InternalError => "internal_error",
             CloseCode::TokenExpired => "token_expired",
@@ -173,6 +177,7 @@ impl CloseCode {
     pub fn reason(self) -> &'static str {
         match self {
             CloseCode::GoingAway => "server shutting down; reconnect",
+            CloseCode::ProtocolError => "protocol error",
             CloseCode::MessageTooBig => "message too big",
             CloseCode::InternalError => "internal error",
             CloseCode::TokenExpired => "token expired; reconnect with a fresh token",
@@ -452,6 +457,7 @@ pub fn parse_command(text: &str, limits: Limits) -> Result<Command, CommandError
                 options: Options {
                     max_rate: f.max_rate,
                     filter,
+                    qos: 0,
                 },
                 snapshot: f.snapshot,
             })

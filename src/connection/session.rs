@@ -44,10 +44,10 @@ impl Connection {
         tracing::debug!(conn = self.guard.id, session = %scoped, "session attached");
         tracing::Span::current().record("session", scoped.as_str());
         self.session = Some((scoped, kick));
-        let channels: Vec<String> = record
+        let channels = record
             .subscriptions
             .iter()
-            .map(|s| s.channel.clone())
+            .map(|s| (s.channel.clone(), s.options.clone()))
             .collect();
         self.push(ServerFrame::Attached {
             id,

@@ -25,6 +25,14 @@ pub struct Options {
     /// Only records whose headers match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<Arc<HeaderFilter>>,
+    /// The MQTT QoS granted (0 or 1), kept so a resumed MQTT session delivers as
+    /// subscribed; the WebSocket protocol leaves it 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub qos: u8,
+}
+
+fn is_zero(qos: &u8) -> bool {
+    *qos == 0
 }
 
 /// A partition's delivery state.

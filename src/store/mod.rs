@@ -724,6 +724,7 @@ mod tests {
             let options = Options {
                 max_rate: Some(2.5),
                 filter: None,
+                qos: 1,
             };
             store
                 .add_subscription("alice", "prices:AAPL", &options, &[Some(5), Some(7)])
@@ -747,7 +748,8 @@ mod tests {
                 channel: "prices:AAPL".into(),
                 options: Options {
                     max_rate: Some(2.5),
-                    filter: None
+                    filter: None,
+                    qos: 1,
                 },
                 positions: vec![Some(9), Some(7)],
             }]

@@ -122,6 +122,20 @@ pub fn routes(
         }))
         .into_response()
     });
+    // MQTT over WebSocket; with `mqtt.enabled = false` the path is not served (404).
+    let mqtt = {
+        let enabled = gateway.services.config.mqtt.enabled;
+        let front = crate::mqtt::Front::new(gateway.services.clone());
+        warp::any()
+            .and_then(move || async move {
+                match enabled {
+                    true => Ok::<_, warp::Rejection>(()),
+                    false => Err(warp::reject::not_found()),
+                }
+            })
+            .untuple_one()
+            .and(crate::transport::ws::mqtt::route(gateway.clone(), front))
+    };
     let index = warp::path::end()
         .and(warp::get())
         .map(|| static_file(DEMO_PAGE, "text/html; charset=utf-8"))
@@ -153,6 +167,8 @@ pub fn routes(
         .or(crate::transport::sse::route(gateway.clone()))
         .unify()
         .or(crate::transport::poll::route(gateway.clone()))
+        .unify()
+        .or(mqtt)
         .unify()
         .or(crate::transport::ws::route(gateway))
         .unify()

@@ -3,16 +3,12 @@
 //   node tests/browser/run.mjs <gateway base URL> <prices topic> <telemetry topic> <artifact dir>
 // Exits 0 when every check passed; prints one line per check.
 import { chromium } from "playwright-core";
+import { fail, waitFor } from "./util.mjs";
 import { mkdirSync } from "node:fs";
 
 const [base, prices, telemetry, artifacts] = process.argv.slice(2);
 const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
 let symbolSeq = 0;
-
-function fail(message) {
-  console.error("FAIL: " + message);
-  process.exit(1);
-}
 
 /** Publishes `n` ticker records through the gateway; returns "partition:offset" of each. */
 async function publish(n) {
@@ -35,16 +31,6 @@ async function publish(n) {
 async function received(page) {
   return page.evaluate((topic) =>
     window.kgateEvents.filter((e) => e[0] === topic).map((e) => `${e[1]}:${e[2]}`), prices);
-}
-
-async function waitFor(what, fn, ms = 30000) {
-  const until = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > until) fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 async function openDemo(browser, query, init) {

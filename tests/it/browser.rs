@@ -6,18 +6,11 @@
 //! the demo page as an artifact.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use crate::harness::*;
 
 #[test]
 fn sdk_and_demo_page_in_chromium() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let browser_dir = root.join("tests/browser");
-    assert!(
-        browser_dir.join("node_modules/playwright-core").exists(),
-        "playwright-core is not installed: run .ci/setup-tests (npm ci in tests/browser)"
-    );
     let prices = topic("browser-prices");
     let telemetry = topic("browser-telemetry");
     // Prices keeps a snapshot, for the board that opens mid-session.
@@ -25,26 +18,9 @@ fn sdk_and_demo_page_in_chromium() {
         &[(&telemetry, 1)],
         &format!("[[topics]]\nname = \"{prices}\"\npartitions = 3\nsnapshot = true\n\n"),
     );
-    let artifacts = root.join("tests/browser/artifacts");
-    let out = Command::new("node")
-        .arg(browser_dir.join("run.mjs"))
-        .arg(format!("http://127.0.0.1:{}", gw.port))
-        .args([&prices, &telemetry])
-        .arg(&artifacts)
-        .current_dir(&browser_dir)
-        .output()
-        .expect("run node (install it with .ci/setup-tests)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stdout}{stderr}");
-    assert!(
-        out.status.success(),
-        "browser checks failed:\n{stdout}\n{stderr}"
-    );
-    assert_eq!(
-        stdout.lines().filter(|l| l.starts_with("ok:")).count(),
-        14,
-        "{stdout}"
-    );
+    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/artifacts");
+    let base = format!("http://127.0.0.1:{}", gw.port);
+    let args = [base, prices, telemetry, artifacts.display().to_string()];
+    browser_checks("run.mjs", &args, 14);
     assert!(artifacts.join("demo-page.png").exists(), "screenshot saved");
 }

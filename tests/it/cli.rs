@@ -13,10 +13,12 @@ fn serve_with_embedded_broker_and_demo_data_is_tailed() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let broker_port = free_port();
+    let mqtt_port = free_port();
     let gw = Proc::spawn(
         &["serve", "--demo", "--exit-on-stdin-eof"],
         &[
             ("KGATE_SERVER__LISTEN", format!("127.0.0.1:{port}")),
+            ("KGATE_MQTT__LISTEN", format!("127.0.0.1:{mqtt_port}")),
             (
                 "KGATE_SERVER__DATA_DIR",
                 dir.path().join("data").display().to_string(),
@@ -91,7 +93,33 @@ fn serve_with_embedded_broker_and_demo_data_is_tailed() {
         assert_eq!(e["key"], "AAPL");
         assert!(e["data"]["price"].as_f64().is_some(), "{e}");
     }
+    // The demo's devices publish over MQTT (device → kgate → Kafka → kgate): an MQTT
+    // client tails them, and what they sent counts as published through the gateway.
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &mqtt_port.to_string()])
+        .args(["-t", "telemetry/#", "-v", "-C", "3", "-W", "30"])
+        .output()
+        .expect("run mosquitto_sub (install it with .ci/setup-tests)");
+    let readings = lines(&out.stdout);
+    assert_eq!(readings.len(), 3, "{readings:?}");
+    for line in &readings {
+        let (topic, payload) = line.split_once(' ').expect("topic and payload");
+        assert!(topic.starts_with("telemetry/device-"), "{line}");
+        let reading: Value = serde_json::from_str(payload).expect("JSON reading");
+        assert!(reading["temperature"].as_f64().is_some(), "{line}");
+    }
+    let (_, metrics) = http_get(port, "/metrics").expect("metrics");
+    let published = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kgate_published_records_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        published > 0.0,
+        "the devices published nothing through kgate"
+    );
     let log = gw.log_text();
+    assert!(log.contains("telemetry from 8 devices over MQTT"), "{log}");
     assert!(log.contains("embedded development broker started"), "{log}");
     assert!(log.contains("For development only"), "{log}");
     assert!(

@@ -212,6 +212,8 @@ pub fn producer() -> Producer {
 pub struct Gateway {
     pub proc: Proc,
     pub port: u16,
+    /// The MQTT TCP listener (`mqtt.listen`).
+    pub mqtt_port: u16,
     pub dir: tempfile::TempDir,
     restarts: u32,
 }
@@ -245,7 +247,15 @@ impl Gateway {
                 "[[topics]]\nname = \"{name}\"\npartitions = {partitions}\n\n"
             ));
         }
-        toml.push_str(extra);
+        let mqtt_port = free_port();
+        let mqtt = format!("[mqtt]\nlisten = \"127.0.0.1:{mqtt_port}\"\n");
+        match extra.contains("[mqtt]\n") {
+            true => toml.push_str(&extra.replace("[mqtt]\n", &mqtt)),
+            false => {
+                toml.push_str(extra);
+                toml.push_str(&format!("\n{mqtt}"));
+            }
+        }
         if !extra.contains("[auth]") {
             toml.push_str("\n[auth]\nmode = \"none\"\n");
         }
@@ -258,6 +268,7 @@ impl Gateway {
         let gw = Gateway {
             proc,
             port,
+            mqtt_port,
             dir,
             restarts: 0,
         };
@@ -490,4 +501,30 @@ pub async fn produce_paced(
         tokio::time::sleep(pause).await;
     }
     ends
+}
+
+/// Runs `tests/browser/<script>` with node (it drives Debian's chromium) and checks that
+/// it succeeded with `checks` lines starting `ok:`.
+pub fn browser_checks(script: &str, args: &[String], checks: usize) {
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists()
+            && browser_dir.join("node_modules/mqtt").exists(),
+        "playwright-core or mqtt is not installed: run .ci/setup-tests (npm ci in tests/browser)"
+    );
+    let out = Command::new("node")
+        .arg(browser_dir.join(script))
+        .args(args)
+        .current_dir(&browser_dir)
+        .output()
+        .expect("run node (install it with .ci/setup-tests)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}{stderr}");
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("ok:")).count(),
+        checks,
+        "{stdout}"
+    );
 }

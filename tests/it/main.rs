@@ -10,6 +10,7 @@ mod fuzz;
 mod harness;
 mod hostile;
 mod http_transports;
+mod mqtt;
 mod observability;
 mod payloads;
 mod protection;

@@ -3,7 +3,9 @@
 //! connection logic shared by every transport in [`crate::connection`].
 
 mod link;
+pub mod mqtt;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -23,7 +25,7 @@ use crate::transport::reply::error_reply as refuse;
 use link::WsLink;
 
 /// The server side of one upgraded WebSocket.
-type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// `GET /v1/ws`: the WebSocket endpoint.
 pub fn route(
@@ -44,7 +46,8 @@ pub fn route(
         )
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+/// A header's value as text, empty when absent or not text.
+pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -123,6 +126,26 @@ fn upgrade_to(
     ticket: crate::limits::Ticket,
     identity: Identity,
 ) -> warp::reply::Response {
+    let binary = protocol == Some(BINARY_SUBPROTOCOL);
+    let services = gateway.services.clone();
+    accept(&gateway, key, protocol, upgrade, move |socket| {
+        Connection::new(services, remote, ticket, identity).run(WsLink { socket, binary })
+    })
+}
+
+/// Answers a checked upgrade request with 101 and, once hyper hands over the socket,
+/// spawns `serve` on it (also for MQTT over WebSocket).
+pub fn accept<F, Fut>(
+    gateway: &Gateway,
+    key: &str,
+    protocol: Option<&'static str>,
+    upgrade: OnUpgrade,
+    serve: F,
+) -> warp::reply::Response
+where
+    F: FnOnce(Socket) -> Fut + Send + 'static,
+    Fut: Future<Output: Send> + Send + 'static,
+{
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut response = warp::reply::Response::default();
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -135,7 +158,6 @@ fn upgrade_to(
     if let Some(protocol) = protocol {
         h.insert("sec-websocket-protocol", HeaderValue::from_static(protocol));
     }
-    let binary = protocol == Some(BINARY_SUBPROTOCOL);
     let ws = &gateway.services.config.websocket;
     // tungstenite's defaults hold 128 KiB per connection; these keep idle connections small.
     let config = WebSocketConfig::default()
@@ -159,10 +181,7 @@ fn upgrade_to(
                 )
                 .await;
                 // A task of its own: this one (and the upgrade's state it holds) ends here.
-                tokio::spawn(
-                    Connection::new(gateway.services.clone(), remote, ticket, identity)
-                        .run(WsLink { socket, binary }),
-                );
+                tokio::spawn(serve(socket));
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
