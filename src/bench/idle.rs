@@ -84,7 +84,7 @@ pub async fn run_idle(opts: &IdleOptions) -> anyhow::Result<Vec<Row>> {
 }
 
 /// Growth of `rss` per connection while `opts.clients` connections to `target` are held.
-async fn measure(
+pub(super) async fn measure(
     dir: &std::path::Path,
     target: &Target,
     opts: &IdleOptions,
@@ -113,6 +113,7 @@ fn target_name(target: &Target) -> &'static str {
         Target::Kgate { .. } => "kgate",
         Target::Centrifugo { .. } => "Centrifugo",
         Target::Plain { .. } => "baseline",
+        Target::Mqtt { .. } => "kgate MQTT",
     }
 }
 
@@ -129,6 +130,7 @@ async fn hold(
         Target::Kgate { url, channels } => (url, channels.first().cloned(), false),
         Target::Centrifugo { url, channel } => (url, Some(channel.clone()), true),
         Target::Plain { url } => (url, None, false),
+        Target::Mqtt { url, filter, .. } => (url, Some(filter.clone()), false),
     };
     let mut children = Vec::new();
     let mut outputs = Vec::new();
@@ -183,6 +185,11 @@ pub async fn run_hold(
         (Some(channel), true) => Target::Centrifugo {
             url: url.to_string(),
             channel: channel.to_string(),
+        },
+        (Some(filter), false) if url.starts_with("mqtt://") => Target::Mqtt {
+            url: url.to_string(),
+            filter: filter.to_string(),
+            qos: 0,
         },
         (Some(channel), false) => Target::kgate(url, channel),
         (None, _) => Target::Plain {

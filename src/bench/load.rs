@@ -1,6 +1,7 @@
 //! The load client every scenario uses, for kgate and for the baselines alike:
 //! one WebSocket per client, optionally bound to a chosen loopback address,
-//! counting the messages that carry a record.
+//! counting the messages that carry a record; or one MQTT connection
+//! ([`super::mqtt::MqttClient`]) for kgate's MQTT front end.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use super::mqtt::MqttClient;
 use super::progress;
 use kgate::connection::protocol::SUBPROTOCOL;
 
@@ -28,6 +30,12 @@ pub enum Target {
     /// Centrifugo's JSON protocol: connect, subscribe to `channel`, count publications
     /// (several may share a frame, one per line) and answer its pings.
     Centrifugo { url: String, channel: String },
+    /// kgate's MQTT listener (`mqtt://ip:port`): subscribe to `filter` at `qos`, count PUBLISHes.
+    Mqtt {
+        url: String,
+        filter: String,
+        qos: u8,
+    },
 }
 
 impl Target {
@@ -41,9 +49,10 @@ impl Target {
 
     fn url(&self) -> &str {
         match self {
-            Target::Kgate { url, .. } | Target::Plain { url } | Target::Centrifugo { url, .. } => {
-                url
-            }
+            Target::Kgate { url, .. }
+            | Target::Plain { url }
+            | Target::Centrifugo { url, .. }
+            | Target::Mqtt { url, .. } => url,
         }
     }
 }
@@ -66,16 +75,62 @@ enum Speaks {
 }
 
 /// One connected load client.
-pub struct LoadClient {
+pub enum LoadClient {
+    Ws(WsClient),
+    Mqtt(Box<MqttClient>),
+}
+
+impl LoadClient {
+    /// Connects and, for kgate, subscribes and waits until live.
+    pub async fn connect(target: &Target, how: Connect) -> anyhow::Result<LoadClient> {
+        Ok(match target {
+            Target::Mqtt { url, filter, qos } => {
+                LoadClient::Mqtt(Box::new(MqttClient::connect(url, filter, *qos).await?))
+            }
+            _ => LoadClient::Ws(WsClient::connect(target, how).await?),
+        })
+    }
+
+    /// The next message carrying a record (`None` when the connection closed).
+    pub async fn next_record(&mut self) -> anyhow::Result<Option<Utf8Bytes>> {
+        match self {
+            LoadClient::Ws(ws) => ws.next_record().await,
+            LoadClient::Mqtt(mqtt) => match mqtt.next_payload().await? {
+                Some(payload) => Ok(Some(Utf8Bytes::try_from(payload)?)),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// Reads up to `n` records, giving up when none arrives for `quiet` (60 s before the
+    /// first); returns how many arrived and when the last did.
+    pub async fn count_up_to(&mut self, n: usize, quiet: Duration) -> (usize, Option<Instant>) {
+        let mut last = None;
+        for seen in 0..n {
+            let wait = if seen == 0 {
+                Duration::from_secs(60)
+            } else {
+                quiet
+            };
+            match tokio::time::timeout(wait, self.next_record()).await {
+                Ok(Ok(Some(_))) => last = Some(Instant::now()),
+                _ => return (seen, last),
+            }
+        }
+        (n, last)
+    }
+}
+
+/// One connected WebSocket load client.
+pub struct WsClient {
     socket: WebSocketStream<TcpStream>,
     speaks: Speaks,
     /// Publications of a Centrifugo frame not yet returned.
     pending: std::collections::VecDeque<Utf8Bytes>,
 }
 
-impl LoadClient {
-    /// Connects and, for kgate, subscribes and waits until live.
-    pub async fn connect(target: &Target, how: Connect) -> anyhow::Result<LoadClient> {
+impl WsClient {
+    async fn connect(target: &Target, how: Connect) -> anyhow::Result<WsClient> {
         let url = target.url();
         let mut request = url.into_client_request()?;
         let host = request.uri().host().context("URL has no host")?;
@@ -109,7 +164,7 @@ impl LoadClient {
             tokio_tungstenite::client_async_with_config(request, stream, Some(config))
                 .await
                 .with_context(|| format!("WebSocket handshake with {url} failed"))?;
-        let mut client = LoadClient {
+        let mut client = WsClient {
             socket,
             speaks: Speaks::Plain,
             pending: Default::default(),
@@ -170,8 +225,7 @@ impl LoadClient {
         Ok(None)
     }
 
-    /// The next message carrying a record (`None` when the connection closed).
-    pub async fn next_record(&mut self) -> anyhow::Result<Option<Utf8Bytes>> {
+    async fn next_record(&mut self) -> anyhow::Result<Option<Utf8Bytes>> {
         loop {
             if let Some(publication) = self.pending.pop_front() {
                 return Ok(Some(publication));
@@ -195,24 +249,6 @@ impl LoadClient {
                 }
             }
         }
-    }
-
-    /// Reads up to `n` records, giving up when none arrives for `quiet` (60 s before the
-    /// first); returns how many arrived and when the last did.
-    pub async fn count_up_to(&mut self, n: usize, quiet: Duration) -> (usize, Option<Instant>) {
-        let mut last = None;
-        for seen in 0..n {
-            let wait = if seen == 0 {
-                Duration::from_secs(60)
-            } else {
-                quiet
-            };
-            match tokio::time::timeout(wait, self.next_record()).await {
-                Ok(Ok(Some(_))) => last = Some(Instant::now()),
-                _ => return (seen, last),
-            }
-        }
-        (n, last)
     }
 }
 

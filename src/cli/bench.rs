@@ -3,8 +3,8 @@
 use std::net::IpAddr;
 
 use crate::bench::{
-    self, FanoutOptions, IdleOptions, LatencyOptions, ReplayOptions, Row, StormOptions,
-    TickerOptions, WireOptions,
+    self, FanoutOptions, IdleOptions, LatencyOptions, MqttOptions, ReplayOptions, Row,
+    StormOptions, TickerOptions, WireOptions,
 };
 
 /// Options of `kgate bench`.
@@ -68,6 +68,20 @@ enum Scenario {
         #[arg(long, default_value_t = 15_000)]
         clients: usize,
         /// Load processes holding the connections, each from its own 127.0.0.x.
+        #[arg(long, default_value_t = 4)]
+        processes: usize,
+    },
+    /// MQTT fan-out at QoS 0 and QoS 1, and memory per idle MQTT connection, each vs
+    /// kgate's WebSocket protocol on the same gateway.
+    Mqtt {
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        #[arg(long, default_value_t = 20_000)]
+        records: usize,
+        /// Idle connections of each memory run; 0 skips them.
+        #[arg(long, default_value_t = 10_000)]
+        idle_clients: usize,
+        /// Load processes holding the idle connections.
         #[arg(long, default_value_t = 4)]
         processes: usize,
     },
@@ -161,6 +175,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         Scenario::Idle { clients, processes } => {
             bench::run_idle(&IdleOptions { clients, processes }).await?
+        }
+        Scenario::Mqtt {
+            clients,
+            records,
+            idle_clients,
+            processes,
+        } => {
+            bench::run_mqtt(&MqttOptions {
+                clients,
+                records,
+                idle_clients,
+                processes,
+            })
+            .await?
         }
         Scenario::Replay { records, clients } => {
             bench::run_replay(&ReplayOptions { records, clients }).await?

@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+use serde_json::Value;
+
 use super::protocol::{self, CloseCode, Command, ErrorCode};
 use super::{Connection, End, ServerFrame};
 use crate::stats::stats;
@@ -10,7 +12,7 @@ use crate::stats::stats;
 impl Connection {
     /// Executes one command (JSON text); `Err` when the connection must close.
     pub(super) async fn on_command(&mut self, text: &str) -> Result<(), End> {
-        if !self.admit_command()? {
+        if !self.admit_command(None)? {
             return Ok(());
         }
         let ws = &self.services.config.websocket;
@@ -27,15 +29,15 @@ impl Connection {
 
     /// Executes a command a front end parsed itself; rate limited like JSON commands.
     pub(super) async fn on_parsed(&mut self, command: Command) -> Result<(), End> {
-        if self.admit_command()? {
+        if self.admit_command(command.id())? {
             self.execute(command).await;
         }
         Ok(())
     }
 
-    /// The per-connection command rate limit: `Ok(false)` refuses this command,
-    /// `Err` closes a connection that keeps flooding.
-    fn admit_command(&mut self) -> Result<bool, End> {
+    /// The per-connection command rate limit: `Ok(false)` refuses this command (its
+    /// `id` when known before parsing), `Err` closes a connection that keeps flooding.
+    fn admit_command(&mut self, id: Option<&Value>) -> Result<bool, End> {
         // Every command counts, acks too: a client acks cumulatively, per partition, not per event.
         let limits = &self.services.config.limits;
         if self.commands.check().is_err() {
@@ -50,7 +52,7 @@ impl Connection {
                 "more than {} commands per second; this one was not executed",
                 limits.commands_per_sec
             );
-            self.error(None, ErrorCode::RateLimited, message);
+            self.error(id, ErrorCode::RateLimited, message);
             return Ok(false);
         }
         self.rate_limited_streak = 0;

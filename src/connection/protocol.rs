@@ -246,6 +246,21 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The request id the client gave, echoed by the answer.
+    pub fn id(&self) -> Option<&Value> {
+        match self {
+            Command::Subscribe { id, .. }
+            | Command::Unsubscribe { id, .. }
+            | Command::Ping { id }
+            | Command::Attach { id, .. }
+            | Command::Ack { id, .. }
+            | Command::Auth { id, .. }
+            | Command::Publish { id, .. } => id.as_ref(),
+        }
+    }
+}
+
 /// How large a command may be: `publish` carries a record, every other command is small.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

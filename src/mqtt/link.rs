@@ -532,7 +532,11 @@ impl<W: Wire> MqttLink<W> {
                 self.answer(pid, i, reason);
             }
             Some(Request::Unsubscribe { pid, i }) => {
-                self.answer(pid, i, Reason::NO_SUBSCRIPTION_EXISTED);
+                let reason = match code {
+                    ErrorCode::NotSubscribed => Reason::NO_SUBSCRIPTION_EXISTED,
+                    _ => Reason::UNSPECIFIED,
+                };
+                self.answer(pid, i, reason);
             }
             Some(Request::Publish { pid }) => {
                 tracing::info!(%message, "MQTT publish refused");
@@ -572,10 +576,23 @@ impl<W: Wire> MqttLink<W> {
         });
     }
 
-    /// A record for `channel`, as a PUBLISH at the subscription's QoS.
+    /// A record for `channel`, as a PUBLISH at the subscription's QoS; a QoS 1 record
+    /// waits for room in the in-flight window.
     async fn on_event(&mut self, channel: &str, record: &EncodedRecord) -> Result<(), Gone> {
         let Some(sub) = self.subs.get(channel) else {
             return Ok(());
+        };
+        if sub.qos > 0 && self.in_flight.len() >= self.window as usize {
+            // Boxed: rare, and every connection's task would otherwise hold room for it.
+            Box::pin(self.wait_for_window()).await?;
+        }
+        self.publish(channel, record);
+        Ok(())
+    }
+
+    fn publish(&mut self, channel: &str, record: &EncodedRecord) {
+        let Some(sub) = self.subs.get(channel) else {
+            return;
         };
         let (qos, retained) = (sub.qos, sub.retained);
         let dup = sub
@@ -596,7 +613,7 @@ impl<W: Wire> MqttLink<W> {
                 offset = record.meta.offset,
                 "record larger than the MQTT client's Maximum Packet Size; not sent"
             );
-            return Ok(());
+            return;
         }
         let headers = match self.version {
             Version::V5 => record
@@ -609,10 +626,7 @@ impl<W: Wire> MqttLink<W> {
                 .collect(),
             Version::V3 => Vec::new(),
         };
-        let pid = match qos {
-            0 => None,
-            _ => Some(self.take_pid().await?),
-        };
+        let pid = (qos > 0).then(|| self.take_pid());
         if let Some(pid) = pid {
             let counts = !retained;
             if counts {
@@ -639,12 +653,11 @@ impl<W: Wire> MqttLink<W> {
             retain: retained,
             headers,
         });
-        Ok(())
     }
 
-    /// A free packet id; while the window is full, writes what is queued and reads
-    /// until PUBACKs free one (other packets are kept for `recv`).
-    async fn take_pid(&mut self) -> Result<u16, Gone> {
+    /// Writes what is queued and reads until PUBACKs free room in the in-flight window
+    /// (other packets read meanwhile are kept for `recv`).
+    async fn wait_for_window(&mut self) -> Result<(), Gone> {
         while self.in_flight.len() >= self.window as usize {
             self.write_out().await?;
             match self.wire.read(&mut self.buf).await {
@@ -662,10 +675,15 @@ impl<W: Wire> MqttLink<W> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A packet id not in flight (the window is smaller than the id space).
+    fn take_pid(&mut self) -> u16 {
         loop {
             self.next_pid = self.next_pid.wrapping_add(1).max(1);
             if !self.in_flight.contains_key(&self.next_pid) {
-                return Ok(self.next_pid);
+                return self.next_pid;
             }
         }
     }
@@ -676,7 +694,9 @@ impl<W: Wire> MqttLink<W> {
         }
         let written = self.wire.write(&self.out).await;
         self.out.clear();
-        if self.out.capacity() > 64 * 1024 {
+        // A busy connection keeps its buffer; a quiet one (small writes) or one that
+        // grew past 64 KiB gives it back.
+        if !(4096..=64 * 1024).contains(&self.out.capacity()) {
             self.out = Vec::new();
         }
         written.map_err(|_| Gone)
@@ -791,6 +811,8 @@ impl<W: Wire> Link for MqttLink<W> {
             }
             match self.on_packet() {
                 Ok(true) => continue,
+                // Every packet read was taken: an idle connection keeps no read buffer.
+                Ok(false) if self.buf.is_empty() => self.buf = BytesMut::new(),
                 Ok(false) => {}
                 Err(inbound) => return inbound,
             }
@@ -817,10 +839,6 @@ impl<W: Wire> Link for MqttLink<W> {
                     return self.violated(Reason::MALFORMED_PACKET, e.to_string());
                 }
                 Err(_) => return Inbound::Gone,
-            }
-            if self.buf.is_empty() {
-                // An idle connection keeps no read buffer.
-                self.buf = BytesMut::new();
             }
         }
     }

@@ -67,7 +67,7 @@ impl Front {
 
     /// Serves one MQTT client on `wire` from its CONNECT to its end. `handshake_token`
     /// is a token the WebSocket upgrade carried (the CONNECT password wins).
-    pub async fn serve<W: Wire>(
+    pub async fn serve<W: Wire + 'static>(
         self: Arc<Self>,
         mut wire: W,
         remote: Option<SocketAddr>,
@@ -101,14 +101,33 @@ impl Front {
             }
         };
         let link = MqttLink::new(wire, &connect, session.clone(), self.settings.clone(), buf);
-        let mut link = Connection::new(self.services.clone(), remote, ticket, identity.clone())
-            .run(link)
-            .await;
+        let connection = Connection::new(self.services.clone(), remote, ticket, identity.clone());
+        // A task of its own, as WebSocket connections get: this one (holding the
+        // CONNECT phase's state) ends here instead of for the connection's lifetime.
+        let ends_with_connection = match (session, version, connect.session_expiry) {
+            // MQTT 5: Clean Start 0 with no Session Expiry resumes a session that ends here.
+            (Some(session), Version::V5, 0) => Some(session),
+            _ => None,
+        };
+        tokio::spawn(async move {
+            let link = connection.run(link).await;
+            // Boxed: an idle connection's task would otherwise hold room for a produce.
+            Box::pin(self.after(link, identity, ends_with_connection)).await;
+        });
+    }
+
+    /// What follows a connection's end: its will, and the end of a session that lasts
+    /// only as long as the connection.
+    async fn after<W: Wire>(
+        &self,
+        mut link: MqttLink<W>,
+        identity: Identity,
+        ends_with_connection: Option<String>,
+    ) {
         if let Some(will) = link.take_will() {
             self.publish_will(&identity, will).await;
         }
-        // MQTT 5: Clean Start 0 with no Session Expiry resumes a session that ends here.
-        if let (Some(session), Version::V5, 0) = (session, version, connect.session_expiry) {
+        if let Some(session) = ends_with_connection {
             let key = identity.scoped_session(&session);
             if let Err(e) = self.services.sessions.call(move |s| s.delete(&key)).await {
                 tracing::warn!(%session, error = %e, "cannot end the MQTT session");

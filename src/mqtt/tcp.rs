@@ -11,8 +11,8 @@ use tokio_rustls::TlsAcceptor;
 use super::Front;
 use super::wire::Stream;
 
-/// Accepts MQTT clients on `listener` until `shutdown` turns true. At most
-/// `pending` sockets may be between accept and CONNECT at once.
+/// Accepts MQTT clients on `listener` until `shutdown` turns true. At most `pending`
+/// TLS handshakes run at once.
 pub async fn serve_tcp(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -34,31 +34,27 @@ pub async fn serve_tcp(
             // The guard `wait_for` returns is not `Send`: dropped inside.
             _ = async { drop(shutdown.wait_for(|stopped| *stopped).await) } => break,
         };
+        let _ = stream.set_nodelay(true);
+        let front = front.clone();
+        // Separate tasks: a task holds room for its largest state, and a TLS connection's
+        // (rustls inline) would otherwise be paid by every plain one.
+        let Some(acceptor) = &tls else {
+            tokio::spawn(front.serve(stream, Some(addr), None));
+            continue;
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             crate::stats::stats().refused_http_connections.add(1);
             continue;
         };
-        let _ = stream.set_nodelay(true);
-        let (front, tls) = (front.clone(), tls.clone());
+        let handshake = acceptor.accept(stream);
         tokio::spawn(async move {
-            match tls {
-                None => {
+            match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+                Ok(Ok(stream)) => {
                     drop(slot);
-                    front.serve(stream, Some(addr), None).await
+                    tokio::spawn(front.serve(Stream(stream), Some(addr), None));
                 }
-                Some(acceptor) => {
-                    let handshake = acceptor.accept(stream);
-                    match tokio::time::timeout(Duration::from_secs(10), handshake).await {
-                        Ok(Ok(stream)) => {
-                            drop(slot);
-                            front.serve(Stream(stream), Some(addr), None).await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%addr, error = %e, "MQTT TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(%addr, "MQTT TLS handshake timed out"),
-                    }
-                }
+                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "MQTT TLS handshake failed"),
+                Err(_) => tracing::debug!(%addr, "MQTT TLS handshake timed out"),
             }
         });
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::harness::*;
-use crate::security::{auth_toml, claims, hs256};
+use crate::security::{auth_toml, claims, hs256, key_file};
 
 /// A client process whose stdout lines arrive on a channel.
 struct Client {
@@ -488,6 +488,36 @@ fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
     let _ = stream.read_to_end(&mut out);
     out
+}
+
+/// With `[tls]`, the MQTT listener speaks TLS (mqtts): mosquitto clients that trust the
+/// certificate publish and receive through it.
+#[test]
+fn mqtt_over_tls_with_mosquitto_clients() {
+    let t = topic("mqtt-tls");
+    let cert = key_file("tls-cert.pem").display().to_string();
+    let gw = Gateway::start(
+        &[(&t, 1)],
+        &format!(
+            "[tls]\ncert_file = \"{cert}\"\nkey_file = \"{}\"\n",
+            key_file("tls-key.pem").display()
+        ),
+    );
+    let mqtt_port = port(&gw);
+    let tls = format!("-h localhost -p {mqtt_port} --cafile {cert}");
+    let mut sub = Client::mosquitto(
+        "mosquitto_sub",
+        &format!("{tls} -t {t}/# -q 1 -v -C 1 -W 30"),
+    );
+    // mosquitto_sub prints nothing until a message: give it time to subscribe.
+    std::thread::sleep(Duration::from_secs(2));
+    Client::mosquitto(
+        "mosquitto_pub",
+        &format!("{tls} -q 1 -t {t}/sensor -m {{\"via\":\"mqtts\"}}"),
+    )
+    .wait();
+    let line = sub.next_line(Duration::from_secs(30), |_| true);
+    assert_eq!(line, format!("{t}/sensor {{\"via\":\"mqtts\"}}"));
 }
 
 /// mqtt.js (npm) in Debian's chromium, MQTT 5 over WebSocket: QoS 1 live, a persistent

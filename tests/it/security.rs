@@ -17,7 +17,7 @@ const SECRET: &str = "kgate-test-secret-that-is-long-enough";
 const ISSUER: &str = "kgate-tests";
 const AUDIENCE: &str = "kgate";
 
-fn key_file(name: &str) -> PathBuf {
+pub(crate) fn key_file(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/keys")
         .join(name)
