@@ -457,9 +457,13 @@ async fn bad_packets_are_refused_and_others_keep_streaming() {
 }
 
 /// A CONNECT of protocol `level` (4: 3.1.1, 5: 5.0), client id "raw", clean, with `token`
-/// as password: written byte by byte, as a broken client would.
+/// as password and a 30 s keep-alive: written byte by byte, as a broken client would.
 fn raw_connect(level: u8, token: &str) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, 0xc2, 0, 30];
+    raw_connect_keep_alive(level, token, 30)
+}
+
+fn raw_connect_keep_alive(level: u8, token: &str, keep_alive: u8) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, 0xc2, 0, keep_alive];
     if level == 5 {
         body.push(0); // no properties
     }
@@ -488,6 +492,52 @@ fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
     let _ = stream.read_to_end(&mut out);
     out
+}
+
+/// A client that vanishes has its will produced to Kafka; one silent for 1.5 times its
+/// keep-alive is disconnected (MQTT 5: 0x8D); a second connection of a persistent client
+/// id takes its session over (the first gets DISCONNECT 0x8E).
+#[test]
+fn wills_keep_alive_and_takeover() {
+    let t = topic("mqtt-will");
+    let gw = Gateway::start(&[(&t, 1)], "");
+    let mqtt_port = port(&gw);
+    let mut device = Client::paho(&format!(
+        "sub --port {mqtt_port} --topic {t}/# --seconds 60 --will {t}/dev-9={{\"online\":false}}"
+    ));
+    device.event("suback");
+    // Killed: the socket closes without DISCONNECT.
+    let _ = device.child.kill();
+    let records = kafka_records(&t, 1);
+    assert_eq!(
+        (records[0].0.as_str(), records[0].1.as_str()),
+        ("dev-9", "{\"online\":false}")
+    );
+
+    let started = Instant::now();
+    let mut quiet = TcpStream::connect(format!("127.0.0.1:{mqtt_port}")).unwrap();
+    quiet.write_all(&raw_connect_keep_alive(5, "-", 1)).unwrap();
+    let answer = read_to_end(&mut quiet);
+    assert_eq!(answer[0], 0x20, "CONNACK first: {answer:?}");
+    let disconnect = &answer[2 + answer[1] as usize..];
+    assert_eq!(&disconnect[..3], [0xe0, disconnect[1], 0x8d], "{answer:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let twin = |n: u8| {
+        Client::paho(&format!(
+            "sub --port {mqtt_port} --v5 --client-id twin --persistent --resume-only \
+             --topic {t}/# --seconds {n} --exit-on-disconnect"
+        ))
+    };
+    let mut first = twin(30);
+    first.event("connack");
+    let mut second = twin(2);
+    assert_eq!(second.event("connack")["session_present"], true);
+    assert_eq!(first.event("disconnect")["rc"], 0x8e, "session taken over");
 }
 
 /// With `[tls]`, the MQTT listener speaks TLS (mqtts): mosquitto clients that trust the

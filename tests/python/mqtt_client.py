@@ -55,6 +55,9 @@ def make_client(args, client_id):
         client.ws_set_options(path=args.path)
     if args.password:
         client.username_pw_set("token", args.password)
+    if args.will:
+        topic, payload = args.will.split("=", 1)
+        client.will_set(topic, payload, qos=1)
     client.reconnect_delay_set(min_delay=1, max_delay=2)
     return client
 
@@ -213,6 +216,7 @@ def main():
     p.add_argument("--exit-on-disconnect", action="store_true")
     p.add_argument("--message", default="")
     p.add_argument("--header", help="name=value, an MQTT 5 user property")
+    p.add_argument("--will", help="topic=payload, the will (QoS 1)")
     p.add_argument("--n", type=int, default=1)
     p.add_argument("--clients", type=int, default=1)
     p.add_argument("--expect", type=int, default=0)
