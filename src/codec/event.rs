@@ -2,7 +2,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -39,8 +39,17 @@ pub struct EncodedRecord {
     pub binary: Option<Bytes>,
     /// The complete `event` frame (JSON text), shared by every recipient.
     pub frame: Frame,
-    /// The value as protocols without frames carry it (MQTT), made by the first such recipient.
-    payload: OnceLock<Payload>,
+    /// The record as protocols without frames carry it (MQTT), made by the first such recipient.
+    bare: OnceLock<Bare>,
+}
+
+/// A record as protocols without frames carry it (MQTT): a path naming it and its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bare {
+    /// `topic/key`, or `topic` when there is no key or the key cannot be a path level
+    /// (not UTF-8, empty, or holding `+`, `#` or NUL).
+    pub path: Arc<str>,
+    pub payload: Payload,
 }
 
 /// A record's value on its own, for protocols that carry bare payloads (MQTT).
@@ -65,38 +74,53 @@ impl EncodedRecord {
             deleted: false,
             binary: None,
             frame,
-            payload: OnceLock::new(),
+            bare: OnceLock::new(),
         }
     }
 
-    /// The record's value without the frame around it, decoded once and shared.
-    pub fn payload(&self) -> &Payload {
-        self.payload.get_or_init(|| {
-            #[derive(serde::Deserialize)]
-            struct Parts<'a> {
-                #[serde(rename = "type")]
-                kind: &'a str,
-                #[serde(borrow)]
-                data: Option<&'a RawValue>,
-                data_b64: Option<&'a str>,
-            }
-            // The frame was encoded here, so it parses; a failure would leave the value empty.
-            let Ok(parts) = serde_json::from_str::<Parts>(&self.frame) else {
-                return Payload::Deleted;
+    /// The record's path and value without the frame around them, made once and shared.
+    pub fn bare(&self) -> &Bare {
+        self.bare.get_or_init(|| {
+            let topic = &self.meta.topic;
+            let path = match self.key.as_deref().map(std::str::from_utf8) {
+                Some(Ok(key)) if !key.is_empty() && !key.contains(['+', '#', '\0']) => {
+                    format!("{topic}/{key}").into()
+                }
+                _ => topic.clone(),
             };
-            let frame = Bytes::from(self.frame.clone());
-            if parts.kind != "event" {
-                return Payload::Skipped(frame);
-            }
-            match (parts.data, parts.data_b64) {
-                // A slice of the shared frame: no copy.
-                (Some(json), _) => Payload::Value(frame.slice_ref(json.get().as_bytes())),
-                (None, Some(b64)) => BASE64
-                    .decode(b64)
-                    .map_or(Payload::Deleted, |v| Payload::Value(v.into())),
-                (None, None) => Payload::Deleted,
+            Bare {
+                path,
+                payload: self.payload(),
             }
         })
+    }
+
+    /// The value cut out of the event frame.
+    fn payload(&self) -> Payload {
+        #[derive(serde::Deserialize)]
+        struct Parts<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            #[serde(borrow)]
+            data: Option<&'a RawValue>,
+            data_b64: Option<&'a str>,
+        }
+        // The frame was encoded here, so it parses; a failure would leave the value empty.
+        let Ok(parts) = serde_json::from_str::<Parts>(&self.frame) else {
+            return Payload::Deleted;
+        };
+        let frame = Bytes::from(self.frame.clone());
+        if parts.kind != "event" {
+            return Payload::Skipped(frame);
+        }
+        match (parts.data, parts.data_b64) {
+            // A slice of the shared frame: no copy.
+            (Some(json), _) => Payload::Value(frame.slice_ref(json.get().as_bytes())),
+            (None, Some(b64)) => BASE64
+                .decode(b64)
+                .map_or(Payload::Deleted, |v| Payload::Value(v.into())),
+            (None, None) => Payload::Deleted,
+        }
     }
 
     /// The value of header `name` (the first, if repeated); `Some(None)` for a null value.
@@ -276,21 +300,35 @@ mod tests {
     }
 
     #[test]
-    fn payload_is_the_value_without_its_frame() {
+    fn bare_is_the_path_and_value_without_the_frame() {
+        let with_key = |key: &[u8]| {
+            let frame = encode_event(&meta(), None, Some(key), &[], &Data::Bytes(b"1"));
+            EncodedRecord::new(meta(), Some(Bytes::copy_from_slice(key)), frame)
+        };
+        assert_eq!(&*with_key(b"AAPL").bare().path, "prices/AAPL");
+        assert_eq!(&*with_key(b"a/b").bare().path, "prices/a/b");
+        assert_eq!(&*with_key(b"a+b").bare().path, "prices", "not a path level");
+        assert_eq!(&*with_key(&[0xff]).bare().path, "prices", "not UTF-8");
         let record = |frame: Frame| EncodedRecord::new(meta(), None, frame);
         let json = Data::Verbatim(serde_json::from_str(r#"{"price": 101.5}"#).unwrap());
         let frame = encode_event(&meta(), None, Some(b"AAPL"), &[], &json);
         assert_eq!(
-            record(frame).payload(),
-            &Payload::Value(Bytes::from_static(br#"{"price": 101.5}"#))
+            record(frame).bare().payload,
+            Payload::Value(Bytes::from_static(br#"{"price": 101.5}"#))
         );
         let frame = encode_event(&meta(), None, None, &[], &Data::Bytes(&[0, 255]));
         assert_eq!(
-            record(frame).payload(),
-            &Payload::Value(Bytes::from_static(&[0, 255]))
+            record(frame).bare().payload,
+            Payload::Value(Bytes::from_static(&[0, 255]))
         );
         let frame = encode_event(&meta(), None, None, &[], &Data::Deleted);
-        assert_eq!(record(frame).payload(), &Payload::Deleted);
+        assert_eq!(record(frame).bare().payload, Payload::Deleted);
+        assert_eq!(
+            &*record(encode_event(&meta(), None, None, &[], &Data::Deleted))
+                .bare()
+                .path,
+            "prices"
+        );
         let notice = skipped_frame("prices", 2, 41, "record_too_large", json!({"bytes": 9}));
         assert!(matches!(
             record(notice.into()).payload(),

@@ -13,6 +13,6 @@ pub mod payload;
 pub mod registry;
 
 pub use envelope::{ENVELOPE_SCHEMA, encode_envelope};
-pub use event::{EncodedRecord, Frame, Payload, RecordMeta, encode_event, skipped_frame};
+pub use event::{Bare, EncodedRecord, Frame, Payload, RecordMeta, encode_event, skipped_frame};
 pub use payload::{Data, DecodeError, Decoded, TopicCodec};
 pub use registry::Registry;

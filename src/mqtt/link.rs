@@ -45,7 +45,8 @@ struct InFlight {
     topic: Arc<str>,
     partition: i32,
     offset: i64,
-    /// False for retained (snapshot) records: their offsets say nothing of the position.
+    /// False for retained (snapshot) records, whose offsets say nothing of the position,
+    /// and on clean sessions, which store no position.
     counts: bool,
 }
 
@@ -78,7 +79,9 @@ impl PartitionAcks {
     fn advance(&mut self) -> Option<i64> {
         let bound = self.unacked.keys().next().copied().unwrap_or(i64::MAX);
         let upto = *self.acked.range(..bound).next_back()?;
-        self.acked = self.acked.split_off(&(upto + 1));
+        while self.acked.first().is_some_and(|&a| a <= upto) {
+            self.acked.pop_first();
+        }
         Some(upto)
     }
 }
@@ -259,9 +262,6 @@ impl<W: Wire> MqttLink<W> {
             .entry((sent.topic.clone(), sent.partition))
             .or_default();
         acks.acked(sent.offset);
-        if !self.persistent {
-            return;
-        }
         if let Some(offset) = acks.advance() {
             let acked = Acked {
                 topic: sent.topic,
@@ -599,9 +599,10 @@ impl<W: Wire> MqttLink<W> {
             .dup_below
             .get(record.meta.partition as usize)
             .is_some_and(|&below| record.meta.offset < below);
-        let (name, payload) = match record.payload() {
-            Payload::Value(value) => (topic::name(record), value.clone()),
-            Payload::Deleted => (topic::name(record), Bytes::new()),
+        let bare = record.bare();
+        let (name, payload) = match &bare.payload {
+            Payload::Value(value) => (bare.path.clone(), value.clone()),
+            Payload::Deleted => (bare.path.clone(), Bytes::new()),
             Payload::Skipped(notice) => (
                 format!("$kgate/skipped/{}", record.meta.topic).into(),
                 notice.clone(),
@@ -628,7 +629,8 @@ impl<W: Wire> MqttLink<W> {
         };
         let pid = (qos > 0).then(|| self.take_pid());
         if let Some(pid) = pid {
-            let counts = !retained;
+            // Positions matter only to a session that stores them.
+            let counts = !retained && self.persistent;
             if counts {
                 self.partitions
                     .entry((record.meta.topic.clone(), record.meta.partition))
@@ -859,7 +861,7 @@ impl<W: Wire> Link for MqttLink<W> {
     }
 
     fn event_bytes(&self, record: &EncodedRecord) -> usize {
-        match record.payload() {
+        match &record.bare().payload {
             Payload::Value(v) | Payload::Skipped(v) => v.len(),
             Payload::Deleted => 0,
         }

@@ -1,10 +1,8 @@
 //! MQTT topic names and filters as kgate channels: the first level is the Kafka
-//! topic, the rest the record key (docs/mqtt.md).
-
-use std::sync::Arc;
+//! topic, the rest the record key (docs/mqtt.md). A record's own name is its
+//! [`Bare::path`](crate::codec::Bare).
 
 use super::codec::Reason;
-use crate::codec::EncodedRecord;
 
 /// Where a client's PUBLISH goes: a Kafka topic and an optional record key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,18 +48,6 @@ pub fn channel(filter: &str) -> Result<String, Reason> {
         Some(key) if key.contains(['+', '#']) => Err(Reason::WILDCARDS_NOT_SUPPORTED),
         Some("") => Err(Reason::TOPIC_FILTER_INVALID),
         Some(key) => Ok(format!("{topic}:{key}")),
-    }
-}
-
-/// The MQTT topic name a record is published under: `topic/key`, or `topic` when the
-/// record has no key or one a topic name cannot hold (not UTF-8, or `+`, `#`, NUL).
-pub fn name(record: &EncodedRecord) -> Arc<str> {
-    let topic = &record.meta.topic;
-    match record.key.as_deref().map(std::str::from_utf8) {
-        Some(Ok(key)) if !key.is_empty() && !key.contains(['+', '#', '\0']) => {
-            format!("{topic}/{key}").into()
-        }
-        _ => topic.clone(),
     }
 }
 

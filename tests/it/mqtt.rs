@@ -307,9 +307,11 @@ async fn retained_snapshot_then_live() {
     drop(ws);
     let mqtt_port = port(&gw);
     let filter = format!("{t}/#");
+    // QoS 2 is asked, QoS 1 granted.
     let mut sub = Client::paho(&format!(
-        "sub --port {mqtt_port} --v5 --topic {filter} --qos 1 --count 3"
+        "sub --port {mqtt_port} --v5 --topic {filter} --qos 2 --count 3"
     ));
+    assert_eq!(sub.event("suback")["codes"], json!([1]));
     let mut retained = sub.messages(2);
     retained.sort_by_key(|m| m["topic"].as_str().unwrap().to_string());
     assert_eq!(retained[0]["topic"], format!("{t}/AAPL"));
