@@ -230,6 +230,11 @@ pub struct WebSocketConfig {
     pub max_subscriptions: usize,
     /// Longest channel name accepted.
     pub max_channel_bytes: usize,
+    /// Accept permessage-deflate (RFC 7692) when a client offers it: event frames are
+    /// compressed once per record and shared by every recipient.
+    pub deflate: bool,
+    /// Event frames shorter than this go uncompressed (they barely shrink).
+    pub deflate_min_bytes: usize,
 }
 
 /// Catch-up reads for subscriptions that start behind the live position.
@@ -396,6 +401,8 @@ impl Default for WebSocketConfig {
             write_timeout_secs: 30,
             max_subscriptions: 256,
             max_channel_bytes: 512,
+            deflate: true,
+            deflate_min_bytes: 64,
         }
     }
 }

@@ -74,6 +74,11 @@ pub fn connection_opened(transport: &'static str) {
     gauge!("kgate_connections_active", "transport" => transport).increment(1.0);
 }
 
+/// A WebSocket connection negotiated permessage-deflate.
+pub fn deflate_negotiated() {
+    counter!("kgate_websocket_deflate_connections_total").increment(1);
+}
+
 /// Fetch requests ingest has sent to Kafka so far (from librdkafka's statistics).
 pub fn ingest_fetch_requests(total: u64) {
     counter!("kgate_ingest_fetch_requests_total").absolute(total);

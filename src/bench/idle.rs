@@ -5,7 +5,6 @@
 //! the same connections.
 
 use std::io::{BufRead, BufReader};
-use std::net::IpAddr;
 use std::process::Command;
 use std::time::Duration;
 
@@ -24,6 +23,8 @@ pub struct IdleOptions {
     pub clients: usize,
     /// Load processes holding them (each from its own 127.0.0.x).
     pub processes: usize,
+    /// The connections negotiate permessage-deflate.
+    pub deflate: bool,
 }
 
 /// Runs the scenario; returns the summary rows.
@@ -92,7 +93,7 @@ pub(super) async fn measure(
 ) -> anyhow::Result<f64> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = rss()?;
-    let holders = hold(dir, target, opts.clients, opts.processes.max(1)).await?;
+    let holders = hold(dir, target, opts).await?;
     // Let the server finish the handshakes' work and return transient buffers.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = rss()?;
@@ -122,9 +123,9 @@ fn target_name(target: &Target) -> &'static str {
 async fn hold(
     dir: &std::path::Path,
     target: &Target,
-    clients: usize,
-    processes: usize,
+    opts: &IdleOptions,
 ) -> anyhow::Result<Vec<Proc>> {
+    let (clients, processes) = (opts.clients, opts.processes.max(1));
     let exe = std::env::current_exe().context("cannot find the kgate executable")?;
     let (url, channel, centrifugo) = match target {
         Target::Kgate { url, channels } => (url, channels.first().cloned(), false),
@@ -146,6 +147,9 @@ async fn hold(
         }
         if centrifugo {
             cmd.arg("--centrifugo");
+        }
+        if opts.deflate {
+            cmd.arg("--deflate");
         }
         let (proc, stdout) = Proc::piped(cmd, dir.join(format!("hold-{i}.log")))?;
         children.push(proc);
@@ -179,7 +183,7 @@ pub async fn run_hold(
     channel: Option<&str>,
     centrifugo: bool,
     clients: usize,
-    bind: IpAddr,
+    how: Connect,
 ) -> anyhow::Result<()> {
     let target = match (channel, centrifugo) {
         (Some(channel), true) => Target::Centrifugo {
@@ -196,15 +200,7 @@ pub async fn run_hold(
             url: url.to_string(),
         },
     };
-    let held = connect_many(
-        &target,
-        clients,
-        Connect {
-            bind: Some(bind),
-            idle: true,
-        },
-    )
-    .await?;
+    let held = connect_many(&target, clients, how).await?;
     println!("holding {}", held.len());
     // Children exit when the parent closes stdin (or dies).
     let mut stdin = tokio::io::stdin();

@@ -19,6 +19,10 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use super::mqtt::MqttClient;
 use super::progress;
 use kgate::connection::protocol::SUBPROTOCOL;
+use kgate::transport::ws::inflate::Inflating;
+
+/// The largest message a load client inflates.
+const MAX_INFLATED: usize = 1 << 20;
 
 /// Where a load client connects and which messages it counts.
 #[derive(Debug, Clone)]
@@ -64,6 +68,8 @@ pub struct Connect {
     pub bind: Option<IpAddr>,
     /// Idle holders read nothing: small buffers, so thousands fit in one load process.
     pub idle: bool,
+    /// Offer permessage-deflate (to kgate) and inflate what arrives compressed.
+    pub deflate: bool,
 }
 
 /// Which protocol a connected client speaks.
@@ -123,7 +129,7 @@ impl LoadClient {
 
 /// One connected WebSocket load client.
 pub struct WsClient {
-    socket: WebSocketStream<TcpStream>,
+    socket: WebSocketStream<Inflating<TcpStream>>,
     speaks: Speaks,
     /// Publications of a Centrifugo frame not yet returned.
     pending: std::collections::VecDeque<Utf8Bytes>,
@@ -153,6 +159,12 @@ impl WsClient {
                 HeaderValue::from_static(SUBPROTOCOL),
             );
         }
+        if how.deflate {
+            request.headers_mut().insert(
+                "sec-websocket-extensions",
+                HeaderValue::from_static("permessage-deflate; client_max_window_bits"),
+            );
+        }
         // tungstenite zero-fills its whole read buffer before each read (128 KiB by default).
         let config = match how.idle {
             true => WebSocketConfig::default()
@@ -160,10 +172,14 @@ impl WsClient {
                 .write_buffer_size(0),
             false => WebSocketConfig::default().read_buffer_size(16 * 1024),
         };
-        let (socket, _) =
+        let stream = Inflating::new(stream, how.deflate.then_some(MAX_INFLATED));
+        let (socket, response) =
             tokio_tungstenite::client_async_with_config(request, stream, Some(config))
                 .await
                 .with_context(|| format!("WebSocket handshake with {url} failed"))?;
+        if how.deflate && !response.headers().contains_key("sec-websocket-extensions") {
+            bail!("{url} declined permessage-deflate");
+        }
         let mut client = WsClient {
             socket,
             speaks: Speaks::Plain,

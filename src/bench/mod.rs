@@ -27,6 +27,7 @@ pub use fanout::{FanoutOptions, run_fanout};
 pub use floor::serve as floor_serve;
 pub use idle::{IdleOptions, run_hold, run_idle};
 pub use latency::{LatencyOptions, run_latency};
+pub use load::Connect;
 pub use mqtt::{MqttOptions, run_mqtt};
 pub use procs::{BrokerChoice, CpuMeter, GatewayProc, choose_broker};
 pub use replay::{ReplayOptions, run_replay};
@@ -113,13 +114,27 @@ pub async fn produce_with(
     n: usize,
     headers: Option<rdkafka::message::OwnedHeaders>,
 ) -> anyhow::Result<Duration> {
+    produce_each(producer, topic, n, headers, |i| {
+        bench_record(i, load::now_us())
+    })
+    .await
+}
+
+/// Produces `n` records to `topic`, record `i` being `record(i)` (key, value).
+pub async fn produce_each(
+    producer: &Producer,
+    topic: &str,
+    n: usize,
+    headers: Option<rdkafka::message::OwnedHeaders>,
+    record: impl Fn(usize) -> (String, String),
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let mut sent = 0;
     let mut last_report = Instant::now();
     while sent < n {
         let size = 10_000.min(n - sent);
         let sends = (sent..sent + size).map(|i| {
-            let (key, body) = bench_record(i, load::now_us());
+            let (key, body) = record(i);
             let headers = headers.clone();
             async move {
                 producer

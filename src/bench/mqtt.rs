@@ -156,6 +156,7 @@ pub async fn run_mqtt(opts: &MqttOptions) -> anyhow::Result<Vec<Row>> {
         let idle = IdleOptions {
             clients: opts.idle_clients,
             processes: opts.processes,
+            deflate: false,
         };
         let scenario = format!("mqtt idle ({} connections)", opts.idle_clients);
         // Each on a fresh gateway, as the idle scenario measures: memory the fan-out runs

@@ -2,14 +2,36 @@
 //! (`kgate.v1.json`) against binary envelopes (`kgate.v1.avro`), for a JSON
 //! ticker topic and an Avro one (schemas/tick.avsc). The baseline is the JSON
 //! frame of the JSON topic, what a plain Kafka-to-WebSocket bridge sends.
+//!
+//! Then permessage-deflate: socket bytes per event on the demo's ticker and
+//! telemetry feeds with and without it, the gateway's CPU per delivered message
+//! with and without it, and its resident memory per idle connection with and
+//! without it.
 
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use anyhow::{Context as _, bail};
 use apache_avro::types::Value as Avro;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use super::{GatewayProc, Row, progress};
+use super::fanout::deliver;
+use super::idle::{IdleOptions, measure};
+use super::load::{Connect, Target, connect_many};
+use super::{CpuMeter, GatewayProc, Row, produce_each, progress};
+use crate::demo::{self, DemoOptions};
 use kgate::kafka::producer::Producer;
+use kgate::transport::ws::inflate::Inflating;
 use kgate_client::{Client, Raw};
 
 /// Options of the wire scenario.
@@ -17,6 +39,12 @@ use kgate_client::{Client, Raw};
 pub struct WireOptions {
     /// Ticker updates per topic.
     pub records: usize,
+    /// Clients of the CPU comparison with and without deflate (0 skips it).
+    pub clients: usize,
+    /// Idle connections of the memory comparison with and without deflate (0 skips it).
+    pub idle_clients: usize,
+    /// Load processes holding the idle connections.
+    pub processes: usize,
 }
 
 /// One ticker update: symbol, price, size, sequence.
@@ -106,7 +134,255 @@ pub async fn run_wire(opts: &WireOptions) -> anyhow::Result<Vec<Row>> {
             ratio: Some(per_event / baseline),
         });
     }
+    drop(gw);
+    rows.extend(deflate_bytes(dir.path(), &bootstrap).await?);
+    if opts.clients > 0 {
+        rows.extend(deflate_cpu(dir.path(), &bootstrap, opts).await?);
+    }
+    if opts.idle_clients > 0 {
+        rows.extend(deflate_idle(dir.path(), &bootstrap, opts).await?);
+    }
     Ok(rows)
+}
+
+/// Socket bytes per event on the demo's feeds, plain and with permessage-deflate.
+async fn deflate_bytes(dir: &std::path::Path, bootstrap: &str) -> anyhow::Result<Vec<Row>> {
+    let (ticker, telemetry) = ("demo-prices", "demo-telemetry");
+    let gw = GatewayProc::start(
+        &dir.join("gw-deflate"),
+        bootstrap,
+        &[(ticker, 1), (telemetry, 1)],
+        "",
+    )?;
+    progress("running the demo's generator for 3 s: 20 symbols and 20 devices, 20 updates/s each");
+    let options = DemoOptions {
+        ticker_topic: ticker.into(),
+        telemetry_topic: telemetry.into(),
+        ticks_per_symbol: 20.0,
+        devices: 20,
+        readings_per_device: 20.0,
+        duration: Some(Duration::from_secs(3)),
+        mqtt: None,
+    };
+    demo::run(Producer::new(&super::kafka_config(bootstrap))?, options).await?;
+    let mut rows = Vec::new();
+    for (topic, feed) in [(ticker, "demo ticker"), (telemetry, "demo telemetry")] {
+        let (events, plain) = socket_bytes(&gw.ws_url(), topic, false).await?;
+        let (compressed_events, compressed) = socket_bytes(&gw.ws_url(), topic, true).await?;
+        if events != compressed_events {
+            bail!("{topic}: {events} events plain but {compressed_events} compressed");
+        }
+        let (plain, compressed) = (
+            plain as f64 / events as f64,
+            compressed as f64 / events as f64,
+        );
+        progress(format!(
+            "{feed}: {plain:.1} socket bytes per event plain, {compressed:.1} with permessage-deflate ({events} events)"
+        ));
+        for (how, value) in [("plain", plain), ("permessage-deflate", compressed)] {
+            rows.push(Row {
+                scenario: "wire: deflate".into(),
+                metric: format!("{feed}, {how}: socket bytes per event"),
+                value,
+                unit: "B/event".into(),
+                ratio: Some(value / plain),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// One ticker update as the demo makes it, deterministic in `i`.
+fn demo_tick(i: usize) -> (String, String) {
+    let (symbol, open) = demo::SYMBOLS[i % demo::SYMBOLS.len()];
+    let price = open * (1.0 + ((i * 7919) % 2001) as f64 / 1e5 - 0.01);
+    let spread = price * 0.0002;
+    let round = |x: f64, places: i32| (x * 10f64.powi(places)).round() / 10f64.powi(places);
+    let body = json!({
+        "symbol": symbol,
+        "price": round(price, 2),
+        "bid": round(price - spread, 2),
+        "ask": round(price + spread, 2),
+        "change": round(price - open, 2),
+        "change_pct": round((price / open - 1.0) * 100.0, 3),
+        "volume": 100 + (i * 31) % 4900,
+        "ts": 1_764_600_000_000u64 + i as u64,
+    });
+    (symbol.to_string(), body.to_string())
+}
+
+/// The gateway's CPU per delivered message with `opts.clients` clients, without and with deflate.
+async fn deflate_cpu(
+    dir: &std::path::Path,
+    bootstrap: &str,
+    opts: &WireOptions,
+) -> anyhow::Result<Vec<Row>> {
+    let topic = "wire-cpu";
+    let mut gw = GatewayProc::start(&dir.join("gw-cpu"), bootstrap, &[(topic, 1)], "")?;
+    let producer = Producer::new(&super::kafka_config(bootstrap))?;
+    let (n, clients) = (opts.records, opts.clients);
+    let mut rows = Vec::new();
+    let mut plain_cpu = None;
+    for deflate in [false, true] {
+        let how = Connect {
+            deflate,
+            ..Connect::default()
+        };
+        let load = connect_many(&Target::kgate(&gw.ws_url(), topic), clients, how).await?;
+        let name = if deflate {
+            "permessage-deflate"
+        } else {
+            "plain"
+        };
+        progress(format!(
+            "{name}: producing {n} demo ticks to {clients} clients"
+        ));
+        let cpu = CpuMeter::start(&[gw.proc.pid()]);
+        let d = deliver(load, n, produce_each(&producer, topic, n, None, demo_tick)).await?;
+        if d.received != d.expected {
+            bail!("{name}: {} of {} messages arrived", d.received, d.expected);
+        }
+        let per = d.cpu_per_message(cpu.used()[0]);
+        progress(format!(
+            "{name}: {:.0} msgs/s, {per:.3} us of gateway CPU per message",
+            d.rate()
+        ));
+        rows.push(Row {
+            scenario: format!("wire: deflate ({clients} clients)"),
+            metric: format!("kgate CPU per delivered message, {name}"),
+            value: per,
+            unit: "us/msg".into(),
+            ratio: Some(per / *plain_cpu.get_or_insert(per)),
+        });
+    }
+    gw.stop();
+    Ok(rows)
+}
+
+/// Resident memory per idle connection, without and with deflate, each on a fresh gateway.
+async fn deflate_idle(
+    dir: &std::path::Path,
+    bootstrap: &str,
+    opts: &WireOptions,
+) -> anyhow::Result<Vec<Row>> {
+    let topic = "wire-idle";
+    let mut rows = Vec::new();
+    let mut plain = None;
+    for deflate in [false, true] {
+        let name = if deflate {
+            "permessage-deflate"
+        } else {
+            "plain"
+        };
+        let gw = GatewayProc::start(
+            &dir.join(format!("gw-idle-{name}")),
+            bootstrap,
+            &[(topic, 1)],
+            "",
+        )?;
+        let target = Target::kgate(&gw.ws_url(), topic);
+        drop(connect_many(&target, 1, Connect::default()).await?);
+        let idle = IdleOptions {
+            clients: opts.idle_clients,
+            processes: opts.processes,
+            deflate,
+        };
+        let pid = gw.proc.pid();
+        let bytes = measure(dir, &target, &idle, || super::procs::rss_bytes(pid)).await?;
+        rows.push(Row {
+            scenario: format!("wire: deflate idle ({} connections)", opts.idle_clients),
+            metric: format!("kgate RSS per idle subscribed connection, {name}"),
+            value: bytes,
+            unit: "bytes".into(),
+            ratio: Some(bytes / *plain.get_or_insert(bytes)),
+        });
+    }
+    Ok(rows)
+}
+
+/// Subscribes to `topic` from the start and reads until it goes quiet; returns the
+/// events and the bytes the socket delivered for them (frames, headers, the few
+/// control frames), offering permessage-deflate when `deflate`.
+async fn socket_bytes(url: &str, topic: &str, deflate: bool) -> anyhow::Result<(usize, u64)> {
+    let mut request = url.into_client_request()?;
+    let host = request.uri().host().context("URL has no host")?;
+    let port = request.uri().port_u16().context("URL has no port")?;
+    let stream = TcpStream::connect((host, port)).await?;
+    if deflate {
+        request.headers_mut().insert(
+            "sec-websocket-extensions",
+            HeaderValue::from_static("permessage-deflate; client_max_window_bits"),
+        );
+    }
+    let read = Arc::new(AtomicU64::new(0));
+    let counted = Counted {
+        inner: stream,
+        read: read.clone(),
+    };
+    let stream = Inflating::new(counted, deflate.then_some(1 << 20));
+    let (mut ws, response) = tokio_tungstenite::client_async(request, stream).await?;
+    if deflate != response.headers().contains_key("sec-websocket-extensions") {
+        bail!("permessage-deflate was not negotiated as asked ({deflate})");
+    }
+    let start = read.load(Ordering::Relaxed);
+    let subscribe = json!({"type": "subscribe", "channel": topic, "from": "earliest"});
+    ws.send(Message::Text(subscribe.to_string().into())).await?;
+    let mut events = 0;
+    loop {
+        let quiet = Duration::from_secs(if events == 0 { 30 } else { 3 });
+        match tokio::time::timeout(quiet, ws.next()).await {
+            Err(_) => break,
+            Ok(Some(Ok(Message::Text(text)))) if text.starts_with(r#"{"type":"event""#) => {
+                events += 1
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => bail!("reading {topic}: {e}"),
+            Ok(None) => bail!("the gateway closed the connection after {events} events"),
+        }
+    }
+    if events == 0 {
+        bail!("no event on {topic}");
+    }
+    Ok((events, read.load(Ordering::Relaxed) - start))
+}
+
+/// A stream that counts the bytes read from it.
+struct Counted<S> {
+    inner: S,
+    read: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        this.read.fetch_add(n as u64, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 /// Reads `n` events of `topic` from the start; returns the mean WebSocket payload size.

@@ -101,10 +101,21 @@ enum Scenario {
         missed: usize,
     },
     /// Bytes per ticker event: JSON frames vs binary envelopes, JSON and Avro topics
-    /// (run from the repository root: it reads schemas/tick.avsc).
+    /// (run from the repository root: it reads schemas/tick.avsc); then
+    /// permessage-deflate: bytes per event on the demo feeds, CPU per delivered message
+    /// and memory per idle connection, with and without it.
     Wire {
         #[arg(long, default_value_t = 10_000)]
         records: usize,
+        /// Clients of the CPU comparison (0 skips it).
+        #[arg(long, default_value_t = 1_000)]
+        clients: usize,
+        /// Idle connections of the memory comparison (0 skips it).
+        #[arg(long, default_value_t = 10_000)]
+        idle_clients: usize,
+        /// Load processes holding the idle connections.
+        #[arg(long, default_value_t = 4)]
+        processes: usize,
     },
     /// Internal: the floor baseline's broadcast server (see src/bench/floor.rs).
     #[command(hide = true)]
@@ -126,6 +137,9 @@ enum Scenario {
         clients: usize,
         #[arg(long)]
         bind: IpAddr,
+        /// Negotiate permessage-deflate.
+        #[arg(long)]
+        deflate: bool,
     },
 }
 
@@ -174,7 +188,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .await?
         }
         Scenario::Idle { clients, processes } => {
-            bench::run_idle(&IdleOptions { clients, processes }).await?
+            bench::run_idle(&IdleOptions {
+                clients,
+                processes,
+                deflate: false,
+            })
+            .await?
         }
         Scenario::Mqtt {
             clients,
@@ -196,7 +215,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Scenario::Storm { clients, missed } => {
             bench::run_storm(&StormOptions { clients, missed }).await?
         }
-        Scenario::Wire { records } => bench::run_wire(&WireOptions { records }).await?,
+        Scenario::Wire {
+            records,
+            clients,
+            idle_clients,
+            processes,
+        } => {
+            bench::run_wire(&WireOptions {
+                records,
+                clients,
+                idle_clients,
+                processes,
+            })
+            .await?
+        }
         Scenario::FloorServe { listen } => return bench::floor_serve(listen).await,
         Scenario::Hold {
             url,
@@ -204,7 +236,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             centrifugo,
             clients,
             bind,
-        } => return bench::run_hold(&url, channel.as_deref(), centrifugo, clients, bind).await,
+            deflate,
+        } => {
+            let how = bench::Connect {
+                bind: Some(bind),
+                idle: true,
+                deflate,
+            };
+            return bench::run_hold(&url, channel.as_deref(), centrifugo, clients, how).await;
+        }
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

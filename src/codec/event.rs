@@ -41,6 +41,8 @@ pub struct EncodedRecord {
     pub frame: Frame,
     /// The record as protocols without frames carry it (MQTT), made by the first such recipient.
     bare: OnceLock<Bare>,
+    /// The frame compressed for permessage-deflate, made by the first such recipient.
+    deflated: OnceLock<Option<Bytes>>,
 }
 
 /// A record as protocols without frames carry it (MQTT): a path naming it and its value.
@@ -75,7 +77,19 @@ impl EncodedRecord {
             binary: None,
             frame,
             bare: OnceLock::new(),
+            deflated: OnceLock::new(),
         }
+    }
+
+    /// The frame compressed for permessage-deflate, once and shared; `None` when it is
+    /// shorter than `min_bytes` or compressing does not shrink it.
+    pub fn deflated(&self, min_bytes: usize) -> Option<&Bytes> {
+        if self.frame.len() < min_bytes {
+            return None;
+        }
+        self.deflated
+            .get_or_init(|| super::deflate::deflate(self.frame.as_bytes()))
+            .as_ref()
     }
 
     /// The record's path and value without the frame around them, made once and shared.

@@ -2,10 +2,11 @@
 //! registry) and outgoing frame encoding.
 //!
 //! A record is decoded and encoded into its event frame once, at ingest; every
-//! recipient then shares the same [`Frame`] buffer.
+//! recipient then shares the same [`Frame`] buffer (and its compressed form, [`deflate`]).
 
 pub mod avro;
 pub mod cursor;
+pub mod deflate;
 pub mod depth;
 mod envelope;
 mod event;

@@ -6,7 +6,6 @@ use std::io;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
@@ -73,9 +72,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Wire for Stream<S> {
 }
 
 /// MQTT over WebSocket (subprotocol `mqtt`): binary messages only.
-pub struct WsWire(pub WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>);
+pub struct WsWire<S>(pub WebSocketStream<S>);
 
-impl Wire for WsWire {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Wire for WsWire<S> {
     const TRANSPORT: &'static str = "mqtt-ws";
 
     async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {

@@ -36,6 +36,14 @@ async function received(page) {
 async function openDemo(browser, query, init) {
   const page = await browser.newPage({ viewport: { width: 1280, height: 760 } });
   page.on("pageerror", (e) => fail("page error: " + e.message));
+  // The Sec-WebSocket-Extensions answer of every WebSocket handshake, from the DevTools protocol.
+  page.wsExtensions = [];
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send("Network.enable");
+  cdp.on("Network.webSocketHandshakeResponseReceived", ({ response }) => {
+    const name = Object.keys(response.headers).find((h) => h.toLowerCase() === "sec-websocket-extensions");
+    page.wsExtensions.push(name ? response.headers[name] : "");
+  });
   if (init) await page.addInitScript(init);
   await page.goto(`${base}/?prices=${prices}&telemetry=${telemetry}${query}`);
   await waitFor("the client to connect", () => page.evaluate(() => window.kgateClient && window.kgateClient.state === "connected"));
@@ -79,6 +87,12 @@ try {
   const replayed = await page.evaluate(() => window.kgateClient.replayedSinceReconnect);
   if (replayed === 0) fail("the records published while away were not replayed on reconnect");
   console.log(`ok: after the drop the page resumed with all ${all.length} records, no duplicate (${replayed} replayed after the reconnect)`);
+  // Both connections (before and after the drop) carried compressed events.
+  const deflated = page.wsExtensions.filter((e) => e.startsWith("permessage-deflate"));
+  if (page.wsExtensions.length < 2 || deflated.length !== page.wsExtensions.length) {
+    fail(`expected permessage-deflate on every handshake, got ${JSON.stringify(page.wsExtensions)}`);
+  }
+  console.log(`ok: chromium negotiated ${deflated[0]} on all ${deflated.length} handshakes`);
   mkdirSync(artifacts, { recursive: true });
   await page.screenshot({ path: `${artifacts}/demo-page.png`, fullPage: true });
   console.log(`ok: screenshot saved to ${artifacts}/demo-page.png`);

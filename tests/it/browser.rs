@@ -2,8 +2,8 @@
 //! playwright-core from tests/browser/run.mjs): live data, resume after a cut
 //! connection with no missing offset, fallback to SSE and to long-polling, a board opened
 //! mid-session from a snapshot, the status page, warnings for unknown options, `publish()`
-//! over the WebSocket and over HTTP, long-polling on a draining node, and a screenshot of
-//! the demo page as an artifact.
+//! over the WebSocket and over HTTP, long-polling on a draining node, permessage-deflate
+//! negotiated by chromium, and a screenshot of the demo page as an artifact.
 
 use std::path::PathBuf;
 
@@ -21,6 +21,6 @@ fn sdk_and_demo_page_in_chromium() {
     let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/artifacts");
     let base = format!("http://127.0.0.1:{}", gw.port);
     let args = [base, prices, telemetry, artifacts.display().to_string()];
-    browser_checks("run.mjs", &args, 14);
+    browser_checks("run.mjs", &args, 15);
     assert!(artifacts.join("demo-page.png").exists(), "screenshot saved");
 }

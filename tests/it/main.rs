@@ -5,6 +5,7 @@
 mod browser;
 mod cli;
 mod cluster;
+mod deflate;
 mod docker;
 mod fuzz;
 mod harness;

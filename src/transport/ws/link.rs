@@ -1,13 +1,19 @@
 //! The WebSocket [`Link`]: text messages both ways (and binary events under
 //! `kgate.v1.avro`), pings, close frames.
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{
+    CloseCode as WsCloseCode, Data, OpCode,
+};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
 
 use super::Socket;
+use super::inflate::InflateFailure;
 use crate::codec::EncodedRecord;
+use crate::codec::deflate::InflateError;
 use crate::connection::link::{Gone, Inbound, Link, Outbound};
 use crate::connection::protocol::{BINARY_SUBPROTOCOL, CloseCode, SUBPROTOCOL};
 
@@ -16,6 +22,28 @@ pub(super) struct WsLink {
     pub(super) socket: Socket,
     /// `kgate.v1.avro`: events that have a binary envelope go out as binary messages.
     pub(super) binary: bool,
+    /// With permessage-deflate negotiated: event frames this long or longer go compressed.
+    pub(super) deflate_min_bytes: Option<usize>,
+}
+
+impl WsLink {
+    /// An event's JSON frame, compressed (once per record, shared) where deflate applies.
+    fn text_event(&self, record: &EncodedRecord) -> Message {
+        match self.deflate_min_bytes.and_then(|min| record.deflated(min)) {
+            Some(compressed) => Message::Frame(compressed_text(compressed.clone())),
+            None => Message::Text(record.frame.clone()),
+        }
+    }
+}
+
+/// A text frame whose payload is a permessage-deflate message (RSV1 set).
+fn compressed_text(payload: Bytes) -> Frame {
+    let header = FrameHeader {
+        rsv1: true,
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    Frame::from_payload(header, payload)
 }
 
 impl Link for WsLink {
@@ -35,6 +63,17 @@ impl Link for WsLink {
                     max: max_size,
                 }
             }
+            Some(Err(WsError::Io(e))) => match e.get_ref().and_then(|e| e.downcast_ref()) {
+                Some(InflateFailure::Inflate(InflateError::TooLarge { max })) => Inbound::TooBig {
+                    size: max + 1,
+                    max: *max,
+                },
+                Some(why) => Inbound::ProtocolError(why.to_string()),
+                None => {
+                    tracing::debug!(error = %e, "socket error");
+                    Inbound::Gone
+                }
+            },
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "socket error");
                 Inbound::Gone
@@ -48,7 +87,7 @@ impl Link for WsLink {
                 Outbound::Frame(frame) => Message::Text(frame.to_json().into()),
                 Outbound::Event { record, .. } => match (&record.binary, self.binary) {
                     (Some(envelope), true) => Message::Binary(envelope.clone()),
-                    _ => Message::Text(record.frame.clone()),
+                    _ => self.text_event(&record),
                 },
                 Outbound::Ping => Message::Ping(Default::default()),
             };
@@ -67,7 +106,10 @@ impl Link for WsLink {
     fn event_bytes(&self, record: &EncodedRecord) -> usize {
         match (&record.binary, self.binary) {
             (Some(envelope), true) => envelope.len(),
-            _ => record.frame.len(),
+            _ => match self.deflate_min_bytes.and_then(|min| record.deflated(min)) {
+                Some(compressed) => compressed.len(),
+                None => record.frame.len(),
+            },
         }
     }
 

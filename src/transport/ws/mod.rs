@@ -2,6 +2,8 @@
 //! sizes) here; the [`Link`](crate::connection::Link) in [`link`]; the
 //! connection logic shared by every transport in [`crate::connection`].
 
+mod deflate;
+pub mod inflate;
 mod link;
 pub mod mqtt;
 
@@ -16,16 +18,17 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use warp::Filter;
 
-use crate::auth::Identity;
 use crate::connection::Connection;
 use crate::connection::protocol::{BINARY_SUBPROTOCOL, SUBPROTOCOL};
 use crate::gateway::Gateway;
 use crate::transport::access::{admit, request_parts};
 use crate::transport::reply::error_reply as refuse;
+use inflate::Inflating;
 use link::WsLink;
 
-/// The server side of one upgraded WebSocket.
-pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+/// The server side of one upgraded WebSocket (compressed messages from the client
+/// inflated beneath tungstenite when permessage-deflate was negotiated).
+pub type Socket = WebSocketStream<Inflating<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// `GET /v1/ws`: the WebSocket endpoint.
 pub fn route(
@@ -113,32 +116,37 @@ fn handshake(
         (false, true) => Some(BINARY_SUBPROTOCOL),
         (false, false) => Some(SUBPROTOCOL),
     };
-    upgrade_to(gateway, key, chosen, upgrade, remote, ticket, identity)
-}
-
-/// Answers 101 and runs the connection once hyper hands over the socket.
-fn upgrade_to(
-    gateway: Arc<Gateway>,
-    key: &str,
-    protocol: Option<&'static str>,
-    upgrade: OnUpgrade,
-    remote: Option<SocketAddr>,
-    ticket: crate::limits::Ticket,
-    identity: Identity,
-) -> warp::reply::Response {
-    let binary = protocol == Some(BINARY_SUBPROTOCOL);
     let services = gateway.services.clone();
-    accept(&gateway, key, protocol, upgrade, move |socket| {
-        Connection::new(services, remote, ticket, identity).run(WsLink { socket, binary })
+    let deflate = negotiate_deflate(&gateway, headers);
+    let deflate_min_bytes = deflate.then_some(services.config.websocket.deflate_min_bytes);
+    accept(&gateway, key, chosen, deflate, upgrade, move |socket| {
+        Connection::new(services, remote, ticket, identity).run(WsLink {
+            socket,
+            binary,
+            deflate_min_bytes,
+        })
     })
 }
 
+/// True when deflate is on and the client offered permessage-deflate on terms kgate accepts.
+pub fn negotiate_deflate(gateway: &Gateway, headers: &HeaderMap) -> bool {
+    gateway.services.config.websocket.deflate
+        && deflate::accepts(
+            headers
+                .get_all("sec-websocket-extensions")
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        )
+}
+
 /// Answers a checked upgrade request with 101 and, once hyper hands over the socket,
-/// spawns `serve` on it (also for MQTT over WebSocket).
+/// spawns `serve` on it (also for MQTT over WebSocket). With `deflate`, the answer
+/// accepts permessage-deflate and compressed messages from the client are inflated.
 pub fn accept<F, Fut>(
     gateway: &Gateway,
     key: &str,
     protocol: Option<&'static str>,
+    deflate: bool,
     upgrade: OnUpgrade,
     serve: F,
 ) -> warp::reply::Response
@@ -159,6 +167,13 @@ where
         h.insert("sec-websocket-protocol", HeaderValue::from_static(protocol));
     }
     let ws = &gateway.services.config.websocket;
+    if deflate {
+        h.insert(
+            "sec-websocket-extensions",
+            HeaderValue::from_static(deflate::RESPONSE),
+        );
+    }
+    let inflate_limit = deflate.then_some(ws.max_message_bytes);
     // tungstenite's defaults hold 128 KiB per connection; these keep idle connections small.
     let config = WebSocketConfig::default()
         .read_buffer_size(ws.read_buffer_bytes)
@@ -174,8 +189,11 @@ where
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
+                if deflate {
+                    crate::telemetry::deflate_negotiated();
+                }
                 let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
+                    Inflating::new(TokioIo::new(upgraded), inflate_limit),
                     Role::Server,
                     Some(config),
                 )

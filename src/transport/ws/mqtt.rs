@@ -78,7 +78,14 @@ fn handshake(
         return response;
     }
     let token = token_from_request(headers, query, gateway.services.auth.query_param());
-    super::accept(gateway, key, Some(protocol), upgrade, move |socket| {
-        front.serve(WsWire(socket), remote, token)
-    })
+    // MQTT packets differ per recipient (packet ids, batching), so they are not
+    // compressed once per record; the endpoint does not negotiate deflate.
+    super::accept(
+        gateway,
+        key,
+        Some(protocol),
+        false,
+        upgrade,
+        move |socket| front.serve(WsWire(socket), remote, token),
+    )
 }
