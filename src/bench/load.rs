@@ -172,7 +172,7 @@ impl WsClient {
                 .write_buffer_size(0),
             false => WebSocketConfig::default().read_buffer_size(16 * 1024),
         };
-        let stream = Inflating::new(stream, how.deflate.then_some(MAX_INFLATED));
+        let stream = Inflating::after_response(stream, how.deflate.then_some(MAX_INFLATED));
         let (socket, response) =
             tokio_tungstenite::client_async_with_config(request, stream, Some(config))
                 .await

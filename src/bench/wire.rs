@@ -57,7 +57,11 @@ fn tick(i: usize) -> (String, f64, Option<i64>, i64) {
 
 /// Runs the scenario; returns the summary rows.
 pub async fn run_wire(opts: &WireOptions) -> anyhow::Result<Vec<Row>> {
-    let dir = tempfile::tempdir()?;
+    let mut dir = tempfile::tempdir()?;
+    if std::env::var_os("KGATE_BENCH_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("keeping {}", dir.path().display());
+    }
     let (_broker, bootstrap) = super::procs::broker(dir.path())?;
     let schema_path = std::env::current_dir()?.join("schemas/tick.avsc");
     let schema_text = std::fs::read_to_string(&schema_path).map_err(|e| {
@@ -319,7 +323,7 @@ async fn socket_bytes(url: &str, topic: &str, deflate: bool) -> anyhow::Result<(
         inner: stream,
         read: read.clone(),
     };
-    let stream = Inflating::new(counted, deflate.then_some(1 << 20));
+    let stream = Inflating::after_response(counted, deflate.then_some(1 << 20));
     let (mut ws, response) = tokio_tungstenite::client_async(request, stream).await?;
     if deflate != response.headers().contains_key("sec-websocket-extensions") {
         bail!("permessage-deflate was not negotiated as asked ({deflate})");

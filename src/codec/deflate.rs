@@ -12,8 +12,9 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, 
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
 thread_local! {
-    // Reset per message; one per thread saves allocating a compressor per record.
+    // Reset per message; one per thread saves allocating their state (tens of KB) each time.
     static COMPRESSOR: RefCell<Compress> = RefCell::new(Compress::new(Compression::default(), false));
+    static INFLATER: RefCell<Decompress> = RefCell::new(Decompress::new(false));
 }
 
 /// `payload` as one compressed message, or `None` when compressing does not shrink it.
@@ -51,7 +52,17 @@ pub enum InflateError {
 /// Inflates one message, refusing it once its output passes `max` bytes: memory is
 /// bounded by the limit, whatever the input claims.
 pub fn inflate(compressed: &[u8], max: usize) -> Result<Vec<u8>, InflateError> {
-    let mut inflater = Decompress::new(false);
+    INFLATER.with_borrow_mut(|inflater| {
+        inflater.reset(false);
+        inflate_with(inflater, compressed, max)
+    })
+}
+
+fn inflate_with(
+    inflater: &mut Decompress,
+    compressed: &[u8],
+    max: usize,
+) -> Result<Vec<u8>, InflateError> {
     let bound = max.saturating_add(1);
     let mut out = Vec::with_capacity(compressed.len().saturating_mul(3).clamp(64, bound));
     for input in [compressed, &TAIL[..]] {

@@ -7,6 +7,7 @@ use std::io::{self, Cursor};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -24,6 +25,16 @@ impl<S> Inflating<S> {
     /// Inflates compressed messages when `max_message_bytes` is given (deflate was
     /// negotiated), refusing those that inflate past it.
     pub fn new(inner: S, max_message_bytes: Option<usize>) -> Self {
+        Self::starting(inner, max_message_bytes, Step::Header)
+    }
+
+    /// [`Inflating::new`] for a client: the server's HTTP response to the upgrade comes
+    /// first and passes through as it is.
+    pub fn after_response(inner: S, max_message_bytes: Option<usize>) -> Self {
+        Self::starting(inner, max_message_bytes, Step::Response { matched: 0 })
+    }
+
+    fn starting(inner: S, max_message_bytes: Option<usize>, step: Step) -> Self {
         Inflating {
             inner,
             state: max_message_bytes.map(|max| {
@@ -31,8 +42,9 @@ impl<S> Inflating<S> {
                     max,
                     head: [0; 14],
                     head_len: 0,
-                    step: Step::Header,
+                    step,
                     message: None,
+                    pending: BytesMut::new(),
                 })
             }),
         }
@@ -57,9 +69,48 @@ struct Inflater {
     step: Step,
     /// A compressed message being gathered: its opcode and its (unmasked) bytes so far.
     message: Option<(Data, Vec<u8>)>,
+    /// Bytes read ahead of the frame being parsed (and frames that came with the end
+    /// of the HTTP response), read before the socket.
+    pending: BytesMut,
+}
+
+/// Bytes read from the socket ahead of the frame being parsed.
+const READ_AHEAD: usize = 8192;
+
+/// Reads into `dst`: from `pending` first; then straight from `inner` when `dst` is
+/// large (a payload, bounded by its frame); else through `pending`, so parsing a run of
+/// small frames costs one socket read per chunk, not two per frame.
+fn read_from<S: AsyncRead + Unpin>(
+    pending: &mut BytesMut,
+    inner: &mut S,
+    cx: &mut Context<'_>,
+    dst: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    if pending.is_empty() {
+        if dst.remaining() >= READ_AHEAD / 2 {
+            return Pin::new(inner).poll_read(cx, dst);
+        }
+        // On the stack: a connection waiting for its next frame holds no buffer.
+        let mut chunk = [0u8; READ_AHEAD];
+        let mut read = ReadBuf::new(&mut chunk);
+        ready!(Pin::new(inner).poll_read(cx, &mut read))?;
+        pending.extend_from_slice(read.filled());
+    }
+    let n = pending.len().min(dst.remaining());
+    dst.put_slice(&pending[..n]);
+    pending.advance(n);
+    if pending.is_empty() {
+        // An idle connection holds no read-ahead.
+        *pending = BytesMut::new();
+    }
+    Poll::Ready(Ok(()))
 }
 
 enum Step {
+    /// Passing an HTTP response through; `matched` bytes of its closing `\r\n\r\n` seen.
+    Response {
+        matched: usize,
+    },
     /// Reading a frame header into `head`.
     Header,
     /// Handing up a plain frame's header from `head[at..]`, then its `left` payload bytes.
@@ -85,6 +136,9 @@ enum Step {
     /// Reading failed; what follows reads as the end of the stream.
     Failed,
 }
+
+/// How an HTTP head ends.
+const END_OF_HEAD: &[u8] = b"\r\n\r\n";
 
 /// A header's length from its second byte (length code and mask bit).
 fn header_len(second: u8) -> usize {
@@ -112,6 +166,30 @@ impl Inflater {
         loop {
             match &mut self.step {
                 Step::Failed => return Poll::Ready(Ok(())),
+                Step::Response { matched } => {
+                    let before = buf.filled().len();
+                    ready!(Pin::new(&mut *inner).poll_read(cx, buf))?;
+                    let got = &buf.filled()[before..];
+                    let mut end = None;
+                    for (i, &byte) in got.iter().enumerate() {
+                        *matched = match byte {
+                            _ if byte == END_OF_HEAD[*matched] => *matched + 1,
+                            b'\r' => 1,
+                            _ => 0,
+                        };
+                        if *matched == END_OF_HEAD.len() {
+                            end = Some(i + 1);
+                            break;
+                        }
+                    }
+                    if let Some(end) = end {
+                        // Frames that came with the response's end are read as frames.
+                        self.pending = BytesMut::from(&got[end..]);
+                        buf.set_filled(before + end);
+                        self.step = Step::Header;
+                    }
+                    return Poll::Ready(Ok(()));
+                }
                 Step::Header => {
                     let need = match self.head_len {
                         0 | 1 => 2,
@@ -119,7 +197,7 @@ impl Inflater {
                     };
                     if self.head_len < need {
                         let mut read = ReadBuf::new(&mut self.head[self.head_len..need]);
-                        ready!(Pin::new(&mut *inner).poll_read(cx, &mut read))?;
+                        ready!(read_from(&mut self.pending, inner, cx, &mut read))?;
                         let n = read.filled().len();
                         if n == 0 {
                             if self.head_len == 0 {
@@ -157,7 +235,7 @@ impl Inflater {
                 Step::Pass { left } => {
                     let limit = (*left).min(buf.remaining() as u64) as usize;
                     let mut read = ReadBuf::new(buf.initialize_unfilled_to(limit));
-                    ready!(Pin::new(&mut *inner).poll_read(cx, &mut read))?;
+                    ready!(read_from(&mut self.pending, inner, cx, &mut read))?;
                     let n = read.filled().len();
                     buf.advance(n);
                     *left -= n as u64;
@@ -180,7 +258,7 @@ impl Inflater {
                         let start = message.len();
                         message.resize(start + (*left).min(16 * 1024) as usize, 0);
                         let mut read = ReadBuf::new(&mut message[start..]);
-                        let polled = Pin::new(&mut *inner).poll_read(cx, &mut read);
+                        let polled = read_from(&mut self.pending, inner, cx, &mut read);
                         let n = read.filled().len();
                         message.truncate(start + n);
                         ready!(polled)?;
@@ -416,6 +494,27 @@ mod tests {
         let out = read_all(input, 1024).await.unwrap();
         assert_eq!(out[1] & 0x80, 0, "no mask bit");
         assert_eq!(payloads(&out), vec![(0x1, false, event.to_vec())]);
+    }
+
+    #[tokio::test]
+    async fn a_client_passes_the_upgrade_response_through_then_inflates() {
+        let event =
+            br#"{"type":"event","offset":7,"data":{"price":101.5,"bid":101.4,"ask":101.6}}"#;
+        let z = deflate(event).unwrap();
+        let response = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
+        let mut input = response.to_vec();
+        input.extend([0x81 | 0x40, z.len() as u8]);
+        input.extend_from_slice(&z);
+        let mut out = Vec::new();
+        Inflating::after_response(&input[..], Some(1024))
+            .read_to_end(&mut out)
+            .await
+            .unwrap();
+        assert_eq!(&out[..response.len()], response);
+        assert_eq!(
+            payloads(&out[response.len()..]),
+            vec![(0x1, false, event.to_vec())]
+        );
     }
 
     #[tokio::test]
