@@ -19,7 +19,7 @@ use anyhow::{Context as _, bail};
 use apache_avro::types::Value as Avro;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -147,6 +147,37 @@ pub async fn run_wire(opts: &WireOptions) -> anyhow::Result<Vec<Row>> {
         rows.extend(deflate_idle(dir.path(), &bootstrap, opts).await?);
     }
     Ok(rows)
+}
+
+/// Reads `n` events of `topic` from the start; returns the mean WebSocket payload size.
+async fn bytes_per_event(url: &str, topic: &str, binary: bool, n: usize) -> anyhow::Result<f64> {
+    let mut client = if binary {
+        Client::connect_binary(url).await?
+    } else {
+        Client::connect(url).await?
+    };
+    client.subscribe(topic, json!("earliest")).await?;
+    let (mut events, mut bytes) = (0, 0);
+    while events < n {
+        let next = tokio::time::timeout(Duration::from_secs(60), client.next_raw()).await;
+        match next.map_err(|_| anyhow::anyhow!("no event within 60 s after {events} of {n}"))?? {
+            Some(Raw::Binary(data)) if binary => {
+                events += 1;
+                bytes += data.len();
+            }
+            Some(Raw::Text(text)) if !binary && text.starts_with(r#"{"type":"event""#) => {
+                events += 1;
+                bytes += text.len();
+            }
+            Some(Raw::Text(text)) if text.starts_with(r#"{"type":"event""#) => {
+                anyhow::bail!("a JSON event on the binary subprotocol: {text}")
+            }
+            Some(_) => {}
+            None => anyhow::bail!("connection closed after {events} of {n} events"),
+        }
+    }
+    client.close().await;
+    Ok(bytes as f64 / n as f64)
 }
 
 /// Socket bytes per event on the demo's feeds, plain and with permessage-deflate.
@@ -319,11 +350,13 @@ async fn socket_bytes(url: &str, topic: &str, deflate: bool) -> anyhow::Result<(
         );
     }
     let read = Arc::new(AtomicU64::new(0));
+    let (reader, writer) = stream.into_split();
     let counted = Counted {
-        inner: stream,
+        inner: reader,
         read: read.clone(),
     };
-    let stream = Inflating::after_response(counted, deflate.then_some(1 << 20));
+    let stream =
+        Inflating::after_response(tokio::io::join(counted, writer), deflate.then_some(1 << 20));
     let (mut ws, response) = tokio_tungstenite::client_async(request, stream).await?;
     if deflate != response.headers().contains_key("sec-websocket-extensions") {
         bail!("permessage-deflate was not negotiated as asked ({deflate})");
@@ -369,53 +402,4 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         this.read.fetch_add(n as u64, Ordering::Relaxed);
         polled
     }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
-/// Reads `n` events of `topic` from the start; returns the mean WebSocket payload size.
-async fn bytes_per_event(url: &str, topic: &str, binary: bool, n: usize) -> anyhow::Result<f64> {
-    let mut client = if binary {
-        Client::connect_binary(url).await?
-    } else {
-        Client::connect(url).await?
-    };
-    client.subscribe(topic, json!("earliest")).await?;
-    let (mut events, mut bytes) = (0, 0);
-    while events < n {
-        let next = tokio::time::timeout(Duration::from_secs(60), client.next_raw()).await;
-        match next.map_err(|_| anyhow::anyhow!("no event within 60 s after {events} of {n}"))?? {
-            Some(Raw::Binary(data)) if binary => {
-                events += 1;
-                bytes += data.len();
-            }
-            Some(Raw::Text(text)) if !binary && text.starts_with(r#"{"type":"event""#) => {
-                events += 1;
-                bytes += text.len();
-            }
-            Some(Raw::Text(text)) if text.starts_with(r#"{"type":"event""#) => {
-                anyhow::bail!("a JSON event on the binary subprotocol: {text}")
-            }
-            Some(_) => {}
-            None => anyhow::bail!("connection closed after {events} of {n} events"),
-        }
-    }
-    client.close().await;
-    Ok(bytes as f64 / n as f64)
 }

@@ -27,9 +27,14 @@ pub(super) struct WsLink {
 }
 
 impl WsLink {
-    /// An event's JSON frame, compressed (once per record, shared) where deflate applies.
+    /// The event's frame compressed (once per record, shared), where deflate applies.
+    fn deflated<'r>(&self, record: &'r EncodedRecord) -> Option<&'r Bytes> {
+        self.deflate_min_bytes.and_then(|min| record.deflated(min))
+    }
+
+    /// An event's JSON frame, compressed where deflate applies.
     fn text_event(&self, record: &EncodedRecord) -> Message {
-        match self.deflate_min_bytes.and_then(|min| record.deflated(min)) {
+        match self.deflated(record) {
             Some(compressed) => Message::Frame(compressed_text(compressed.clone())),
             None => Message::Text(record.frame.clone()),
         }
@@ -106,10 +111,9 @@ impl Link for WsLink {
     fn event_bytes(&self, record: &EncodedRecord) -> usize {
         match (&record.binary, self.binary) {
             (Some(envelope), true) => envelope.len(),
-            _ => match self.deflate_min_bytes.and_then(|min| record.deflated(min)) {
-                Some(compressed) => compressed.len(),
-                None => record.frame.len(),
-            },
+            _ => self
+                .deflated(record)
+                .map_or(record.frame.len(), |compressed| compressed.len()),
         }
     }
 

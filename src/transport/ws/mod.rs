@@ -129,7 +129,7 @@ fn handshake(
 }
 
 /// True when deflate is on and the client offered permessage-deflate on terms kgate accepts.
-pub fn negotiate_deflate(gateway: &Gateway, headers: &HeaderMap) -> bool {
+fn negotiate_deflate(gateway: &Gateway, headers: &HeaderMap) -> bool {
     gateway.services.config.websocket.deflate
         && deflate::accepts(
             headers
