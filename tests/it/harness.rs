@@ -528,3 +528,72 @@ pub fn browser_checks(script: &str, args: &[String], checks: usize) {
         "{stdout}"
     );
 }
+
+/// A one-partition topic whose records Kafka deletes once they are a minute old by
+/// their timestamp; it rolls a segment a second, since Kafka deletes closed ones only.
+pub struct AgingTopic {
+    pub name: String,
+    producer: rdkafka::producer::FutureProducer,
+}
+
+impl AgingTopic {
+    /// Creates the topic.
+    pub async fn create(prefix: &str) -> AgingTopic {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let name = topic(prefix);
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            kgate::kafka::client_config(&client_config(), "test-admin")
+                .create()
+                .expect("admin client");
+        let new = NewTopic::new(&name, 1, TopicReplication::Fixed(1))
+            .set("cleanup.policy", "delete")
+            .set("retention.ms", "60000")
+            .set("segment.ms", "1000");
+        admin
+            .create_topics(&[new], &AdminOptions::new())
+            .await
+            .expect("create topic");
+        let producer = kgate::kafka::client_config(&client_config(), "test-producer")
+            .create()
+            .expect("producer");
+        AgingTopic { name, producer }
+    }
+
+    /// Produces `body` (keyed `key`) to partition 0, an hour old when `old`, else new.
+    pub async fn send(&self, key: Option<&str>, body: &str, old: bool) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as i64;
+        let mut record = rdkafka::producer::FutureRecord::to(&self.name)
+            .partition(0)
+            .payload(body)
+            .timestamp(if old { now - 3_600_000 } else { now });
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        self.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .expect("produce");
+    }
+
+    /// Waits (up to a minute) until retention has deleted every offset below `offset`.
+    pub async fn wait_deleted_below(&self, offset: i64) {
+        let cluster = kgate::kafka::cluster::Cluster::new(&client_config()).expect("cluster");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while cluster
+            .watermarks(&self.name, 0)
+            .await
+            .expect("watermarks")
+            .0
+            < offset
+        {
+            assert!(
+                Instant::now() < deadline,
+                "retention did not delete the records below {offset}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

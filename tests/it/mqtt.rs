@@ -243,48 +243,9 @@ async fn persistent_qos1_session_gets_what_it_missed() {
 /// away is told on `$kgate/gap/<topic>` (docs/mqtt.md), then gets what is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retention_gap_is_signalled_on_kgate_gap() {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-
-    let t = topic("mqtt-gap");
-    let admin: AdminClient<DefaultClientContext> =
-        kgate::kafka::client_config(&client_config(), "test-admin")
-            .create()
-            .unwrap();
-    let new = NewTopic::new(&t, 1, TopicReplication::Fixed(1))
-        .set("cleanup.policy", "delete")
-        .set("retention.ms", "60000")
-        // Kafka deletes whole closed segments only: roll one a second.
-        .set("segment.ms", "1000");
-    admin
-        .create_topics(&[new], &AdminOptions::new())
-        .await
-        .expect("create topic");
+    let aging = AgingTopic::create("mqtt-gap").await;
+    let t = aging.name.clone();
     let mut gw = Gateway::start(&[(&t, 1)], "");
-    let producer: FutureProducer = kgate::kafka::client_config(&client_config(), "test-producer")
-        .create()
-        .unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let send = |i: i64, ts: i64| {
-        let body = i.to_string();
-        let producer = producer.clone();
-        let t = t.clone();
-        async move {
-            let record = FutureRecord::to(&t)
-                .partition(0)
-                .key("truck")
-                .payload(&body)
-                .timestamp(ts);
-            producer
-                .send(record, Duration::from_secs(10))
-                .await
-                .expect("produce");
-        }
-    };
     let mqtt_port = port(&gw);
     let args = |count: usize| {
         format!(
@@ -295,23 +256,18 @@ async fn a_retention_gap_is_signalled_on_kgate_gap() {
     // The session reads and acknowledges offset 0 (an hour old), then goes away.
     let mut first = Client::paho(&args(1));
     assert_eq!(first.event("suback")["codes"], json!([1]));
-    send(0, now - 3_600_000).await;
+    aging.send(Some("truck"), "0", true).await;
     assert_eq!(first.messages(1)[0]["payload"], "0");
     first.wait();
     // Offsets 1 to 4 are as old, so retention deletes them; 5 to 9 are new, in a later segment.
     for i in 1..5 {
-        send(i, now - 3_600_000).await;
+        aging.send(Some("truck"), &i.to_string(), true).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for i in 5..10 {
-        send(i, now).await;
+        aging.send(Some("truck"), &i.to_string(), false).await;
     }
-    let cluster = kgate::kafka::cluster::Cluster::new(&client_config()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while cluster.watermarks(&t, 0).await.unwrap().0 < 5 {
-        assert!(Instant::now() < deadline, "retention did not delete 1 to 4");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    aging.wait_deleted_below(5).await;
     // A restart empties the memory ring, which would still hold the deleted records.
     gw.restart();
     let mut second = Client::paho(&args(6));

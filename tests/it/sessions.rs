@@ -6,9 +6,6 @@ use std::time::{Duration, Instant};
 
 use kgate::kafka::producer::Producer;
 use kgate_client::{Client, Incoming};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
@@ -422,20 +419,8 @@ async fn d_thousand_durable_clients_resume_at_once_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e_resume_before_the_retained_range_gets_a_gap_frame() {
-    let t = topic("gap");
-    let admin: AdminClient<DefaultClientContext> =
-        kgate::kafka::client_config(&client_config(), "test-admin")
-            .create()
-            .unwrap();
-    let topic = NewTopic::new(&t, 1, TopicReplication::Fixed(1))
-        .set("cleanup.policy", "delete")
-        .set("retention.ms", "60000")
-        // Kafka deletes whole closed segments only: roll one a second.
-        .set("segment.ms", "1000");
-    admin
-        .create_topics(&[topic], &AdminOptions::new())
-        .await
-        .expect("create topic");
+    let aging = AgingTopic::create("gap").await;
+    let t = aging.name.clone();
     let mut gw = Gateway::start(&[(&t, 1)], "");
     let url = gw.ws_url();
     let session = format!("e-{t}");
@@ -447,40 +432,14 @@ async fn e_resume_before_the_retained_range_gets_a_gap_frame() {
     c.close().await;
 
     // Five records an hour old (past retention), then five new ones.
-    let producer: FutureProducer = kgate::kafka::client_config(&client_config(), "test-producer")
-        .create()
-        .unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
     for i in 0..10 {
         if i == 5 {
             // The new records go into a later segment than the old ones.
             tokio::time::sleep(Duration::from_millis(1500)).await;
         }
-        let ts = if i < 5 { now - 3_600_000 } else { now };
-        let body = format!("{{\"i\":{i}}}");
-        producer
-            .send(
-                FutureRecord::<(), _>::to(&t)
-                    .partition(0)
-                    .payload(&body)
-                    .timestamp(ts),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("produce");
+        aging.send(None, &format!("{{\"i\":{i}}}"), i < 5).await;
     }
-    let cluster = kgate::kafka::cluster::Cluster::new(&client_config()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while cluster.watermarks(&t, 0).await.unwrap().0 < 5 {
-        assert!(
-            Instant::now() < deadline,
-            "retention did not delete the old records"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    aging.wait_deleted_below(5).await;
     // A restart empties the memory ring, which would still serve the deleted records.
     gw.restart();
 

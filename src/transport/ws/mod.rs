@@ -34,19 +34,26 @@ pub type Socket = WebSocketStream<Inflating<TokioIo<hyper::upgrade::Upgraded>>>;
 pub fn route(
     gateway: Arc<Gateway>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
-    warp::path!("v1" / "ws")
-        .and(warp::get())
+    warp::path!("v1" / "ws").and(upgrade_request()).map(
+        move |headers: HeaderMap,
+              query: String,
+              upgrade: Option<OnUpgrade>,
+              remote: Option<SocketAddr>| {
+            handshake(gateway.clone(), &headers, &query, upgrade, remote)
+        },
+    )
+}
+
+/// What a WebSocket endpoint takes from a GET request: its headers, raw query, the
+/// upgrade (absent on a plain request) and the peer's address.
+pub fn upgrade_request() -> impl Filter<
+    Extract = (HeaderMap, String, Option<OnUpgrade>, Option<SocketAddr>),
+    Error = warp::Rejection,
+> + Clone {
+    warp::get()
         .and(request_parts())
         .and(warp::ext::optional::<OnUpgrade>())
         .and(crate::transport::server::remote_addr())
-        .map(
-            move |headers: HeaderMap,
-                  query: String,
-                  upgrade: Option<OnUpgrade>,
-                  remote: Option<SocketAddr>| {
-                handshake(gateway.clone(), &headers, &query, upgrade, remote)
-            },
-        )
 }
 
 /// A header's value as text, empty when absent or not text.

@@ -13,7 +13,7 @@ use crate::auth::token_from_request;
 use crate::gateway::Gateway;
 use crate::mqtt::Front;
 use crate::mqtt::wire::WsWire;
-use crate::transport::access::{check_origin, request_parts};
+use crate::transport::access::check_origin;
 use crate::transport::reply::error_reply as refuse;
 
 /// The WebSocket subprotocol of MQTT (MQTT 3.1.1 §6, MQTT 5.0 §6).
@@ -24,19 +24,14 @@ pub fn route(
     gateway: Arc<Gateway>,
     front: Arc<Front>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
-    warp::path!("mqtt")
-        .and(warp::get())
-        .and(request_parts())
-        .and(warp::ext::optional::<OnUpgrade>())
-        .and(crate::transport::server::remote_addr())
-        .map(
-            move |headers: HeaderMap,
-                  query: String,
-                  upgrade: Option<OnUpgrade>,
-                  remote: Option<SocketAddr>| {
-                handshake(&gateway, front.clone(), &headers, &query, upgrade, remote)
-            },
-        )
+    warp::path!("mqtt").and(super::upgrade_request()).map(
+        move |headers: HeaderMap,
+              query: String,
+              upgrade: Option<OnUpgrade>,
+              remote: Option<SocketAddr>| {
+            handshake(&gateway, front.clone(), &headers, &query, upgrade, remote)
+        },
+    )
 }
 
 fn handshake(
