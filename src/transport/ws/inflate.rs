@@ -333,7 +333,7 @@ impl Inflater {
         self.head_len = 0;
         let gathered = self.message.as_ref().map_or(0, |(_, m)| m.len());
         // The compressed size is bounded too, before reading any of it.
-        if gathered as u64 + len > self.max as u64 {
+        if (gathered as u64).saturating_add(len) > self.max as u64 {
             return Err(InflateError::TooLarge { max: self.max }.into());
         }
         if let Some(data) = starts {
