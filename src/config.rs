@@ -287,6 +287,9 @@ pub struct LimitsConfig {
     pub max_outbound_record_bytes: usize,
     /// With slow_consumer = "disconnect": how long an outbox may stay full before the close.
     pub slow_consumer_grace_ms: u64,
+    /// Keys per topic a connection with delta subscriptions remembers having sent (past
+    /// it, it forgets them all and sends each key whole once more).
+    pub delta_keys_per_connection: usize,
 }
 
 /// Liveness checks.
@@ -430,6 +433,7 @@ impl Default for LimitsConfig {
             max_rate_limited_commands: 100,
             max_outbound_record_bytes: 1024 * 1024,
             slow_consumer_grace_ms: 5_000,
+            delta_keys_per_connection: 4_096,
         }
     }
 }
@@ -617,6 +621,10 @@ impl Config {
                 ws.write_timeout_secs as usize,
             ),
             ("websocket.max_channel_bytes", ws.max_channel_bytes),
+            (
+                "limits.delta_keys_per_connection",
+                self.limits.delta_keys_per_connection,
+            ),
             ("poll.max_wait_ms", self.poll.max_wait_ms as usize),
             ("poll.max_events", self.poll.max_events),
             ("replay.max_kafka_readers", self.replay.max_kafka_readers),

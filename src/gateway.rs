@@ -167,6 +167,7 @@ impl Gateway {
                 slow_consumer: topic.slow_consumer,
                 max_rate: topic.max_rate,
                 snapshot: topic.snapshot,
+                delta_keys: topic.delta_keys,
                 start_offsets,
             });
         }

@@ -16,6 +16,8 @@
     from: "latest",               // where channels without a position start: "latest" or "earliest"
     snapshot: [],                 // channels (or true: all) that start with the latest value per key
                                   // (WebSocket, fresh start from "latest", topics with snapshot = true)
+    delta: false,                 // channels (or true: all) whose records may come as deltas from the
+                                  // key's previous record; "data" events always carry the full value
     token: null,                  // a JWT, or a function returning one (called on every connect)
     session: null,                // a durable session id (WebSocket only): positions kept by the gateway too
     transports: ["websocket", "sse", "poll"], // tried in this order
@@ -362,13 +364,66 @@
     return base + (q ? (base.indexOf("?") < 0 ? "?" : "&") + q : "");
   }
 
+  /**
+   * Delta frames (docs/protocol.md, "Deltas"): `[topic_id, partition, base_offset, edit...]`
+   * applied to the text of the last event frame of the same key on this connection. One
+   * Deltas per connection: the gateway counts what it sent on that connection alone.
+   */
+  function Deltas() { this.topics = {}; this.names = {}; }
+
+  /** Starts holding `channel`'s topic's frames: before its subscribe asks for deltas. */
+  Deltas.prototype.track = function (channel) {
+    var topic = channel.split(":")[0];
+    if (!this.topics[topic]) this.topics[topic] = { byKey: {}, frames: {} };
+  };
+
+  /** The event frame text a delta frame (parsed) stands for. */
+  Deltas.prototype.expand = function (d) {
+    var held = this.topics[this.names[d[0]]], base = held && held.frames[d[1] + ":" + d[2]];
+    if (base === undefined) throw new Error("no frame held for delta base " + d.slice(0, 3).join(":"));
+    var out = "", at = 0;
+    for (var i = 3; i < d.length;) {
+      var copy = d[i++], remove = typeof d[i] === "number" ? d[i++] : null, insert = d[i++];
+      if (typeof insert !== "string" || at + copy > base.length) throw new Error("malformed delta");
+      out += base.slice(at, at + copy) + insert;
+      at += copy + (remove === null ? insert.length : remove);
+    }
+    return out + base.slice(at);
+  };
+
+  /** Notes a frame (parsed, with its text): topic ids, and each key's last event. */
+  Deltas.prototype.note = function (f, text) {
+    if (f.type === "subscribed" && f.delta) { this.names[f.topic_id] = f.channel.split(":")[0]; return; }
+    var held = f.type === "event" && this.topics[f.topic];
+    var key = f.key !== undefined ? "k" + f.key : f.key_b64 !== undefined ? "b" + f.key_b64 : null;
+    if (!held || key === null) return;
+    var at = f.partition + ":" + f.offset, old = held.byKey[key];
+    if (old !== undefined) delete held.frames[old];
+    held.byKey[key] = at;
+    held.frames[at] = text;
+  };
+
+  /** A frame as received (text, or a parsed delta array) as the parsed full frame. */
+  Deltas.prototype.frame = function (text) {
+    if (typeof text !== "string") text = this.expand(text);
+    else if (text.charCodeAt(0) === 91 /* [ */) text = this.expand(JSON.parse(text));
+    var f = JSON.parse(text);
+    this.note(f, text);
+    return f;
+  };
+
+  /** The channels of `client` that ask for deltas. */
+  function deltaChannels(o) {
+    return o.channels.filter(function (c) { return o.delta === true || (Array.isArray(o.delta) && o.delta.indexOf(c) >= 0); });
+  }
+
   var TRANSPORTS = {
     websocket: function (client, cb) {
       var o = client.options, token = client._token();
       var url = o.url.replace(/^http/, "ws") + "/v1/ws";
       var protocols = ["kgate.v1.json"];
       if (token) protocols.push("kgate.bearer." + token);
-      var ws, failed = false, lastHeard = Date.now(), timers = [];
+      var ws, failed = false, lastHeard = Date.now(), timers = [], deltas = new Deltas();
       try { ws = new WebSocket(url, protocols); } catch (e) { setTimeout(function () { cb.closed(String(e)); }); return { close: function () {}, fail: function () {} }; }
       function fail(reason, fatal) {
         if (failed) return; failed = true;
@@ -384,6 +439,7 @@
           // A snapshot only for a fresh board: a resume continues from held positions instead.
           var wanted = o.snapshot === true || (Array.isArray(o.snapshot) && o.snapshot.indexOf(c) >= 0);
           if (wanted && from === "latest") { command.snapshot = true; client._snapshotLive[c] = null; }
+          if (deltaChannels(o).indexOf(c) >= 0) { deltas.track(c); command.delta = true; }
           ws.send(JSON.stringify(command));
         });
         // Browsers answer server pings without telling scripts, so probe at the protocol level.
@@ -394,7 +450,12 @@
       };
       ws.onmessage = function (m) {
         lastHeard = Date.now();
-        var f; try { f = JSON.parse(m.data); } catch (e) { return; }
+        var f;
+        try { f = deltas.frame(m.data); } catch (e) {
+          // A delta whose base is not held cannot be applied: resume on a fresh connection.
+          if (e instanceof SyntaxError) return;
+          return fail(String(e));
+        }
         cb.frame(f);
       };
       ws.onclose = function (e) {
@@ -419,14 +480,19 @@
     sse: function (client, cb) {
       var o = client.options;
       if (typeof EventSource === "undefined") { setTimeout(function () { cb.closed("no EventSource"); }); return { close: function () {}, fail: function () {} }; }
+      // SSE and long-poll ask for deltas on all of their channels or none.
+      var deltas = new Deltas(), delta = deltaChannels(o).length > 0;
+      if (delta) o.channels.forEach(function (c) { deltas.track(c); });
       var url = withParams(o.url + "/v1/sse", {
         channel: o.channels, from: o.from, last_event_id: client._cursor(), access_token: client._token(),
+        delta: delta ? "true" : null,
       });
       var es = new EventSource(url), failed = false;
       function fail(reason) { if (failed) return; failed = true; es.close(); cb.closed(reason); }
       es.onopen = function () { cb.open(); };
       es.onmessage = function (m) {
-        var f; try { f = JSON.parse(m.data); } catch (e) { return; }
+        var f;
+        try { f = deltas.frame(m.data); } catch (e) { return e instanceof SyntaxError ? undefined : fail(String(e)); }
         if (f.type === "close") return fail("closed " + f.code + " " + f.reason);
         cb.frame(f);
       };
@@ -438,12 +504,15 @@
 
     poll: function (client, cb) {
       var o = client.options, stopped = false, opened = false, controller = null;
+      var deltas = new Deltas(), delta = deltaChannels(o).length > 0;
+      if (delta) o.channels.forEach(function (c) { deltas.track(c); });
       function loop() {
         if (stopped) return;
         controller = typeof AbortController !== "undefined" ? new AbortController() : null;
         var url = withParams(o.url + "/v1/poll", {
           // The first poll answers at once: it opens the transport and fixes the start positions.
           channel: o.channels, from: o.from, cursor: client._cursor(), wait_ms: opened ? o.pollWaitMs : 0,
+          delta: delta ? "true" : null,
         });
         var headers = {}, token = client._token();
         if (token) headers.Authorization = "Bearer " + token;
@@ -457,7 +526,9 @@
             if (stopped) return;
             if (!opened) { opened = true; cb.open(); }
             var closed = null;
+            // With deltas, events come as their frame's text (a string) or as a delta (an array).
             (body.frames || []).forEach(function (f) {
+              if (typeof f === "string" || Array.isArray(f)) f = deltas.frame(f);
               if (f.type === "close") closed = f; else cb.frame(f);
             });
             // 1001: the node is draining; reconnect (with backoff) so the balancer picks another.
@@ -474,5 +545,5 @@
     },
   };
 
-  root.KGate = { Client: Client, encodeCursor: encodeCursor, version: "1" };
+  root.KGate = { Client: Client, Deltas: Deltas, encodeCursor: encodeCursor, version: "1" };
 })(typeof window !== "undefined" ? window : this);

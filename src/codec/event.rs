@@ -39,6 +39,9 @@ pub struct EncodedRecord {
     pub binary: Option<Bytes>,
     /// The complete `event` frame (JSON text), shared by every recipient.
     pub frame: Frame,
+    /// The frame as a delta from the previous record of its key, made at ingest for
+    /// topics some subscription wants deltas of.
+    pub delta: Option<super::delta::Delta>,
     /// The record as protocols without frames carry it (MQTT), made by the first such recipient.
     bare: OnceLock<Bare>,
     /// The frame compressed for permessage-deflate, made by the first such recipient.
@@ -76,6 +79,7 @@ impl EncodedRecord {
             deleted: false,
             binary: None,
             frame,
+            delta: None,
             bare: OnceLock::new(),
             deflated: OnceLock::new(),
         }
@@ -90,6 +94,11 @@ impl EncodedRecord {
         self.deflated
             .get_or_init(|| super::deflate::deflate(self.frame.as_bytes()))
             .as_ref()
+    }
+
+    /// True for an `event` frame (not a `skipped` notice in the record's place).
+    pub fn is_event(&self) -> bool {
+        self.frame.starts_with(r#"{"type":"event""#)
     }
 
     /// The record's path and value without the frame around them, made once and shared.
@@ -148,6 +157,7 @@ impl EncodedRecord {
     /// Bytes this record holds in memory (frame, key and headers), for byte-bounded buffers.
     pub fn size(&self) -> usize {
         self.frame.len()
+            + self.delta.as_ref().map_or(0, |d| d.frame.len())
             + self.binary.as_ref().map_or(0, Bytes::len)
             + self.key.as_ref().map_or(0, Bytes::len)
             + self

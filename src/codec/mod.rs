@@ -7,6 +7,7 @@
 pub mod avro;
 pub mod cursor;
 pub mod deflate;
+pub mod delta;
 pub mod depth;
 mod envelope;
 mod event;

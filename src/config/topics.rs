@@ -89,11 +89,18 @@ pub struct TopicConfig {
     /// (costs one more encoding per record at ingest and its bytes in the ring).
     #[serde(default)]
     pub binary: bool,
+    /// Keys whose last record ingest keeps to diff the next one against, for
+    /// subscriptions that ask for deltas (0: this topic sends no deltas).
+    #[serde(default = "TopicConfig::default_delta_keys")]
+    pub delta_keys: usize,
 }
 
 impl TopicConfig {
     fn default_format() -> PayloadFormat {
         PayloadFormat::Json
+    }
+    fn default_delta_keys() -> usize {
+        10_000
     }
     fn default_partitions() -> i32 {
         3
@@ -110,6 +117,7 @@ impl TopicConfig {
             max_rate: None,
             snapshot: false,
             binary: false,
+            delta_keys: Self::default_delta_keys(),
         }
     }
 }
@@ -217,6 +225,13 @@ pub(super) fn validate(
                 "topics.max_rate",
                 format!("{rate} {which}"),
                 "updates per second per key, from 0.001 to 1000",
+            ));
+        }
+        if topic.delta_keys > 10_000_000 {
+            return Err(invalid(
+                "topics.delta_keys",
+                format!("{} {which}", topic.delta_keys),
+                "at most 10000000 (0 turns deltas off)",
             ));
         }
     }

@@ -200,11 +200,14 @@ impl Connection {
         }
         let timeout = Duration::from_secs(self.services.config.websocket.write_timeout_secs);
         let mut frames = std::mem::take(&mut self.pending);
+        if let Some(sent) = self.sent.as_deref_mut() {
+            sent.resolve(&mut frames);
+        }
         let (mut records, mut bytes, mut newest) = (0, 0, None);
         for frame in &frames {
-            if let super::Outbound::Event { record, .. } = frame {
+            if let super::Outbound::Event { record, delta, .. } = frame {
                 records += 1;
-                bytes += link.event_bytes(record) as u64;
+                bytes += link.event_bytes(record, *delta) as u64;
                 newest = newest.max(record.timestamp);
             }
         }

@@ -36,6 +36,8 @@ pub(super) struct Active {
     pub(super) throttle: Option<Throttle>,
     /// Records the throttle released, before they are tagged with the channel (reused).
     pub(super) released: Vec<Arc<EncodedRecord>>,
+    /// Its records go as deltas where the client holds their base.
+    pub(super) delta: bool,
 }
 
 impl Active {
@@ -60,6 +62,7 @@ impl Active {
         out.extend(self.released.drain(..).map(|record| Outbound::Event {
             channel: self.name.clone(),
             record,
+            delta: self.delta,
         }));
     }
 }

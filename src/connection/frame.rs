@@ -24,6 +24,8 @@ pub enum ServerFrame {
         id: Option<Value>,
         channel: Arc<str>,
         live: Vec<i64>,
+        /// The topic's id, when the subscription gets deltas (delta frames name it).
+        delta_topic: Option<u32>,
     },
     /// A subscription's catch-up ended and live delivery began.
     Live {
@@ -91,16 +93,23 @@ impl ServerFrame {
                        "node": node, "server": concat!("kgate/", env!("CARGO_PKG_VERSION"))}),
                 None,
             ),
-            ServerFrame::Subscribed { id, channel, live } => {
+            ServerFrame::Subscribed {
+                id,
+                channel,
+                live,
+                delta_topic,
+            } => {
                 let partitions: BTreeMap<String, i64> = live
                     .iter()
                     .enumerate()
                     .map(|(p, o)| (p.to_string(), *o))
                     .collect();
-                (
-                    json!({"type": "subscribed", "channel": &**channel, "live_offsets": partitions}),
-                    id.as_ref(),
-                )
+                let mut frame = json!({"type": "subscribed", "channel": &**channel, "live_offsets": partitions});
+                if let Some(topic_id) = delta_topic {
+                    frame["delta"] = json!(true);
+                    frame["topic_id"] = json!(topic_id);
+                }
+                (frame, id.as_ref())
             }
             ServerFrame::Live { id, channel } => {
                 (json!({"type": "live", "channel": &**channel}), id.as_ref())
@@ -196,6 +205,7 @@ mod tests {
             id: None,
             channel: "prices".into(),
             live: vec![4, 9],
+            delta_topic: None,
         };
         assert_eq!(
             subscribed.to_json(),

@@ -13,13 +13,24 @@ use crate::connection::protocol::CloseCode;
 pub enum Outbound {
     /// A protocol frame other than an event (`welcome`, `subscribed`, `live`, `gap`, `error`, ...).
     Frame(ServerFrame),
-    /// A record for the subscription the client named `channel`.
+    /// A record for the subscription the client named `channel`; with `delta`, its delta
+    /// frame (set where the subscription wants deltas, kept only where the client holds
+    /// the base: see [`crate::connection`]'s `delta`).
     Event {
         channel: Arc<str>,
         record: Arc<EncodedRecord>,
+        delta: bool,
     },
     /// A liveness probe (a WebSocket ping, an SSE comment).
     Ping,
+}
+
+/// The frame an event goes as: its delta frame or its full frame.
+pub fn event_frame(record: &EncodedRecord, delta: bool) -> &crate::codec::Frame {
+    match (&record.delta, delta) {
+        (Some(d), true) => &d.frame,
+        _ => &record.frame,
+    }
 }
 
 /// What arrived from the client.
@@ -80,8 +91,8 @@ pub trait Link: Send {
         false
     }
     /// Bytes an event takes on this transport (for the delivered-bytes metric).
-    fn event_bytes(&self, record: &EncodedRecord) -> usize {
-        record.frame.len()
+    fn event_bytes(&self, record: &EncodedRecord, delta: bool) -> usize {
+        event_frame(record, delta).len()
     }
     /// Ends the transport, telling the client why.
     fn close(&mut self, code: CloseCode) -> impl Future<Output = ()> + Send;

@@ -14,6 +14,7 @@
 
 mod auth;
 mod command;
+mod delta;
 mod dispatch;
 mod flow;
 pub mod frame;
@@ -117,6 +118,8 @@ pub struct Connection {
     next_flush: Option<Instant>,
     /// Made at the first `publish`.
     publishing: Option<Box<publish::Publishing>>,
+    /// What went last per key, made at the first delta subscription.
+    sent: Option<Box<delta::Sent>>,
 }
 
 impl Drop for Connection {
@@ -185,6 +188,7 @@ impl Connection {
             idle_since: Some(Instant::now()),
             next_flush: None,
             publishing: None,
+            sent: None,
         }
     }
 

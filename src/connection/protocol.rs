@@ -304,6 +304,8 @@ struct SubscribeFields {
     filter: Option<FilterFields>,
     #[serde(default)]
     snapshot: bool,
+    #[serde(default)]
+    delta: bool,
 }
 
 #[derive(Deserialize)]
@@ -473,6 +475,7 @@ pub fn parse_command(text: &str, limits: Limits) -> Result<Command, CommandError
                     max_rate: f.max_rate,
                     filter,
                     qos: 0,
+                    delta: f.delta,
                 },
                 snapshot: f.snapshot,
             })

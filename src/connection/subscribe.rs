@@ -314,10 +314,19 @@ impl Connection {
         );
         let handles = self.start_replays(sub_id, route.name(), replays, &live);
         let name: Arc<str> = Arc::from(name);
+        let delta = options.delta && route.delta_keys() > 0;
+        if delta {
+            route.add_delta_subscriber();
+            let max_keys = services.config.limits.delta_keys_per_connection;
+            self.sent
+                .get_or_insert_with(|| Box::new(super::delta::Sent::new(max_keys)))
+                .track(route.name());
+        }
         self.push(ServerFrame::Subscribed {
             id: id.clone(),
             channel: name.clone(),
             live,
+            delta_topic: delta.then_some(route.id()),
         });
         if snapshot {
             let count = snapshot_records.len();
@@ -325,6 +334,7 @@ impl Connection {
                 .extend(snapshot_records.into_iter().map(|record| Outbound::Event {
                     channel: name.clone(),
                     record,
+                    delta,
                 }));
             self.push(ServerFrame::SnapshotEnd {
                 id: id.clone(),
@@ -339,6 +349,7 @@ impl Connection {
             behind_since: None,
             name: name.clone(),
             released: Vec::new(),
+            delta,
             replays: handles,
             throttle: options
                 .max_rate
@@ -406,6 +417,9 @@ impl Connection {
                 self.services
                     .router
                     .unsubscribe(route, &active.sub.channel, id);
+                if active.delta {
+                    route.remove_delta_subscriber();
+                }
             }
         }
         true

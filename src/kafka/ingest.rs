@@ -13,6 +13,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::codec::EncodedRecord;
+use crate::codec::delta::Bases;
 use crate::config::Config;
 use crate::router::{Router, TopicRoute};
 
@@ -179,6 +180,21 @@ impl Pacer {
     }
 }
 
+/// The delta bases of `route`'s topic while a subscription wants its deltas; dropped
+/// (their memory with them) while none does.
+fn delta_bases<'a>(bases: &'a mut Vec<Option<Bases>>, route: &TopicRoute) -> Option<&'a mut Bases> {
+    let id = route.id() as usize;
+    if bases.len() <= id {
+        bases.resize_with(id + 1, || None);
+    }
+    let slot = &mut bases[id];
+    if route.delta_keys() == 0 || !route.wants_deltas() {
+        *slot = None;
+        return None;
+    }
+    Some(slot.get_or_insert_with(|| Bases::new(route.id(), route.delta_keys())))
+}
+
 /// Records dispatched together at most (what one poll round finds ready).
 const BATCH: usize = 64;
 
@@ -200,6 +216,8 @@ fn run(
         resumed_at: Instant::now(),
     });
     let mut layout = router.layout_version();
+    // Per topic (by id): the last record of each key, while some subscription wants deltas.
+    let mut bases: Vec<Option<Bases>> = Vec::new();
     // Reused by every poll round.
     let mut batch: Vec<Arc<EncodedRecord>> = Vec::with_capacity(BATCH);
     while !stop.load(Ordering::Acquire) {
@@ -232,12 +250,17 @@ fn run(
                         batch.clear();
                     }
                     batch_route = Some(route);
-                    batch.push(Arc::new(super::encode_message(
-                        route.name(),
-                        &message,
-                        route.codec(),
-                        max_bytes,
-                    )));
+                    let mut record =
+                        super::encode_message(route.name(), &message, route.codec(), max_bytes);
+                    match delta_bases(&mut bases, route) {
+                        Some(bases) => {
+                            bases.diff(&mut record);
+                            let record = Arc::new(record);
+                            bases.remember(&record);
+                            batch.push(record);
+                        }
+                        None => batch.push(Arc::new(record)),
+                    }
                 }
                 Some(Err(e)) => {
                     // librdkafka reconnects by itself; log at most every 5 s so an outage is visible, not noisy.

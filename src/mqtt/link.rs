@@ -453,7 +453,9 @@ impl<W: Wire> MqttLink<W> {
                 }
                 self.connack(resumed, Reason::SUCCESS);
             }
-            ServerFrame::Subscribed { id, channel, live } => match request(&id) {
+            ServerFrame::Subscribed {
+                id, channel, live, ..
+            } => match request(&id) {
                 // A resumed subscription: what it replays was possibly sent before.
                 None => {
                     if let Some(sub) = self.subs.get_mut(&*channel) {
@@ -849,7 +851,9 @@ impl<W: Wire> Link for MqttLink<W> {
         for item in batch.drain(..) {
             match item {
                 Outbound::Frame(frame) => self.on_frame(frame)?,
-                Outbound::Event { channel, record } => self.on_event(&channel, &record).await?,
+                Outbound::Event {
+                    channel, record, ..
+                } => self.on_event(&channel, &record).await?,
                 Outbound::Ping => {}
             }
         }
@@ -860,7 +864,7 @@ impl<W: Wire> Link for MqttLink<W> {
         !self.out.is_empty()
     }
 
-    fn event_bytes(&self, record: &EncodedRecord) -> usize {
+    fn event_bytes(&self, record: &EncodedRecord, _delta: bool) -> usize {
         match &record.bare().payload {
             Payload::Value(v) | Payload::Skipped(v) => v.len(),
             Payload::Deleted => 0,

@@ -26,7 +26,7 @@ pub use ring::Ring;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -51,6 +51,12 @@ pub struct Router {
 /// One served topic: its partitions' live positions and its subscribers.
 pub struct TopicRoute {
     name: Arc<str>,
+    /// The topic's number in this gateway (its place in the configuration), named by delta frames.
+    id: u32,
+    /// Keys ingest keeps a base of for deltas (0: no deltas).
+    delta_keys: usize,
+    /// Subscriptions that want deltas: while there are none, ingest makes none.
+    delta_subscribers: AtomicUsize,
     format: PayloadFormat,
     codec: Arc<TopicCodec>,
     slow_consumer: SlowConsumerPolicy,
@@ -110,6 +116,8 @@ pub struct TopicSpec {
     pub max_rate: Option<f64>,
     /// Keep a last-value cache for snapshots.
     pub snapshot: bool,
+    /// Keys ingest keeps a base of for deltas (0: no deltas).
+    pub delta_keys: usize,
     pub start_offsets: Vec<i64>,
 }
 
@@ -123,6 +131,7 @@ impl TopicSpec {
             slow_consumer: SlowConsumerPolicy::CatchUp,
             max_rate: None,
             snapshot: false,
+            delta_keys: 10_000,
             start_offsets,
         }
     }
@@ -153,10 +162,14 @@ impl Router {
     pub fn new(topics: Vec<TopicSpec>, ring_bytes: usize) -> Router {
         let topics = topics
             .into_iter()
-            .map(|spec| {
+            .enumerate()
+            .map(|(id, spec)| {
                 let name: Arc<str> = spec.name.into();
                 let route = TopicRoute {
                     name: name.clone(),
+                    id: id as u32,
+                    delta_keys: spec.delta_keys,
+                    delta_subscribers: AtomicUsize::new(0),
                     format: spec.format,
                     codec: spec.codec,
                     slow_consumer: spec.slow_consumer,
@@ -401,6 +414,31 @@ impl TopicRoute {
     /// The topic's decoder.
     pub fn codec(&self) -> &TopicCodec {
         &self.codec
+    }
+
+    /// The topic's number in this gateway, as delta frames name it.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Keys ingest keeps a base of for deltas; 0 when the topic sends none.
+    pub fn delta_keys(&self) -> usize {
+        self.delta_keys
+    }
+
+    /// Counts a subscription that wants deltas (until [`TopicRoute::remove_delta_subscriber`]).
+    pub fn add_delta_subscriber(&self) {
+        self.delta_subscribers.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Uncounts a subscription counted by [`TopicRoute::add_delta_subscriber`].
+    pub fn remove_delta_subscriber(&self) {
+        self.delta_subscribers.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// True while some subscription wants deltas of this topic.
+    pub fn wants_deltas(&self) -> bool {
+        self.delta_subscribers.load(Ordering::Acquire) > 0
     }
 
     /// The per-key rate of subscriptions that set none.

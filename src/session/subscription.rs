@@ -29,6 +29,9 @@ pub struct Options {
     /// subscribed; the WebSocket protocol leaves it 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub qos: u8,
+    /// Send a record of a key as a delta from the key's previous record, when the client holds it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delta: bool,
 }
 
 fn is_zero(qos: &u8) -> bool {

@@ -725,6 +725,7 @@ mod tests {
                 max_rate: Some(2.5),
                 filter: None,
                 qos: 1,
+                delta: true,
             };
             store
                 .add_subscription("alice", "prices:AAPL", &options, &[Some(5), Some(7)])
@@ -750,6 +751,7 @@ mod tests {
                     max_rate: Some(2.5),
                     filter: None,
                     qos: 1,
+                    delta: true,
                 },
                 positions: vec![Some(9), Some(7)],
             }]

@@ -15,7 +15,7 @@ use super::access::request_parts;
 use super::reply::error_reply;
 use super::resume::Resume;
 use super::sse::Request;
-use crate::connection::link::{Gone, Inbound, Link, Outbound};
+use crate::connection::link::{Gone, Inbound, Link, Outbound, event_frame};
 use crate::connection::protocol::CloseCode;
 use crate::connection::{Connection, ServerFrame};
 use crate::gateway::Gateway;
@@ -24,6 +24,9 @@ use crate::gateway::Gateway;
 enum Collected {
     Frame(String),
     Event(crate::codec::Frame),
+    /// An event's full frame, as a JSON string (`delta=true`: a delta frame needs the
+    /// exact text of its base, which a parsed object does not keep).
+    Quoted(crate::codec::Frame),
 }
 
 /// Collects one poll's answer.
@@ -38,6 +41,8 @@ struct PollLink {
     deadline: tokio::time::Instant,
     /// Something worth answering with was collected.
     due: bool,
+    /// The poll asked for deltas.
+    delta: bool,
 }
 
 impl Link for PollLink {
@@ -68,9 +73,17 @@ impl Link for PollLink {
                     self.frames.push(Collected::Frame(frame.to_json()));
                 }
                 // Past the limit, records are left for the next poll (the cursor stops before them).
-                Outbound::Event { channel, record } if self.events < self.max_events => {
+                Outbound::Event {
+                    channel,
+                    record,
+                    delta,
+                } if self.events < self.max_events => {
                     self.resume.on_event(&channel, &record);
-                    self.frames.push(Collected::Event(record.frame.clone()));
+                    let frame = event_frame(&record, delta).clone();
+                    self.frames.push(match self.delta && !delta {
+                        true => Collected::Quoted(frame),
+                        false => Collected::Event(frame),
+                    });
                     self.events += 1;
                     self.due = true;
                 }
@@ -143,11 +156,12 @@ async fn poll(
         .map_or(limits.max_events, |m| m as usize)
         .clamp(1, limits.max_events);
     let link = PollLink {
-        commands: resume.commands().into_iter(),
+        commands: resume.commands(request.delta).into_iter(),
         resume,
         frames: Vec::new(),
         events: 0,
         due: false,
+        delta: request.delta,
         max_events,
         deadline: tokio::time::Instant::now() + Duration::from_millis(wait),
     };
@@ -160,11 +174,12 @@ async fn poll(
 
 /// `{"frames": [...], "cursor": "..."}`, the frames written as they are (each is JSON).
 fn answer(frames: &[Collected], cursor: &str) -> warp::reply::Response {
-    let texts: Vec<&str> = frames
+    let texts: Vec<std::borrow::Cow<'_, str>> = frames
         .iter()
         .map(|f| match f {
-            Collected::Frame(text) => text.as_str(),
-            Collected::Event(frame) => frame.as_str(),
+            Collected::Frame(text) => text.as_str().into(),
+            Collected::Event(frame) => frame.as_str().into(),
+            Collected::Quoted(frame) => Value::from(frame.as_str()).to_string().into(),
         })
         .collect();
     let cursor = Value::from(cursor);

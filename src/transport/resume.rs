@@ -115,8 +115,8 @@ impl Resume {
         self
     }
 
-    /// The subscribe commands that start every channel.
-    pub fn commands(&self) -> Vec<String> {
+    /// The subscribe commands that start every channel, asking for deltas with `delta`.
+    pub fn commands(&self, delta: bool) -> Vec<String> {
         self.channels
             .iter()
             .map(|(channel, start)| {
@@ -128,8 +128,9 @@ impl Resume {
                         json!({"offsets": offsets, "others": "earliest"})
                     }
                 };
-                json!({"type": "subscribe", "id": &**channel, "channel": &**channel, "from": from})
-                    .to_string()
+                json!({"type": "subscribe", "id": &**channel, "channel": &**channel, "from": from,
+                       "delta": delta})
+                .to_string()
             })
             .collect()
     }
@@ -297,7 +298,7 @@ mod tests {
             .await
             .expect("resume");
         assert_eq!(resumed.positions(), &BTreeMap::from([((1, 2), 42)]));
-        let commands = resumed.commands();
+        let commands = resumed.commands(false);
         assert!(
             commands[1].contains(r#""others":"earliest""#),
             "{}",
@@ -308,7 +309,7 @@ mod tests {
         let empty = Resume::new(&channels, "latest".into(), Some("p1."), store.clone())
             .await
             .expect("empty cursor");
-        for command in empty.commands() {
+        for command in empty.commands(false) {
             assert!(command.contains(r#""others":"earliest""#), "{command}");
         }
         assert_eq!(

@@ -22,7 +22,7 @@ use super::reply::error_reply;
 use super::resume::Resume;
 use super::server::ConnectionAbort;
 use crate::auth::Identity;
-use crate::connection::link::{Gone, Inbound, Link, Outbound};
+use crate::connection::link::{Gone, Inbound, Link, Outbound, event_frame};
 use crate::connection::protocol::CloseCode;
 use crate::connection::{Connection, ServerFrame};
 use crate::gateway::Gateway;
@@ -57,7 +57,21 @@ fn message(id: Option<String>, data: Bytes) -> Message {
         Some(id) => Bytes::from(format!("id:{id}\ndata:")),
         None => Bytes::from_static(b"data:"),
     };
-    [head, data, Bytes::from_static(b"\n\n")]
+    [head, data_lines(data), Bytes::from_static(b"\n\n")]
+}
+
+/// A frame with line breaks (verbatim JSON may have them between its tokens) as one
+/// `data:` line per line, which the client joins again with line feeds.
+fn data_lines(data: Bytes) -> Bytes {
+    if !data.iter().any(|b| matches!(b, b'\n' | b'\r')) {
+        return data;
+    }
+    let text = String::from_utf8_lossy(&data);
+    let lines: Vec<&str> = text
+        .split("\r\n")
+        .flat_map(|l| l.split(['\r', '\n']))
+        .collect();
+    Bytes::from(lines.join("\ndata:"))
 }
 
 impl Link for SseLink {
@@ -87,9 +101,13 @@ impl Link for SseLink {
                     };
                     message(id, Bytes::from(frame.to_json()))
                 }
-                Outbound::Event { channel, record } => {
+                Outbound::Event {
+                    channel,
+                    record,
+                    delta,
+                } => {
                     self.resume.on_event(&channel, &record);
-                    let frame = Bytes::from(record.frame.clone());
+                    let frame = Bytes::from(event_frame(&record, delta).clone());
                     message(Some(self.resume.cursor().await), frame)
                 }
                 Outbound::Ping => [
@@ -131,6 +149,8 @@ pub(super) struct Request {
     pub channels: Vec<String>,
     pub from: serde_json::Value,
     pub cursor: Option<String>,
+    /// `delta=true`: every channel gets deltas (docs/protocol.md, "Deltas").
+    pub delta: bool,
 }
 
 impl Request {
@@ -139,6 +159,7 @@ impl Request {
         let mut channels = Vec::new();
         let mut from = serde_json::Value::from("latest");
         let mut cursor = None;
+        let mut delta = false;
         for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
             match &*k {
                 "channel" => {
@@ -162,6 +183,19 @@ impl Request {
                         },
                     }
                 }
+                "delta" => {
+                    delta = match &*v {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        _ => {
+                            return Err(error_reply(
+                                StatusCode::BAD_REQUEST,
+                                "invalid_frame",
+                                "`delta` must be true or false",
+                            ));
+                        }
+                    }
+                }
                 k if k == cursor_param => cursor = Some(v.into_owned()),
                 _ => {}
             }
@@ -177,6 +211,7 @@ impl Request {
             channels,
             from,
             cursor,
+            delta,
         })
     }
 
@@ -257,7 +292,7 @@ async fn open(
     let finished = Arc::new(AtomicBool::new(false));
     let link = SseLink {
         tx,
-        commands: resume.commands().into_iter(),
+        commands: resume.commands(request.delta).into_iter(),
         resume,
         abort,
         finished: finished.clone(),
@@ -364,7 +399,7 @@ mod fuzz {
                             request.cursor.as_deref(),
                             store.clone(),
                         ).await {
-                            for command in resume.commands() {
+                            for command in resume.commands(request.delta) {
                                 let _ = crate::connection::protocol::parse_command(
                                     &command,
                                     crate::connection::protocol::Limits::all(1 << 20),

@@ -2,6 +2,8 @@
 //! and the load tool. It depends on nothing of the gateway's: the protocol is
 //! what it shares (docs/protocol.md).
 
+pub mod delta;
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -31,6 +33,8 @@ pub enum ClientError {
     NoWelcome(String),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    #[error(transparent)]
+    Delta(#[from] delta::DeltaError),
 }
 
 /// What the server sent.
@@ -61,6 +65,8 @@ pub struct Client {
     pub node: String,
     /// The protocol the gateway says the connection speaks (from `welcome`).
     pub protocol: String,
+    /// The frames delta frames apply to; [`Client::next`] and [`Client::next_text`] apply them.
+    deltas: delta::Deltas,
 }
 
 impl Client {
@@ -110,6 +116,7 @@ impl Client {
             connection_id: 0,
             node: String::new(),
             protocol: String::new(),
+            deltas: delta::Deltas::default(),
         };
         match client.next().await? {
             Incoming::Frame(f) if f["type"] == "welcome" => {
@@ -137,6 +144,22 @@ impl Client {
         Ok(id)
     }
 
+    /// Sends a `subscribe` asking for deltas; [`Client::next`] and [`Client::next_text`]
+    /// return them as the full event frames. Returns the request id used.
+    pub async fn subscribe_delta(
+        &mut self,
+        channel: &str,
+        from: Value,
+    ) -> Result<String, ClientError> {
+        self.deltas
+            .track(channel.split(':').next().unwrap_or(channel));
+        let id = self.fresh_id();
+        let cmd =
+            json!({"type": "subscribe", "id": id, "channel": channel, "from": from, "delta": true});
+        self.send_text(cmd.to_string()).await?;
+        Ok(id)
+    }
+
     /// Sends an `unsubscribe`; returns the request id used.
     pub async fn unsubscribe(&mut self, channel: &str) -> Result<String, ClientError> {
         let id = self.fresh_id();
@@ -157,7 +180,9 @@ impl Client {
         loop {
             match self.socket.next().await {
                 None | Some(Ok(Message::Close(_))) => return Ok(None),
-                Some(Ok(Message::Text(text))) => return Ok(Some(text.to_string())),
+                Some(Ok(Message::Text(text))) => {
+                    return Ok(Some(self.deltas.receive(text.to_string())?));
+                }
                 Some(Ok(_)) => continue,
                 Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => return Ok(None),
                 Some(Err(e)) => return Err(e.into()),
@@ -208,9 +233,10 @@ impl Client {
             match self.socket.next().await {
                 None => return Ok(Incoming::Closed(None)),
                 Some(Ok(Message::Text(text))) => {
+                    let text = self.deltas.receive(text.to_string())?;
                     return serde_json::from_str(&text)
                         .map(Incoming::Frame)
-                        .map_err(|_| ClientError::NotJson(text.to_string()));
+                        .map_err(|_| ClientError::NotJson(text));
                 }
                 Some(Ok(Message::Close(frame))) => {
                     return Ok(Incoming::Closed(

@@ -14,7 +14,7 @@ use super::Socket;
 use super::inflate::InflateFailure;
 use crate::codec::EncodedRecord;
 use crate::codec::deflate::InflateError;
-use crate::connection::link::{Gone, Inbound, Link, Outbound};
+use crate::connection::link::{Gone, Inbound, Link, Outbound, event_frame};
 use crate::connection::protocol::{BINARY_SUBPROTOCOL, CloseCode, SUBPROTOCOL};
 
 /// An upgraded WebSocket.
@@ -27,16 +27,21 @@ pub(super) struct WsLink {
 }
 
 impl WsLink {
-    /// The event's frame compressed (once per record, shared), where deflate applies.
-    fn deflated<'r>(&self, record: &'r EncodedRecord) -> Option<&'r Bytes> {
-        self.deflate_min_bytes.and_then(|min| record.deflated(min))
+    /// The event's frame (or delta frame) compressed (once per record, shared), where
+    /// deflate applies.
+    fn deflated<'r>(&self, record: &'r EncodedRecord, delta: bool) -> Option<&'r Bytes> {
+        let min = self.deflate_min_bytes?;
+        match (&record.delta, delta) {
+            (Some(d), true) => d.deflated(min),
+            _ => record.deflated(min),
+        }
     }
 
-    /// An event's JSON frame, compressed where deflate applies.
-    fn text_event(&self, record: &EncodedRecord) -> Message {
-        match self.deflated(record) {
+    /// An event's JSON frame (or delta frame), compressed where deflate applies.
+    fn text_event(&self, record: &EncodedRecord, delta: bool) -> Message {
+        match self.deflated(record, delta) {
             Some(compressed) => Message::Frame(compressed_text(compressed.clone())),
-            None => Message::Text(record.frame.clone()),
+            None => Message::Text(event_frame(record, delta).clone()),
         }
     }
 }
@@ -90,9 +95,9 @@ impl Link for WsLink {
         for item in batch.drain(..) {
             let message = match item {
                 Outbound::Frame(frame) => Message::Text(frame.to_json().into()),
-                Outbound::Event { record, .. } => match (&record.binary, self.binary) {
+                Outbound::Event { record, delta, .. } => match (&record.binary, self.binary) {
                     (Some(envelope), true) => Message::Binary(envelope.clone()),
-                    _ => self.text_event(&record),
+                    _ => self.text_event(&record, delta),
                 },
                 Outbound::Ping => Message::Ping(Default::default()),
             };
@@ -108,12 +113,12 @@ impl Link for WsLink {
         }
     }
 
-    fn event_bytes(&self, record: &EncodedRecord) -> usize {
+    fn event_bytes(&self, record: &EncodedRecord, delta: bool) -> usize {
         match (&record.binary, self.binary) {
             (Some(envelope), true) => envelope.len(),
             _ => self
-                .deflated(record)
-                .map_or(record.frame.len(), |compressed| compressed.len()),
+                .deflated(record, delta)
+                .map_or(event_frame(record, delta).len(), Bytes::len),
         }
     }
 
