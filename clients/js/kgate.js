@@ -371,12 +371,6 @@
    */
   function Deltas() { this.topics = {}; this.names = {}; }
 
-  /** Starts holding `channel`'s topic's frames: before its subscribe asks for deltas. */
-  Deltas.prototype.track = function (channel) {
-    var topic = channel.split(":")[0];
-    if (!this.topics[topic]) this.topics[topic] = { byKey: {}, frames: {} };
-  };
-
   /** The event frame text a delta frame (parsed) stands for. */
   Deltas.prototype.expand = function (d) {
     var held = this.topics[this.names[d[0]]], base = held && held.frames[d[1] + ":" + d[2]];
@@ -393,7 +387,13 @@
 
   /** Notes a frame (parsed, with its text): topic ids, and each key's last event. */
   Deltas.prototype.note = function (f, text) {
-    if (f.type === "subscribed" && f.delta) { this.names[f.topic_id] = f.channel.split(":")[0]; return; }
+    if (f.type === "subscribed" && f.delta) {
+      // The gateway counts what it sends of the topic from this frame on: hold from here.
+      var topic = f.channel.split(":")[0];
+      this.names[f.topic_id] = topic;
+      if (!this.topics[topic]) this.topics[topic] = { byKey: {}, frames: {} };
+      return;
+    }
     var held = f.type === "event" && this.topics[f.topic];
     var key = f.key !== undefined ? "k" + f.key : f.key_b64 !== undefined ? "b" + f.key_b64 : null;
     if (!held || key === null) return;
@@ -439,7 +439,7 @@
           // A snapshot only for a fresh board: a resume continues from held positions instead.
           var wanted = o.snapshot === true || (Array.isArray(o.snapshot) && o.snapshot.indexOf(c) >= 0);
           if (wanted && from === "latest") { command.snapshot = true; client._snapshotLive[c] = null; }
-          if (deltaChannels(o).indexOf(c) >= 0) { deltas.track(c); command.delta = true; }
+          if (deltaChannels(o).indexOf(c) >= 0) command.delta = true;
           ws.send(JSON.stringify(command));
         });
         // Browsers answer server pings without telling scripts, so probe at the protocol level.
@@ -482,7 +482,6 @@
       if (typeof EventSource === "undefined") { setTimeout(function () { cb.closed("no EventSource"); }); return { close: function () {}, fail: function () {} }; }
       // SSE and long-poll ask for deltas on all of their channels or none.
       var deltas = new Deltas(), delta = deltaChannels(o).length > 0;
-      if (delta) o.channels.forEach(function (c) { deltas.track(c); });
       var url = withParams(o.url + "/v1/sse", {
         channel: o.channels, from: o.from, last_event_id: client._cursor(), access_token: client._token(),
         delta: delta ? "true" : null,
@@ -505,7 +504,6 @@
     poll: function (client, cb) {
       var o = client.options, stopped = false, opened = false, controller = null;
       var deltas = new Deltas(), delta = deltaChannels(o).length > 0;
-      if (delta) o.channels.forEach(function (c) { deltas.track(c); });
       function loop() {
         if (stopped) return;
         controller = typeof AbortController !== "undefined" ? new AbortController() : null;

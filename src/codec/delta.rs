@@ -76,39 +76,30 @@ pub fn encode(
         new.as_bytes(),
         Some(deadline),
     );
-    // (old start, old end, new start, new end) of each change, close ones merged.
+    // (old start, old end, new start, new end) of each change, close ones merged. Changes
+    // are read off the gaps between equal runs: those indexes are exact, where similar's
+    // inserts and deletes may name a position in the other sequence loosely.
     let mut changes: Vec<(usize, usize, usize, usize)> = Vec::new();
-    for op in ops {
-        let (old, new_range) = match op {
-            DiffOp::Equal { .. } => continue,
-            DiffOp::Delete {
-                old_index,
-                old_len,
-                new_index,
-            } => (old_index..old_index + old_len, new_index..new_index),
-            DiffOp::Insert {
-                old_index,
-                new_index,
-                new_len,
-            } => (old_index..old_index, new_index..new_index + new_len),
-            DiffOp::Replace {
-                old_index,
-                old_len,
-                new_index,
-                new_len,
-            } => (
-                old_index..old_index + old_len,
-                new_index..new_index + new_len,
-            ),
-        };
-        match changes.last_mut() {
-            // (An insert right after a delete may name the delete's start.)
-            Some(last) if old.start.saturating_sub(last.1) <= MERGE_GAP => {
-                last.1 = last.1.max(old.end);
-                last.3 = last.3.max(new_range.end);
+    let (mut old_at, mut new_at) = (0, 0);
+    let equals = ops.iter().filter_map(|op| match *op {
+        DiffOp::Equal {
+            old_index,
+            new_index,
+            len,
+        } => Some((old_index, new_index, len)),
+        _ => None,
+    });
+    for (old_index, new_index, len) in equals.chain([(base.len(), new.len(), 0)]) {
+        if old_index > old_at || new_index > new_at {
+            match changes.last_mut() {
+                Some(last) if old_at - last.1 <= MERGE_GAP => {
+                    last.1 = old_index;
+                    last.3 = new_index;
+                }
+                _ => changes.push((old_at, old_index, new_at, new_index)),
             }
-            _ => changes.push((old.start, old.end, new_range.start, new_range.end)),
         }
+        (old_at, new_at) = (old_index + len, new_index + len);
     }
     let mut out = String::with_capacity(new.len() / 2);
     // Writing to a String cannot fail.
@@ -231,6 +222,13 @@ mod tests {
         assert!(delta.len() < new.len() / 3, "{delta}");
         // Quotes and backslashes in what changed survive.
         roundtrip(r#"{"a":"x\"y","b":1}"#, r#"{"a":"x\\\"z\"","b":1}"#);
+    }
+
+    #[test]
+    fn a_reordered_value_with_line_breaks_roundtrips() {
+        let base = "{\"type\":\"event\",\"topic\":\"delta-http-1-0\",\"partition\":0,\"offset\":40,\"timestamp\":1796175455790,\"key\":\"MSFT\",\"data\":{\n  \"symbol\": \"MSFT\",\n  \"pretty\": true\n}}";
+        let new = r#"{"type":"event","topic":"delta-http-1-0","partition":0,"offset":43,"timestamp":1796175455794,"key":"MSFT","data":{"currency":"USD","price":105.375,"size":4300,"symbol":"MSFT","venue":"XNAS"}}"#;
+        roundtrip(base, new);
     }
 
     #[test]

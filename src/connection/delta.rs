@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use rustc_hash::{FxBuildHasher, FxHashMap};
 
+use super::ServerFrame;
 use super::link::Outbound;
 
 /// What one connection sent last per key, for the topics it takes deltas of.
@@ -33,19 +34,30 @@ impl Sent {
         }
     }
 
-    /// Starts keeping account of `topic`'s events (for its first delta subscription).
-    pub(super) fn track(&mut self, topic: &Arc<str>) {
-        if !self.topics.iter().any(|(t, _)| t == topic) {
-            self.topics.push((topic.clone(), FxHashMap::default()));
+    /// Starts keeping account of `topic`'s events.
+    fn track(&mut self, topic: &str) {
+        if !self.topics.iter().any(|(t, _)| &**t == topic) {
+            self.topics.push((topic.into(), FxHashMap::default()));
         }
     }
 
     /// Decides, in sending order, which events of `batch` go as deltas: those that
     /// asked for one and whose base the client holds. Records what the client will hold.
+    /// A topic's account starts at the first `subscribed` frame granting its deltas: the
+    /// client starts holding frames there too, so it holds whatever is counted.
     pub(super) fn resolve(&mut self, batch: &mut [Outbound]) {
         for item in batch {
-            let Outbound::Event { record, delta, .. } = item else {
-                continue;
+            let (record, delta) = match item {
+                Outbound::Event { record, delta, .. } => (record, delta),
+                Outbound::Frame(ServerFrame::Subscribed {
+                    channel,
+                    delta_topic: Some(_),
+                    ..
+                }) => {
+                    self.track(channel.split(':').next().unwrap_or(channel));
+                    continue;
+                }
+                _ => continue,
             };
             let wanted = std::mem::take(delta);
             let Some((_, last)) = self
@@ -100,6 +112,15 @@ mod tests {
         }
     }
 
+    fn subscribed(topic: &str) -> Outbound {
+        Outbound::Frame(ServerFrame::Subscribed {
+            id: None,
+            channel: format!("{topic}:a").into(),
+            live: vec![0],
+            delta_topic: Some(0),
+        })
+    }
+
     fn deltas(batch: &[Outbound]) -> Vec<bool> {
         batch
             .iter()
@@ -122,8 +143,8 @@ mod tests {
             [false, false],
             "no delta subscription on t yet"
         );
-        sent.track(&topic);
         let mut batch = vec![
+            subscribed("t"),
             event(&mut bases, &topic, 3, "a"), // first of "a" on this account: whole
             event(&mut bases, &topic, 4, "a"),
             event(&mut bases, &topic, 5, "b"),
@@ -134,7 +155,10 @@ mod tests {
         batch.push(event(&mut bases, &topic, 8, "b"));
         batch.push(event(&mut bases, &topic, 9, "a"));
         sent.resolve(&mut batch);
-        assert_eq!(deltas(&batch), [false, true, false, false, true, true]);
+        assert_eq!(
+            deltas(&batch),
+            [false, false, true, false, false, true, true]
+        );
     }
 
     #[test]
@@ -142,14 +166,14 @@ mod tests {
         let topic: Arc<str> = "t".into();
         let mut bases = Bases::new(0, 100);
         let mut sent = Sent::new(2);
-        sent.track(&topic);
         let mut batch = vec![
+            subscribed("t"),
             event(&mut bases, &topic, 1, "a"),
             event(&mut bases, &topic, 2, "b"),
             event(&mut bases, &topic, 3, "c"), // a third key: a and b forgotten
             event(&mut bases, &topic, 4, "a"),
         ];
         sent.resolve(&mut batch);
-        assert_eq!(deltas(&batch), [false, false, false, false]);
+        assert_eq!(deltas(&batch), [false, false, false, false, false]);
     }
 }

@@ -319,8 +319,7 @@ impl Connection {
             route.add_delta_subscriber();
             let max_keys = services.config.limits.delta_keys_per_connection;
             self.sent
-                .get_or_insert_with(|| Box::new(super::delta::Sent::new(max_keys)))
-                .track(route.name());
+                .get_or_insert_with(|| Box::new(super::delta::Sent::new(max_keys)));
         }
         self.push(ServerFrame::Subscribed {
             id: id.clone(),

@@ -61,7 +61,8 @@ fn message(id: Option<String>, data: Bytes) -> Message {
 }
 
 /// A frame with line breaks (verbatim JSON may have them between its tokens) as one
-/// `data:` line per line, which the client joins again with line feeds.
+/// `data:` line per line, which the client joins again with line feeds. Each continued
+/// line starts with a space the client strips (it would strip one of the line's own).
 fn data_lines(data: Bytes) -> Bytes {
     if !data.iter().any(|b| matches!(b, b'\n' | b'\r')) {
         return data;
@@ -71,7 +72,7 @@ fn data_lines(data: Bytes) -> Bytes {
         .split("\r\n")
         .flat_map(|l| l.split(['\r', '\n']))
         .collect();
-    Bytes::from(lines.join("\ndata:"))
+    Bytes::from(lines.join("\ndata: "))
 }
 
 impl Link for SseLink {

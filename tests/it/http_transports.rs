@@ -7,10 +7,11 @@ use serde_json::Value;
 
 use crate::harness::*;
 
-/// One SSE message: its id (if any) and its data as JSON.
+/// One SSE message: its id (if any) and its data, as text and as JSON.
 #[derive(Debug, Clone)]
 pub struct SseMessage {
     pub id: Option<String>,
+    pub text: String,
     pub data: Value,
 }
 
@@ -46,6 +47,7 @@ pub fn read_sse(
                 let parsed = serde_json::from_str(&data).expect("SSE data is JSON");
                 messages.push(SseMessage {
                     id: id.take(),
+                    text: data.clone(),
                     data: parsed,
                 });
                 data.clear();
@@ -53,6 +55,12 @@ pub fn read_sse(
         } else if line.starts_with(':') {
             comments += 1;
         } else if let Some(v) = line.strip_prefix("data:") {
+            // As EventSource reads it: one leading space is dropped, and the lines of one
+            // message's data join with line feeds.
+            let v = v.strip_prefix(' ').unwrap_or(v);
+            if !data.is_empty() {
+                data.push('\n');
+            }
             data.push_str(v);
         } else if let Some(v) = line.strip_prefix("id:") {
             id = Some(v.to_string());

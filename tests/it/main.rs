@@ -6,6 +6,7 @@ mod browser;
 mod cli;
 mod cluster;
 mod deflate;
+mod delta;
 mod docker;
 mod fuzz;
 mod harness;

@@ -1,8 +1,11 @@
-"""A third-party WebSocket client for kgate's deflate tests: the `websockets` package
-(PyPI), with and without permessage-deflate, plus a raw-socket reader that reports
-which frames arrived compressed. Prints one JSON object on stdout.
+"""A third-party WebSocket client for kgate's deflate and delta tests: the `websockets`
+package (PyPI), with and without permessage-deflate and deltas (applied as
+docs/protocol.md describes them), plus a raw-socket reader that reports which frames
+arrived compressed. Prints one JSON object on stdout.
 
-  read URL CHANNEL COUNT [--deflate]     subscribe from earliest, print the events
+  read URL CHANNEL COUNT [--deflate] [--delta]
+                                         subscribe from offset 0, print the events
+                                         (and how many came as deltas, in how many bytes)
   raw HOST PORT CHANNEL COUNT            the same over a bare socket: RSV1 per frame
   send URL SIZE KIND                     send a compressed message (KIND: bomb, text),
                                          print the close code that ends the connection
@@ -22,20 +25,68 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 
-def subscribe(channel):
-    return json.dumps({"type": "subscribe", "id": "s", "channel": channel, "from": "earliest"})
+def subscribe(channel, delta=False):
+    # From offset 0 rather than "earliest": a replay the memory ring serves carries the
+    # deltas ingest made (one read from Kafka decodes afresh, without them).
+    command = {"type": "subscribe", "id": "s", "channel": channel, "from": {"offsets": {"0": 0}}}
+    if delta:
+        command["delta"] = True
+    return json.dumps(command)
 
 
-async def read(url, channel, count, deflate):
+class Deltas:
+    """The last event frame of each key of one topic, and the delta frames applied to them."""
+
+    def __init__(self, topic):
+        self.topic, self.topic_id = topic, None
+        self.by_key, self.frames = {}, {}
+
+    def frame(self, text):
+        if text.startswith("["):
+            delta = json.loads(text)
+            topic_id, partition, offset = delta[:3]
+            if topic_id != self.topic_id or (partition, offset) not in self.frames:
+                raise ValueError(f"no frame held for the base of {text}")
+            base, out, at, i = self.frames[(partition, offset)], [], 0, 3
+            while i < len(delta):
+                copy = delta[i]
+                i += 1
+                remove = None
+                if not isinstance(delta[i], str):
+                    remove = delta[i]
+                    i += 1
+                insert = delta[i]
+                i += 1
+                out.append(base[at : at + copy] + insert)
+                at += copy + (len(insert) if remove is None else remove)
+            text = "".join(out) + base[at:]
+        frame = json.loads(text)
+        if frame["type"] == "subscribed" and frame.get("delta"):
+            # The gateway counts the frames it sends from here on: hold them from here too.
+            self.topic_id = frame["topic_id"]
+        elif frame["type"] == "event" and frame["topic"] == self.topic:
+            key = ("k", frame["key"]) if "key" in frame else ("b", frame.get("key_b64"))
+            if key[1] is not None:
+                self.frames.pop(self.by_key.get(key), None)
+                self.by_key[key] = (frame["partition"], frame["offset"])
+                self.frames[self.by_key[key]] = text
+        return frame
+
+
+async def read(url, channel, count, deflate, delta):
+    deltas = Deltas(channel.split(":")[0])
     async with connect(url, compression="deflate" if deflate else None, max_size=None) as ws:
-        await ws.send(subscribe(channel))
-        events = []
+        await ws.send(subscribe(channel, delta))
+        events, delta_frames, event_bytes = [], 0, 0
         while len(events) < count:
-            frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            text = await asyncio.wait_for(ws.recv(), 30)
+            frame = deltas.frame(text)
             if frame["type"] == "event":
                 events.append(frame)
+                event_bytes += len(text)
+                delta_frames += text.startswith("[")
         extensions = ws.response.headers.get("Sec-WebSocket-Extensions")
-        return {"extensions": extensions, "events": events}
+        return {"extensions": extensions, "events": events, "deltas": delta_frames, "bytes": event_bytes}
 
 
 def raw(host, port, channel, count):
@@ -121,7 +172,7 @@ async def send(url, size, kind):
 def main():
     command, args = sys.argv[1], sys.argv[2:]
     if command == "read":
-        result = asyncio.run(read(args[0], args[1], int(args[2]), "--deflate" in args))
+        result = asyncio.run(read(args[0], args[1], int(args[2]), "--deflate" in args, "--delta" in args))
     elif command == "raw":
         result = raw(args[0], args[1], args[2], int(args[3]))
     elif command == "send":

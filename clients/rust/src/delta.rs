@@ -50,8 +50,8 @@ fn edit(base: &str, mut edits: &[Value]) -> Option<String> {
     Some(out)
 }
 
-/// What a client holds to apply deltas: the last event frame of every key of the topics
-/// it asked deltas for, and the topic ids from `subscribed`.
+/// What a client holds to apply deltas: from the `subscribed` frame that grants a topic's
+/// deltas on, the last event frame of every key of that topic, and the topic's id.
 #[derive(Debug, Default)]
 pub struct Deltas {
     /// Per topic: key -> (partition, offset) of its last frame, and the frames by position.
@@ -66,11 +66,6 @@ struct Held {
 }
 
 impl Deltas {
-    /// Starts holding the frames of `topic`: call before sending a subscribe with deltas.
-    pub fn track(&mut self, topic: &str) {
-        self.topics.entry(topic.to_string()).or_default();
-    }
-
     /// Takes a text frame as received; returns the frame to use: a delta's full event
     /// frame, anything else unchanged.
     pub fn receive(&mut self, text: String) -> Result<String, DeltaError> {
@@ -97,12 +92,16 @@ impl Deltas {
         }
         if text.starts_with(r#"{"type":"event""#) {
             self.hold(&text);
-        } else if text.starts_with(r#"{"type":"subscribed""#) {
+        } else if text.contains(r#""subscribed""#) {
             if let Ok(frame) = serde_json::from_str::<Value>(&text) {
-                if let (Some(id), Some(channel)) =
-                    (frame["topic_id"].as_u64(), frame["channel"].as_str())
-                {
+                if let (true, Some(id), Some(channel)) = (
+                    frame["type"] == "subscribed",
+                    frame["topic_id"].as_u64(),
+                    frame["channel"].as_str(),
+                ) {
+                    // The gateway counts what it sends of the topic from this frame on.
                     let topic = channel.split(':').next().unwrap_or(channel);
+                    self.topics.entry(topic.to_string()).or_default();
                     self.names.insert(id, topic.to_string());
                 }
             }
@@ -161,7 +160,6 @@ mod tests {
     #[test]
     fn a_held_frame_is_the_base_of_the_next_delta() {
         let mut deltas = Deltas::default();
-        deltas.track("t");
         let subscribed = r#"{"type":"subscribed","channel":"t:a","topic_id":4,"delta":true}"#;
         deltas.receive(subscribed.into()).unwrap();
         let first = r#"{"type":"event","topic":"t","partition":0,"offset":7,"key":"a","data":1}"#;

@@ -144,18 +144,20 @@ impl Client {
         Ok(id)
     }
 
-    /// Sends a `subscribe` asking for deltas; [`Client::next`] and [`Client::next_text`]
-    /// return them as the full event frames. Returns the request id used.
-    pub async fn subscribe_delta(
+    /// Sends a `subscribe` with more fields (`max_rate`, `filter`, `delta`, ...);
+    /// [`Client::next`] and [`Client::next_text`] return deltas as full event frames.
+    /// Returns the request id used.
+    pub async fn subscribe_with(
         &mut self,
         channel: &str,
         from: Value,
+        fields: Value,
     ) -> Result<String, ClientError> {
-        self.deltas
-            .track(channel.split(':').next().unwrap_or(channel));
         let id = self.fresh_id();
-        let cmd =
-            json!({"type": "subscribe", "id": id, "channel": channel, "from": from, "delta": true});
+        let mut cmd = json!({"type": "subscribe", "id": id, "channel": channel, "from": from});
+        if let (Some(cmd), Value::Object(fields)) = (cmd.as_object_mut(), fields) {
+            cmd.extend(fields);
+        }
         self.send_text(cmd.to_string()).await?;
         Ok(id)
     }
