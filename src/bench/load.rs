@@ -70,6 +70,8 @@ pub struct Connect {
     pub idle: bool,
     /// Offer permessage-deflate (to kgate) and inflate what arrives compressed.
     pub deflate: bool,
+    /// Ask kgate for deltas (counted as records, not applied: the bench measures the gateway).
+    pub delta: bool,
 }
 
 /// Which protocol a connected client speaks.
@@ -207,7 +209,8 @@ impl WsClient {
         }
         if let Target::Kgate { channels, .. } = target {
             for channel in channels {
-                let cmd = json!({"type": "subscribe", "channel": channel, "from": "latest"});
+                let cmd = json!({"type": "subscribe", "channel": channel, "from": "latest",
+                                 "delta": how.delta});
                 client
                     .socket
                     .send(Message::Text(cmd.to_string().into()))
@@ -251,7 +254,11 @@ impl WsClient {
             };
             match self.speaks {
                 Speaks::Plain => return Ok(Some(text)),
-                Speaks::Kgate if text.starts_with(r#"{"type":"event""#) => return Ok(Some(text)),
+                Speaks::Kgate
+                    if text.starts_with(r#"{"type":"event""#) || text.starts_with('[') =>
+                {
+                    return Ok(Some(text));
+                }
                 Speaks::Kgate => {}
                 Speaks::Centrifugo => {
                     for line in text.lines() {

@@ -3,10 +3,10 @@
 //! ticker topic and an Avro one (schemas/tick.avsc). The baseline is the JSON
 //! frame of the JSON topic, what a plain Kafka-to-WebSocket bridge sends.
 //!
-//! Then permessage-deflate: socket bytes per event on the demo's ticker and
-//! telemetry feeds with and without it, the gateway's CPU per delivered message
-//! with and without it, and its resident memory per idle connection with and
-//! without it.
+//! Then permessage-deflate and deltas: socket bytes per event on the demo's ticker
+//! and telemetry feeds plain, with deflate, with deltas and with both; the gateway's
+//! CPU per delivered message with and without deflate, and its resident memory per
+//! idle connection with and without it.
 
 use std::io;
 use std::pin::Pin;
@@ -180,7 +180,8 @@ async fn bytes_per_event(url: &str, topic: &str, binary: bool, n: usize) -> anyh
     Ok(bytes as f64 / n as f64)
 }
 
-/// Socket bytes per event on the demo's feeds, plain and with permessage-deflate.
+/// Socket bytes per event on the demo's feeds: plain, with permessage-deflate, with
+/// deltas, and with both.
 async fn deflate_bytes(dir: &std::path::Path, bootstrap: &str) -> anyhow::Result<Vec<Row>> {
     let (ticker, telemetry) = ("demo-prices", "demo-telemetry");
     let gw = GatewayProc::start(
@@ -189,6 +190,16 @@ async fn deflate_bytes(dir: &std::path::Path, bootstrap: &str) -> anyhow::Result
         &[(ticker, 1), (telemetry, 1)],
         "",
     )?;
+    // Ingest makes deltas while a subscription wants them: one does from the start.
+    let mut wanting = Vec::new();
+    for topic in [ticker, telemetry] {
+        let mut client = Client::connect(&gw.ws_url()).await?;
+        client
+            .subscribe_with(topic, json!("latest"), json!({"delta": true}))
+            .await?;
+        client.until("live", Duration::from_secs(30)).await?;
+        wanting.push(client);
+    }
     progress("running the demo's generator for 3 s: 20 symbols and 20 devices, 20 updates/s each");
     let options = DemoOptions {
         ticker_topic: ticker.into(),
@@ -202,21 +213,33 @@ async fn deflate_bytes(dir: &std::path::Path, bootstrap: &str) -> anyhow::Result
     demo::run(Producer::new(&super::kafka_config(bootstrap))?, options).await?;
     let mut rows = Vec::new();
     for (topic, feed) in [(ticker, "demo ticker"), (telemetry, "demo telemetry")] {
-        let (events, plain) = socket_bytes(&gw.ws_url(), topic, false).await?;
-        let (compressed_events, compressed) = socket_bytes(&gw.ws_url(), topic, true).await?;
-        if events != compressed_events {
-            bail!("{topic}: {events} events plain but {compressed_events} compressed");
+        let mut per_event = Vec::new();
+        let mut events = None;
+        for (how, deflate, delta) in [
+            ("plain", false, false),
+            ("permessage-deflate", true, false),
+            ("delta", false, true),
+            ("delta + permessage-deflate", true, true),
+        ] {
+            let (n, bytes) = socket_bytes(&gw.ws_url(), topic, deflate, delta).await?;
+            if *events.get_or_insert(n) != n {
+                bail!("{topic}: {n} events {how} but {events:?} plain");
+            }
+            per_event.push((how, bytes as f64 / n as f64));
         }
-        let (plain, compressed) = (
-            plain as f64 / events as f64,
-            compressed as f64 / events as f64,
-        );
+        let plain = per_event[0].1;
         progress(format!(
-            "{feed}: {plain:.1} socket bytes per event plain, {compressed:.1} with permessage-deflate ({events} events)"
+            "{feed} ({} events), socket bytes per event: {}",
+            events.unwrap_or(0),
+            per_event
+                .iter()
+                .map(|(how, v)| format!("{how} {v:.1} ({:.2})", v / plain))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
-        for (how, value) in [("plain", plain), ("permessage-deflate", compressed)] {
+        for (how, value) in per_event {
             rows.push(Row {
-                scenario: "wire: deflate".into(),
+                scenario: "wire: deflate, delta".into(),
                 metric: format!("{feed}, {how}: socket bytes per event"),
                 value,
                 unit: "B/event".into(),
@@ -246,7 +269,8 @@ fn demo_tick(i: usize) -> (String, String) {
     (symbol.to_string(), body.to_string())
 }
 
-/// The gateway's CPU per delivered message with `opts.clients` clients, without and with deflate.
+/// The gateway's CPU per delivered message with `opts.clients` clients: plain, with
+/// deflate, and with deltas and deflate (ingest diffs each record once).
 async fn deflate_cpu(
     dir: &std::path::Path,
     bootstrap: &str,
@@ -258,17 +282,17 @@ async fn deflate_cpu(
     let (n, clients) = (opts.records, opts.clients);
     let mut rows = Vec::new();
     let mut plain_cpu = None;
-    for deflate in [false, true] {
+    for (name, deflate, delta) in [
+        ("plain", false, false),
+        ("permessage-deflate", true, false),
+        ("delta + permessage-deflate", true, true),
+    ] {
         let how = Connect {
             deflate,
+            delta,
             ..Connect::default()
         };
         let load = connect_many(&Target::kgate(&gw.ws_url(), topic), clients, how).await?;
-        let name = if deflate {
-            "permessage-deflate"
-        } else {
-            "plain"
-        };
         progress(format!(
             "{name}: producing {n} demo ticks to {clients} clients"
         ));
@@ -335,10 +359,16 @@ async fn deflate_idle(
     Ok(rows)
 }
 
-/// Subscribes to `topic` from the start and reads until it goes quiet; returns the
-/// events and the bytes the socket delivered for them (frames, headers, the few
-/// control frames), offering permessage-deflate when `deflate`.
-async fn socket_bytes(url: &str, topic: &str, deflate: bool) -> anyhow::Result<(usize, u64)> {
+/// Subscribes to `topic` from offset 0 (a replay from the ring, whose records carry
+/// their deltas) and reads until it goes quiet; returns the events and the bytes the
+/// socket delivered for them (frames, headers, the few control frames), offering
+/// permessage-deflate when `deflate` and asking for deltas when `delta`.
+async fn socket_bytes(
+    url: &str,
+    topic: &str,
+    deflate: bool,
+    delta: bool,
+) -> anyhow::Result<(usize, u64)> {
     let mut request = url.into_client_request()?;
     let host = request.uri().host().context("URL has no host")?;
     let port = request.uri().port_u16().context("URL has no port")?;
@@ -362,14 +392,17 @@ async fn socket_bytes(url: &str, topic: &str, deflate: bool) -> anyhow::Result<(
         bail!("permessage-deflate was not negotiated as asked ({deflate})");
     }
     let start = read.load(Ordering::Relaxed);
-    let subscribe = json!({"type": "subscribe", "channel": topic, "from": "earliest"});
+    let subscribe = json!({"type": "subscribe", "channel": topic,
+                           "from": {"offsets": {"0": 0}}, "delta": delta});
     ws.send(Message::Text(subscribe.to_string().into())).await?;
     let mut events = 0;
     loop {
         let quiet = Duration::from_secs(if events == 0 { 30 } else { 3 });
         match tokio::time::timeout(quiet, ws.next()).await {
             Err(_) => break,
-            Ok(Some(Ok(Message::Text(text)))) if text.starts_with(r#"{"type":"event""#) => {
+            Ok(Some(Ok(Message::Text(text))))
+                if text.starts_with(r#"{"type":"event""#) || text.starts_with('[') =>
+            {
                 events += 1
             }
             Ok(Some(Ok(_))) => {}

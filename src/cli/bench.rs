@@ -102,8 +102,9 @@ enum Scenario {
     },
     /// Bytes per ticker event: JSON frames vs binary envelopes, JSON and Avro topics
     /// (run from the repository root: it reads schemas/tick.avsc); then
-    /// permessage-deflate: bytes per event on the demo feeds, CPU per delivered message
-    /// and memory per idle connection, with and without it.
+    /// permessage-deflate and deltas: bytes per event on the demo feeds (plain, deflate,
+    /// delta, both), CPU per delivered message (plain, deflate, both) and memory per
+    /// idle connection with and without deflate.
     Wire {
         #[arg(long, default_value_t = 10_000)]
         records: usize,
@@ -242,6 +243,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 bind: Some(bind),
                 idle: true,
                 deflate,
+                delta: false,
             };
             return bench::run_hold(&url, channel.as_deref(), centrifugo, clients, how).await;
         }

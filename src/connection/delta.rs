@@ -16,13 +16,15 @@ use rustc_hash::{FxBuildHasher, FxHashMap};
 use super::ServerFrame;
 use super::link::Outbound;
 
+/// A key's hash -> (partition, offset) of the last event sent for it. Two keys with one
+/// hash cost a full frame, never a wrong delta: a delta's base is one record of its own
+/// key, so matching its position proves it was that key's last.
+type LastSent = FxHashMap<u64, (i32, i64)>;
+
 /// What one connection sent last per key, for the topics it takes deltas of.
 pub(super) struct Sent {
     max_keys: usize,
-    /// Per topic: a key's hash -> (partition, offset) of the last event sent for it. Two
-    /// keys with one hash cost a full frame, never a wrong delta: a delta's base is one
-    /// record of its own key, so matching its position proves it was that key's last.
-    topics: Vec<(Arc<str>, FxHashMap<u64, (i32, i64)>)>,
+    topics: Vec<(Arc<str>, LastSent)>,
 }
 
 impl Sent {

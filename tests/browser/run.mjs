@@ -9,6 +9,8 @@ import { mkdirSync } from "node:fs";
 const [base, prices, telemetry, artifacts] = process.argv.slice(2);
 const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
 let symbolSeq = 0;
+/** The value published at each "partition:offset". */
+const sent = new Map();
 
 /** Publishes `n` ticker records through the gateway; returns "partition:offset" of each. */
 async function publish(n) {
@@ -23,6 +25,7 @@ async function publish(n) {
     if (!r.ok) fail(`publish answered ${r.status}: ${await r.text()}`);
     const { partition, offset } = await r.json();
     landed.push(`${partition}:${offset}`);
+    sent.set(`${partition}:${offset}`, JSON.stringify(body));
   }
   return landed;
 }
@@ -40,6 +43,11 @@ async function openDemo(browser, query, init) {
   page.wsExtensions = [];
   const cdp = await page.context().newCDPSession(page);
   await cdp.send("Network.enable");
+  // Delta frames (JSON arrays) among the WebSocket messages received.
+  page.wsDeltas = 0;
+  cdp.on("Network.webSocketFrameReceived", ({ response }) => {
+    if (response.opcode === 1 && response.payloadData.startsWith("[")) page.wsDeltas++;
+  });
   cdp.on("Network.webSocketHandshakeResponseReceived", ({ response }) => {
     const name = Object.keys(response.headers).find((h) => h.toLowerCase() === "sec-websocket-extensions");
     page.wsExtensions.push(name ? response.headers[name] : "");
@@ -56,6 +64,14 @@ function checkAll(label, got, want) {
   const missing = want.filter((x) => !got.includes(x));
   const dupes = got.length - new Set(got).size;
   if (missing.length || dupes) fail(`${label}: ${missing.length} missing (${missing.slice(0, 5)}), ${dupes} duplicates`);
+}
+
+/** Fails unless every prices event the page got carries the value published there. */
+async function checkValues(label, page) {
+  const events = await page.evaluate((topic) => window.kgateEvents.filter((e) => e[0] === topic), prices);
+  const wrong = events.filter((e) => sent.has(`${e[1]}:${e[2]}`) && JSON.stringify(e[3]) !== sent.get(`${e[1]}:${e[2]}`));
+  if (wrong.length) fail(`${label}: ${wrong.length} events with values other than published, e.g. ${JSON.stringify(wrong[0])}`);
+  return events.length;
 }
 
 const browser = await chromium.launch({ executablePath: chromiumPath, args: ["--no-sandbox"] });
@@ -84,6 +100,9 @@ try {
   await waitFor("every record after the resume", async () => (await received(page)).length >= all.length);
   await page.waitForTimeout(500);
   checkAll("resume", await received(page), all);
+  const checked = await checkValues("resume", page);
+  if (page.wsDeltas < 10) fail(`expected delta frames on the page's WebSocket, saw ${page.wsDeltas}`);
+  console.log(`ok: all ${checked} events carried the published values, ${page.wsDeltas} of them arrived as deltas`);
   const replayed = await page.evaluate(() => window.kgateClient.replayedSinceReconnect);
   if (replayed === 0) fail("the records published while away were not replayed on reconnect");
   console.log(`ok: after the drop the page resumed with all ${all.length} records, no duplicate (${replayed} replayed after the reconnect)`);
@@ -113,6 +132,7 @@ try {
     return viaSse.every((x) => got.includes(x));
   });
   checkAll("sse", await received(blocked), viaSse);
+  await checkValues("sse", blocked);
   console.log(`ok: with WebSocket blocked the SDK used ${fallback} and received all ${viaSse.length} records`);
 
   // 4. Neither WebSocket nor SSE: long-polling.
@@ -127,6 +147,7 @@ try {
     return viaPoll.every((x) => got.includes(x));
   });
   checkAll("poll", await received(pollOnly), viaPoll);
+  await checkValues("poll", pollOnly);
   console.log(`ok: with WebSocket blocked and SSE not offered the SDK long-polled and received all ${viaPoll.length} records`);
 
   // 5. Reconnect policy, heartbeat timeout and acknowledgements, on the SDK directly.

@@ -93,20 +93,26 @@ impl Deltas {
         if text.starts_with(r#"{"type":"event""#) {
             self.hold(&text);
         } else if text.contains(r#""subscribed""#) {
-            if let Ok(frame) = serde_json::from_str::<Value>(&text) {
-                if let (true, Some(id), Some(channel)) = (
-                    frame["type"] == "subscribed",
-                    frame["topic_id"].as_u64(),
-                    frame["channel"].as_str(),
-                ) {
-                    // The gateway counts what it sends of the topic from this frame on.
-                    let topic = channel.split(':').next().unwrap_or(channel);
-                    self.topics.entry(topic.to_string()).or_default();
-                    self.names.insert(id, topic.to_string());
-                }
-            }
+            self.on_subscribed(&text);
         }
         Ok(text)
+    }
+
+    /// Learns a topic's id from a `subscribed` frame granting deltas; the gateway counts
+    /// what it sends of the topic from this frame on, so frames are held from here.
+    fn on_subscribed(&mut self, text: &str) {
+        let Ok(frame) = serde_json::from_str::<Value>(text) else {
+            return;
+        };
+        let (Some(id), Some(channel)) = (frame["topic_id"].as_u64(), frame["channel"].as_str())
+        else {
+            return;
+        };
+        if frame["type"] == "subscribed" {
+            let topic = channel.split(':').next().unwrap_or(channel);
+            self.topics.entry(topic.to_string()).or_default();
+            self.names.insert(id, topic.to_string());
+        }
     }
 
     /// Keeps an event frame of a tracked topic as its key's last.
