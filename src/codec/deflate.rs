@@ -3,6 +3,7 @@
 //! every recipient, and no connection keeps compressor state.
 
 use std::cell::RefCell;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
@@ -15,6 +16,19 @@ thread_local! {
     // Reset per message; one per thread saves allocating their state (tens of KB) each time.
     static COMPRESSOR: RefCell<Compress> = RefCell::new(Compress::new(Compression::default(), false));
     static INFLATER: RefCell<Decompress> = RefCell::new(Decompress::new(false));
+}
+
+/// `frame` compressed, made once in `cell` and shared; `None` when it is shorter than
+/// `min_bytes` or compressing does not shrink it.
+pub fn once<'a>(
+    cell: &'a OnceLock<Option<Bytes>>,
+    frame: &str,
+    min_bytes: usize,
+) -> Option<&'a Bytes> {
+    if frame.len() < min_bytes {
+        return None;
+    }
+    cell.get_or_init(|| deflate(frame.as_bytes())).as_ref()
 }
 
 /// `payload` as one compressed message, or `None` when compressing does not shrink it.

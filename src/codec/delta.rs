@@ -46,12 +46,7 @@ impl Delta {
     /// The delta frame compressed for permessage-deflate, once and shared (see
     /// [`EncodedRecord::deflated`]).
     pub fn deflated(&self, min_bytes: usize) -> Option<&Bytes> {
-        if self.frame.len() < min_bytes {
-            return None;
-        }
-        self.deflated
-            .get_or_init(|| super::deflate::deflate(self.frame.as_bytes()))
-            .as_ref()
+        super::deflate::once(&self.deflated, &self.frame, min_bytes)
     }
 }
 

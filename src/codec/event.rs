@@ -88,12 +88,7 @@ impl EncodedRecord {
     /// The frame compressed for permessage-deflate, once and shared; `None` when it is
     /// shorter than `min_bytes` or compressing does not shrink it.
     pub fn deflated(&self, min_bytes: usize) -> Option<&Bytes> {
-        if self.frame.len() < min_bytes {
-            return None;
-        }
-        self.deflated
-            .get_or_init(|| super::deflate::deflate(self.frame.as_bytes()))
-            .as_ref()
+        super::deflate::once(&self.deflated, &self.frame, min_bytes)
     }
 
     /// True for an `event` frame (not a `skipped` notice in the record's place).

@@ -2,30 +2,11 @@
 //! `websockets` package (tests/python/ws_client.py), and a bare socket that shows
 //! which frames went compressed.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::harness::*;
-
-/// Runs tests/python/ws_client.py and returns the JSON it prints.
-fn ws_client(args: &[&str]) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/ws_client.py");
-    let out = Command::new(python())
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run tests/python/ws_client.py");
-    assert!(
-        out.status.success(),
-        "ws_client.py {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
-}
 
 /// `n` ticker records keyed by symbol.
 async fn produce_ticks(topic: &str, n: usize) {

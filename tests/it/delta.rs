@@ -3,8 +3,6 @@
 //! and by kgate's Rust client; never sent where the client lacks the base (after a
 //! resume, a conflated record, a frame that cannot be diffed).
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use kgate_client::Client;
@@ -13,23 +11,6 @@ use serde_json::{Value, json};
 
 use crate::harness::*;
 use crate::http_transports::read_sse;
-
-/// Runs tests/python/ws_client.py and returns the JSON it prints.
-fn ws_client(args: &[&str]) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/ws_client.py");
-    let out = Command::new(python())
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run tests/python/ws_client.py");
-    assert!(
-        out.status.success(),
-        "ws_client.py {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
-}
 
 /// A ticker value of record `i`: only the price and size change between records of a symbol.
 fn tick(i: usize) -> (&'static str, String) {
@@ -49,8 +30,8 @@ async fn produce_values(topic: &str, values: &[(&str, String)]) {
     }
 }
 
-/// A client that wants deltas of `channel`, subscribed: from then on ingest makes them.
-async fn delta_client(url: &str, channel: &str, fields: Value) -> Client {
+/// A client subscribed to `channel` from latest with `fields`, and the `subscribed` reply.
+async fn subscribe_with(url: &str, channel: &str, fields: Value) -> (Client, Value) {
     let mut client = Client::connect(url).await.expect("connect");
     client
         .subscribe_with(channel, json!("latest"), fields)
@@ -60,6 +41,12 @@ async fn delta_client(url: &str, channel: &str, fields: Value) -> Client {
         .until("subscribed", Duration::from_secs(30))
         .await
         .expect("subscribed");
+    (client, reply)
+}
+
+/// A client that wants deltas of `channel`, subscribed: from then on ingest makes them.
+async fn delta_client(url: &str, channel: &str, fields: Value) -> Client {
+    let (client, reply) = subscribe_with(url, channel, fields).await;
     assert_eq!(reply["delta"], true, "{reply}");
     client
 }
@@ -116,15 +103,7 @@ async fn a_topic_without_deltas_grants_none() {
         &[],
         &format!("[[topics]]\nname = \"{t}\"\npartitions = 1\ndelta_keys = 0\n"),
     );
-    let mut client = Client::connect(&gw.ws_url()).await.expect("connect");
-    client
-        .subscribe_with(&t, json!("latest"), json!({"delta": true}))
-        .await
-        .expect("subscribe");
-    let (reply, _) = client
-        .until("subscribed", Duration::from_secs(30))
-        .await
-        .expect("subscribed");
+    let (mut client, reply) = subscribe_with(&gw.ws_url(), &t, json!({"delta": true})).await;
     assert_eq!(reply.get("delta"), None, "{reply}");
     produce_values(&t, &feed()[..10]).await;
     for _ in 0..10 {

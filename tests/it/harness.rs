@@ -597,3 +597,20 @@ impl AgingTopic {
         }
     }
 }
+
+/// Runs tests/python/ws_client.py and returns the JSON it prints.
+pub fn ws_client(args: &[&str]) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/ws_client.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run tests/python/ws_client.py");
+    assert!(
+        out.status.success(),
+        "ws_client.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
