@@ -1,6 +1,9 @@
 /*
- * kgate browser client: WebSocket first, Server-Sent Events and long-polling as
- * fallbacks; automatic reconnect with resume and duplicate drop. No build step:
+ * kgate client for browsers and Node.js: WebSocket first, Server-Sent Events and
+ * long-polling as fallbacks; automatic reconnect with resume and duplicate drop.
+ * No build step: the gateway serves this file at /sdk/kgate.js for a script tag
+ * (window.KGate), and the npm package @kgate/client ships it as is (CommonJS, with
+ * index.mjs for `import` and kgate.d.ts for TypeScript):
  *   <script src="/sdk/kgate.js"></script>
  *   const client = new KGate.Client({ url: location.origin, channels: ["prices:AAPL"] });
  *   client.on("data", (event) => ...);
@@ -18,6 +21,9 @@
                                   // (WebSocket, fresh start from "latest", topics with snapshot = true)
     delta: false,                 // channels (or true: all) whose records may come as deltas from the
                                   // key's previous record; "data" events always carry the full value
+    maxRate: null,                // updates per second per key: a number (all channels) or
+                                  // { channel: rate } (WebSocket; SSE and long-poll use the topic's)
+    filter: null,                 // { channel: { headers: { name: value | [values] } } } (WebSocket)
     token: null,                  // a JWT, or a function returning one (called on every connect)
     session: null,                // a durable session id (WebSocket only): positions kept by the gateway too
     transports: ["websocket", "sse", "poll"], // tried in this order
@@ -27,6 +33,7 @@
     heartbeat: { intervalMs: 15000, timeoutMs: 45000 },
     connectTimeoutMs: 8000,       // a transport that has not opened by then counts as failed
     pollWaitMs: 20000,
+    WebSocket: null,              // a WebSocket class; default: the global one, else the `ws` package (Node.js)
   };
 
   /** base + extra; an option name base lacks is a typo, so it is warned about, not used. */
@@ -71,7 +78,10 @@
   // ---- the client ----
   function Client(options) {
     this.options = merge(DEFAULTS, options);
-    if (!this.options.url) this.options.url = root.location ? root.location.origin : "";
+    if (!this.options.url) {
+      if (!root.location) throw new Error("kgate: the `url` option is required outside a browser");
+      this.options.url = root.location.origin;
+    }
     this.listeners = {};
     this.positions = {};        // channel -> { partition: next offset }
     this.state = "idle";
@@ -196,6 +206,9 @@
         break;
       }
       case "error": {
+        // With a session, `attach` resumes the stored subscriptions before the client's own
+        // subscribe of the same channel arrives: that one is refused, and nothing is lost.
+        if (frame.code === "already_subscribed" && this.options.session && this.options.channels.indexOf(frame.id) >= 0) break;
         var failed = frame.id !== undefined && this._publishes[frame.id];
         if (!failed) { this._emit("error", frame); break; }
         delete this._publishes[frame.id];
@@ -417,6 +430,16 @@
     return o.channels.filter(function (c) { return o.delta === true || (Array.isArray(o.delta) && o.delta.indexOf(c) >= 0); });
   }
 
+  /** The WebSocket class: the option, the global one, else the `ws` package under Node.js. */
+  function webSocketClass(o) {
+    if (o.WebSocket) return o.WebSocket;
+    if (typeof WebSocket !== "undefined") return WebSocket;
+    // Not `require("ws")`: a bundler would pull `ws` into a browser bundle.
+    var load = typeof module === "object" && module && typeof module.require === "function" ? module.require.bind(module) : null;
+    if (load) { try { return load("ws"); } catch (e) { /* not installed */ } }
+    throw new Error("no WebSocket: install the `ws` package or pass the `WebSocket` option");
+  }
+
   var TRANSPORTS = {
     websocket: function (client, cb) {
       var o = client.options, token = client._token();
@@ -424,7 +447,7 @@
       var protocols = ["kgate.v1.json"];
       if (token) protocols.push("kgate.bearer." + token);
       var ws, failed = false, lastHeard = Date.now(), timers = [], deltas = new Deltas();
-      try { ws = new WebSocket(url, protocols); } catch (e) { setTimeout(function () { cb.closed(String(e)); }); return { close: function () {}, fail: function () {} }; }
+      try { ws = new (webSocketClass(o))(url, protocols); } catch (e) { setTimeout(function () { cb.closed(String(e)); }); return { close: function () {}, fail: function () {} }; }
       function fail(reason, fatal) {
         if (failed) return; failed = true;
         timers.forEach(clearInterval);
@@ -440,6 +463,9 @@
           var wanted = o.snapshot === true || (Array.isArray(o.snapshot) && o.snapshot.indexOf(c) >= 0);
           if (wanted && from === "latest") { command.snapshot = true; client._snapshotLive[c] = null; }
           if (deltaChannels(o).indexOf(c) >= 0) command.delta = true;
+          var rate = typeof o.maxRate === "number" ? o.maxRate : o.maxRate && o.maxRate[c];
+          if (rate) command.max_rate = rate;
+          if (o.filter && o.filter[c]) command.filter = o.filter[c];
           ws.send(JSON.stringify(command));
         });
         // Browsers answer server pings without telling scripts, so probe at the protocol level.
@@ -543,5 +569,8 @@
     },
   };
 
-  root.KGate = { Client: Client, Deltas: Deltas, encodeCursor: encodeCursor, version: "1" };
-})(typeof window !== "undefined" ? window : this);
+  var api = { Client: Client, Deltas: Deltas, encodeCursor: encodeCursor, version: "1" };
+  // CommonJS (Node.js, bundlers) gets the module; a script tag gets window.KGate.
+  if (typeof module === "object" && module && module.exports) module.exports = api;
+  else root.KGate = api;
+})(typeof globalThis !== "undefined" ? globalThis : this);

@@ -17,6 +17,7 @@ mod observability;
 mod payloads;
 mod protection;
 mod proxy;
+mod sdk;
 mod security;
 mod sessions;
 mod streaming;
