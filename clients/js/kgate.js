@@ -430,6 +430,37 @@
     return o.channels.filter(function (c) { return o.delta === true || (Array.isArray(o.delta) && o.delta.indexOf(c) >= 0); });
   }
 
+  /**
+   * What EventSource does, over fetch, where there is none (Node.js): the stream's
+   * `data` lines joined per message. Set onopen, onmessage and onerror on the result.
+   */
+  function fetchEventSource(url) {
+    var controller = typeof AbortController !== "undefined" ? new AbortController() : null;
+    var es = { closed: false, close: function () { es.closed = true; if (controller) controller.abort(); } };
+    fetch(url, { headers: { Accept: "text/event-stream" }, signal: controller ? controller.signal : undefined })
+      .then(function (r) {
+        if (!r.ok || !r.body) throw new Error("SSE answered " + r.status);
+        es.onopen();
+        var reader = r.body.getReader(), decoder = new TextDecoder(), rest = "", data = [];
+        function read() {
+          return reader.read().then(function (chunk) {
+            if (chunk.done) throw new Error("the SSE stream ended");
+            var lines = (rest + decoder.decode(chunk.value, { stream: true })).split("\n");
+            rest = lines.pop();
+            lines.forEach(function (line) {
+              line = line.replace(/\r$/, "");
+              if (line === "" && data.length) { var text = data.join("\n"); data = []; es.onmessage({ data: text }); }
+              else if (line.indexOf("data:") === 0) data.push(line.charAt(5) === " " ? line.slice(6) : line.slice(5));
+            });
+            return read();
+          });
+        }
+        return read();
+      })
+      .catch(function (e) { if (!es.closed) es.onerror(e); });
+    return es;
+  }
+
   /** The WebSocket class: the option, the global one, else the `ws` package under Node.js. */
   function webSocketClass(o) {
     if (o.WebSocket) return o.WebSocket;
@@ -505,14 +536,15 @@
 
     sse: function (client, cb) {
       var o = client.options;
-      if (typeof EventSource === "undefined") { setTimeout(function () { cb.closed("no EventSource"); }); return { close: function () {}, fail: function () {} }; }
+      var streams = typeof fetch === "function" && typeof TextDecoder === "function";
+      if (typeof EventSource === "undefined" && !streams) { setTimeout(function () { cb.closed("no EventSource"); }); return { close: function () {}, fail: function () {} }; }
       // SSE and long-poll ask for deltas on all of their channels or none.
       var deltas = new Deltas(), delta = deltaChannels(o).length > 0;
       var url = withParams(o.url + "/v1/sse", {
         channel: o.channels, from: o.from, last_event_id: client._cursor(), access_token: client._token(),
         delta: delta ? "true" : null,
       });
-      var es = new EventSource(url), failed = false;
+      var es = typeof EventSource !== "undefined" ? new EventSource(url) : fetchEventSource(url), failed = false;
       function fail(reason) { if (failed) return; failed = true; es.close(); cb.closed(reason); }
       es.onopen = function () { cb.open(); };
       es.onmessage = function (m) {

@@ -1,16 +1,16 @@
 // A Node.js service consuming a channel through @kgate/client (installed from its
 // packed tarball): streams until it has `total` distinct records, across whatever
 // happens to the gateway meanwhile (tests/it/sdk.rs kills it with SIGKILL).
-//   node stream.mjs <gateway URL> <channel> <total> <session>
+//   node stream.mjs <gateway URL> <channel> <total> <transport> [session]
 // Prints `received <n>` as records arrive and, at the end, one JSON line.
 import { Client } from "@kgate/client";
 
-const [url, channel, total, session] = process.argv.slice(2);
+const [url, channel, total, transport, session] = process.argv.slice(2);
 const seen = new Set();
 let duplicates = 0;
 let lastReport = 0;
-const client = new Client({ url, channels: [channel], from: "earliest", session, transports: ["websocket"],
-  backoff: { initialMs: 200, maxMs: 1000 } });
+const client = new Client({ url, channels: [channel], from: "earliest", session: session || null,
+  transports: [transport], backoff: { initialMs: 200, maxMs: 1000 }, pollWaitMs: 2000 });
 client.on("state", (s) => console.error(`state ${s.state} ${JSON.stringify(s.detail)}`));
 client.on("error", (e) => console.error(`error ${e.code}: ${e.message}`));
 client.on("data", (e) => {
