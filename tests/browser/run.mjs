@@ -3,7 +3,7 @@
 //   node tests/browser/run.mjs <gateway base URL> <prices topic> <telemetry topic> <artifact dir>
 // Exits 0 when every check passed; prints one line per check.
 import { chromium } from "playwright-core";
-import { fail, waitFor } from "./util.mjs";
+import { fail, publishRecord, waitFor } from "./util.mjs";
 import { mkdirSync } from "node:fs";
 
 const [base, prices, telemetry, artifacts] = process.argv.slice(2);
@@ -19,13 +19,7 @@ async function publish(n) {
     const symbol = ["AAPL", "MSFT", "NVDA", "AMZN"][symbolSeq++ % 4];
     const price = 100 + (symbolSeq % 17);
     const body = { symbol, price, change: 0.5, change_pct: 0.5, bid: price - 0.05, ask: price + 0.05, volume: i };
-    const r = await fetch(`${base}/v1/publish/${prices}?key=${symbol}`, {
-      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
-    });
-    if (!r.ok) fail(`publish answered ${r.status}: ${await r.text()}`);
-    const { partition, offset } = await r.json();
-    landed.push(`${partition}:${offset}`);
-    sent.set(`${partition}:${offset}`, JSON.stringify(body));
+    landed.push(await publishRecord(base, prices, symbol, body, sent));
   }
   return landed;
 }

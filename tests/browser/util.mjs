@@ -16,3 +16,17 @@ export async function waitFor(what, fn, ms = 30000) {
     await new Promise((r) => setTimeout(r, 100));
   }
 }
+
+/**
+ * Publishes `body` (JSON) under `key` through the gateway at `base`; records it in `sent`
+ * ("partition:offset" -> its JSON text) and returns "partition:offset".
+ */
+export async function publishRecord(base, topic, key, body, sent) {
+  const r = await fetch(`${base}/v1/publish/${topic}?key=${key}`, {
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
+  });
+  if (!r.ok) fail(`publish answered ${r.status}: ${await r.text()}`);
+  const { partition, offset } = await r.json();
+  sent.set(`${partition}:${offset}`, JSON.stringify(body));
+  return `${partition}:${offset}`;
+}

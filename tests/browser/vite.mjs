@@ -3,7 +3,7 @@
 //   node tests/browser/vite.mjs <page URL> <gateway base URL> <topic>
 // Exits 0 when every check passed; prints one line per check.
 import { chromium } from "playwright-core";
-import { fail, waitFor } from "./util.mjs";
+import { fail, publishRecord, waitFor } from "./util.mjs";
 
 const [pageUrl, base, topic] = process.argv.slice(2);
 const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
@@ -15,13 +15,7 @@ async function publish(n) {
   const landed = [];
   for (let i = 0; i < n; i++) {
     const body = { seq: seq++, symbol: ["AAPL", "MSFT"][seq % 2], price: 100 + seq / 4 };
-    const r = await fetch(`${base}/v1/publish/${topic}?key=${body.symbol}`, {
-      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
-    });
-    if (!r.ok) fail(`publish answered ${r.status}: ${await r.text()}`);
-    const { partition, offset } = await r.json();
-    landed.push(`${partition}:${offset}`);
-    sent.set(`${partition}:${offset}`, JSON.stringify(body));
+    landed.push(await publishRecord(base, topic, body.symbol, body, sent));
   }
   return landed;
 }
