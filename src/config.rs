@@ -216,7 +216,8 @@ pub struct WebSocketConfig {
     /// Largest command the protocol parses; larger ones get a `message_too_large` error.
     pub max_command_bytes: usize,
     /// Read buffer per connection (tungstenite's default is 128 KiB; commands are small, and
-    /// every idle connection holds this buffer). It grows for a larger message.
+    /// every idle connection holds this buffer). A larger frame gets room for all of it
+    /// once its header is read, so this only bounds how many small frames one read takes.
     pub read_buffer_bytes: usize,
     /// Bytes of outgoing frames gathered before a socket write.
     pub write_buffer_bytes: usize,
@@ -397,7 +398,7 @@ impl Default for WebSocketConfig {
             max_message_bytes: 64 * 1024,
             max_frame_bytes: 64 * 1024,
             max_command_bytes: 4 * 1024,
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 256,
             write_buffer_bytes: 16 * 1024,
             outbox_max_messages: 10_000,
             outbox_max_bytes: 8 * 1024 * 1024,

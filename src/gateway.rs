@@ -238,6 +238,7 @@ impl Gateway {
     /// new ones too.
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
+        self.services.connections.wake_all();
     }
 
     /// True once draining or shutting down: connections are refused with "going away".

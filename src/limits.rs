@@ -7,12 +7,21 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use governor::clock::DefaultClock;
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::clock::MonotonicClock;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use parking_lot::Mutex;
 
 use crate::config::LimitsConfig;
 use crate::stats::stats;
+
+/// A connection's command rate limiter. On the standard clock: it is checked per command
+/// only, and is 32 bytes smaller than governor's default (every connection holds one).
+pub type CommandLimiter = RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    MonotonicClock,
+    governor::middleware::NoOpMiddleware<std::time::Instant>,
+>;
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,8 +42,6 @@ pub struct Admission {
     per_identity: Mutex<HashMap<String, usize>>,
     max_total: usize,
     max_per_identity: usize,
-    /// Per-connection command limits share it: making a clock reads the CPU's timer info.
-    clock: DefaultClock,
     commands: Quota,
 }
 
@@ -64,14 +71,13 @@ impl Admission {
             per_identity: Mutex::new(HashMap::new()),
             max_total: limits.max_connections,
             max_per_identity: limits.max_connections_per_identity,
-            clock: DefaultClock::default(),
             commands: quota(limits.commands_per_sec, limits.commands_burst),
         })
     }
 
     /// A new connection's command rate limiter (`limits.commands_per_sec`, `commands_burst`).
-    pub fn command_limiter(&self) -> DefaultDirectRateLimiter {
-        RateLimiter::direct_with_clock(self.commands, self.clock.clone())
+    pub fn command_limiter(&self) -> CommandLimiter {
+        RateLimiter::direct_with_clock(self.commands, MonotonicClock)
     }
 
     /// Counts a connection attempt from `ip` against its rate, before any costly check.

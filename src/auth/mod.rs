@@ -5,6 +5,7 @@ mod permissions;
 mod token;
 
 use std::path::Path;
+use std::sync::{Arc, LazyLock};
 
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
@@ -19,17 +20,21 @@ pub use token::{BEARER_SUBPROTOCOL_PREFIX, token_from_request};
 pub struct Identity {
     /// The token's `sub`; empty without authentication.
     pub subject: String,
-    pub permissions: Permissions,
+    /// Shared: every anonymous connection holds the same one.
+    pub permissions: Arc<Permissions>,
     /// Unix seconds when the token expires; `None` without authentication.
     pub expires_at: Option<u64>,
 }
+
+/// The permissions of every anonymous identity.
+static EVERYTHING: LazyLock<Arc<Permissions>> = LazyLock::new(|| Arc::new(Permissions::all()));
 
 impl Identity {
     /// The identity of every client when `auth.mode = "none"`.
     pub fn anonymous() -> Identity {
         Identity {
             subject: String::new(),
-            permissions: Permissions::all(),
+            permissions: EVERYTHING.clone(),
             expires_at: None,
         }
     }
@@ -231,11 +236,11 @@ impl Authenticator {
                     }
                     return Ok(Identity {
                         subject,
-                        permissions: Permissions {
+                        permissions: Arc::new(Permissions {
                             subscribe: c.channels.patterns(),
                             publish: c.publish.patterns(),
                             admin: c.admin,
-                        },
+                        }),
                         expires_at: Some(exp),
                     });
                 }

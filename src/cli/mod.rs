@@ -65,6 +65,7 @@ enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(crate::release_idle_memory)
         .build()
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(async move {

@@ -11,8 +11,8 @@ use super::link::{Inbound, Link};
 use super::protocol::{CloseCode, ErrorCode};
 use super::publish::next_produced;
 use super::replay::next_replay;
-use super::session::taken_over;
 use super::{Connection, End, Opened, ServerFrame};
+use crate::config::HeartbeatConfig;
 use crate::stats::stats;
 use crate::telemetry;
 
@@ -30,21 +30,29 @@ impl Connection {
             reason: None,
         });
         tracing::debug!(conn, remote = ?self.remote, transport = L::TRANSPORT, "connection opened");
-        let mut shutdown = self.services.shutdown.clone();
         let hb = self.services.config.heartbeat.clone();
-        let mut heartbeat = tokio::time::interval(Duration::from_secs(hb.ping_interval_secs));
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        heartbeat.reset();
+        let ping_every = Duration::from_secs(hb.ping_interval_secs);
+        let mut ping_at = tokio::time::Instant::now() + ping_every;
+        // One timer for every deadline (pings, throttles, the token, a slow consumer's
+        // grace), reset only when the earliest moves: each timer a select waits on takes
+        // room in every connection's task.
+        let mut timer = Box::pin(tokio::time::sleep_until(ping_at));
         self.push(ServerFrame::Welcome {
             connection_id: conn,
             node: self.services.node.clone(),
             protocol: link.protocol(),
         });
         let end = loop {
-            if let Err(end) = self.flush(link).await {
+            // Boxed: the write's state (the link's send, its timeout, the slow-consumer
+            // watch) is larger than the rest of this loop, and every idle connection's task
+            // would otherwise hold room for it.
+            if self.has_output(link)
+                && let Err(end) = Box::pin(self.flush(link)).await
+            {
                 break end;
             }
-            if *shutdown.borrow() {
+            // Shutdown wakes every outbox (`Connections::wake_all`).
+            if *self.services.shutdown.borrow() {
                 break End::Close(CloseCode::GoingAway);
             }
             if !self.drained.is_empty() {
@@ -60,12 +68,22 @@ impl Connection {
                 continue;
             }
             let flush_at = self.next_flush.map(tokio::time::Instant::from_std);
-            let behind_since = self.behind_since();
-            let outbox = self.outbox.clone();
-            let grace = self.grace();
             let token_deadline = self.token_deadline();
-            // One timer for both deadlines: every timer is stored in each connection's task.
-            let wake_at = flush_at.into_iter().chain(token_deadline).min();
+            // A refusal after this read wakes `ready` (the outbox's first drop does), and
+            // the drain that follows moves it into `behind_since`.
+            let slow_at = self
+                .behind_since()
+                .into_iter()
+                .chain(self.outbox.refused_since())
+                .min()
+                .map(|since| tokio::time::Instant::from_std(since + self.grace()));
+            let wake_at = [flush_at, token_deadline, slow_at]
+                .into_iter()
+                .flatten()
+                .fold(ping_at, std::cmp::min);
+            if timer.deadline() != wake_at {
+                timer.as_mut().reset(wake_at);
+            }
             tokio::select! {
                 inbound = link.recv() => {
                     self.last_heard = Instant::now();
@@ -80,7 +98,7 @@ impl Connection {
                             }
                         }
                         Inbound::Parsed(command) => {
-                            if let Err(end) = Box::pin(self.on_parsed(command)).await {
+                            if let Err(end) = Box::pin(self.on_parsed(*command)).await {
                                 break end;
                             }
                         }
@@ -103,7 +121,13 @@ impl Connection {
                         }
                     }
                 }
-                _ = self.outbox.ready() => self.on_outbox(),
+                _ = self.outbox.ready() => {
+                    if self.outbox.is_taken_over() {
+                        tracing::info!(conn, "closing: session attached elsewhere");
+                        break End::Close(CloseCode::SessionTakenOver);
+                    }
+                    self.on_outbox();
+                }
                 Some(event) = next_replay(self.replay_rx.as_mut()) => {
                     self.on_replay(event);
                     // Take what else is ready, so one write carries many records.
@@ -117,48 +141,62 @@ impl Connection {
                 Some(produced) = next_produced(self.publishing.as_deref_mut()) => {
                     self.on_produced(produced);
                 }
-                _ = heartbeat.tick() => {
-                    let now = Instant::now();
-                    if L::ANSWERS_PINGS && now.duration_since(self.last_heard) > Duration::from_secs(hb.timeout_secs) {
-                        tracing::info!(conn, "closing: heartbeat timeout");
-                        stats().heartbeat_timeouts.add(1);
-                        break End::Close(CloseCode::HeartbeatTimeout);
-                    }
-                    if L::CLOSES_IDLE && self.idle_since.is_some_and(|t| now.duration_since(t) > Duration::from_secs(hb.idle_timeout_secs)) {
-                        tracing::info!(conn, "closing: idle without subscriptions");
-                        stats().idle_timeouts.add(1);
-                        break End::Close(CloseCode::IdleTimeout);
-                    }
-                    self.shrink_buffers();
-                    self.pending.push(super::Outbound::Ping);
-                    Box::pin(self.end_deleted_topics()).await;
-                }
-                _ = async { tokio::time::sleep_until(wake_at.unwrap_or_else(tokio::time::Instant::now)).await }, if wake_at.is_some() => {
+                () = &mut timer => {
                     let now = tokio::time::Instant::now();
+                    if slow_at.is_some_and(|d| d <= now) {
+                        break self.slow_consumer_close();
+                    }
                     if token_deadline.is_some_and(|d| d <= now) {
                         tracing::info!(conn, "closing: token expired");
                         stats().token_expired_closes.add(1);
                         break End::Close(CloseCode::TokenExpired);
                     }
-                    self.flush_throttles();
-                }
-                _ = slow_consumer(&outbox, behind_since, grace) => {
-                    break self.slow_consumer_close();
-                }
-                _ = shutdown.changed() => {}
-                _ = taken_over(&self.session) => {
-                    tracing::info!(conn, "closing: session attached elsewhere");
-                    break End::Close(CloseCode::SessionTakenOver);
+                    if ping_at <= now {
+                        ping_at = now + ping_every;
+                        if let Err(end) = self.on_heartbeat::<L>(&hb) {
+                            break end;
+                        }
+                        Box::pin(self.end_deleted_topics()).await;
+                    }
+                    if flush_at.is_some_and(|d| d <= now) {
+                        self.flush_throttles();
+                    }
                 }
             }
         };
         Box::pin(self.end(link, end, opened)).await;
     }
 
+    /// A heartbeat: closes a connection whose peer went quiet (or that stayed without
+    /// subscriptions too long), else returns spare buffers and queues a ping.
+    fn on_heartbeat<L: Link>(&mut self, hb: &HeartbeatConfig) -> Result<(), End> {
+        let conn = self.guard.id;
+        let now = Instant::now();
+        if L::ANSWERS_PINGS
+            && now.duration_since(self.last_heard) > Duration::from_secs(hb.timeout_secs)
+        {
+            tracing::info!(conn, "closing: heartbeat timeout");
+            stats().heartbeat_timeouts.add(1);
+            return Err(End::Close(CloseCode::HeartbeatTimeout));
+        }
+        if L::CLOSES_IDLE
+            && self
+                .idle_since
+                .is_some_and(|t| now.duration_since(t) > Duration::from_secs(hb.idle_timeout_secs))
+        {
+            tracing::info!(conn, "closing: idle without subscriptions");
+            stats().idle_timeouts.add(1);
+            return Err(End::Close(CloseCode::IdleTimeout));
+        }
+        self.shrink_buffers();
+        self.pending.push(super::Outbound::Ping);
+        Ok(())
+    }
+
     /// Releases everything, records why the connection ended and closes the link.
     async fn end<L: Link>(&mut self, link: &mut L, end: End, opened: Instant) {
         let conn = self.guard.id;
-        let session = self.session.as_ref().map(|(id, _)| id.clone());
+        let session = self.session.clone();
         self.release();
         if let Some(session) = session {
             let key = session.clone();
@@ -194,10 +232,11 @@ impl Connection {
     }
 
     /// Writes every pending frame, then flushes once.
+    fn has_output<L: Link>(&self, link: &L) -> bool {
+        !self.pending.is_empty() || link.has_output()
+    }
+
     async fn flush<L: Link>(&mut self, link: &mut L) -> Result<(), End> {
-        if self.pending.is_empty() && !link.has_output() {
-            return Ok(());
-        }
         let timeout = Duration::from_secs(self.services.config.websocket.write_timeout_secs);
         let mut frames = std::mem::take(&mut self.pending);
         if let Some(sent) = self.sent.as_deref_mut() {

@@ -33,7 +33,8 @@ pub(super) struct Active {
     /// The channel name as the client wrote it (the session store's key).
     pub(super) name: Arc<str>,
     pub(super) replays: Vec<ReplayHandle>,
-    pub(super) throttle: Option<Throttle>,
+    /// Boxed: most subscriptions have none.
+    pub(super) throttle: Option<Box<Throttle>>,
     /// Records the throttle released, before they are tagged with the channel (reused).
     pub(super) released: Vec<Arc<EncodedRecord>>,
     /// Its records go as deltas where the client holds their base.

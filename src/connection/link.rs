@@ -38,8 +38,9 @@ pub fn event_frame(record: &EncodedRecord, delta: bool) -> &crate::codec::Frame 
 pub enum Inbound {
     /// A command (JSON text).
     Command(String),
-    /// A command a front end already parsed from its own wire format (MQTT).
-    Parsed(crate::connection::protocol::Command),
+    /// A command a front end already parsed from its own wire format (MQTT); boxed, as
+    /// every connection's task holds room for the largest `Inbound`.
+    Parsed(Box<crate::connection::protocol::Command>),
     /// Records the client acknowledged as a front end's own protocol flow (MQTT PUBACK),
     /// not a command of the client's: exempt from the command rate limit.
     Acked(Vec<Acked>),

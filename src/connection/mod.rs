@@ -29,15 +29,13 @@ mod subscribe;
 mod testing;
 mod throttle;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use governor::DefaultDirectRateLimiter;
 use rustc_hash::FxHashMap;
 use serde_json::Value;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tracing::Instrument;
 
 pub use frame::ServerFrame;
@@ -86,13 +84,12 @@ pub struct Connection {
     /// Boxed: a map allocates room for several entries, and `Active` is large. Looked up
     /// per delivered record, with a fast hash: the ids are kgate's own.
     subs: FxHashMap<SubscriptionId, Box<Active>>,
-    by_channel: HashMap<String, SubscriptionId>,
     /// Replayed records, from readers of the memory ring or Kafka; made at the first replay
     /// (a channel allocates its first block up front, which idle connections need not pay).
     replay_tx: Option<mpsc::Sender<Addressed>>,
     replay_rx: Option<mpsc::Receiver<Addressed>>,
-    /// The durable session attached to this connection, and the signal that takes it away.
-    session: Option<(String, Arc<Notify>)>,
+    /// The durable session attached to this connection (taking it away wakes the outbox).
+    session: Option<String>,
     /// Frames waiting to be written, in order.
     pending: Vec<Outbound>,
     scratch: Vec<Outbound>,
@@ -108,7 +105,7 @@ pub struct Connection {
     pull_turn: u32,
     /// The subscriptions that pull, in the order of this read (reused).
     pull_order: Vec<SubscriptionId>,
-    commands: DefaultDirectRateLimiter,
+    commands: crate::limits::CommandLimiter,
     rate_limited_streak: u32,
     /// Last time anything arrived from the peer.
     last_heard: Instant,
@@ -163,14 +160,13 @@ impl Connection {
         let commands = services.admission.command_limiter();
         Connection {
             opened: None,
-            guard: services.connections.opened(),
+            guard: services.connections.opened(&outbox),
             services,
             _ticket: ticket,
             remote,
             identity,
             outbox,
             subs: FxHashMap::default(),
-            by_channel: HashMap::new(),
             replay_tx: None,
             replay_rx: None,
             session: None,
@@ -216,7 +212,7 @@ impl Connection {
     fn release(&mut self) {
         self.unsubscribe_all();
         self.outbox.clear();
-        if let Some((session, _)) = self.session.take() {
+        if let Some(session) = self.session.take() {
             self.services.attachments.detach(&session, self.guard.id);
         }
     }

@@ -22,6 +22,16 @@ pub(super) async fn next_replay(rx: Option<&mut mpsc::Receiver<Addressed>>) -> O
     }
 }
 
+/// The handle of `partition`'s replay, made on first use: a subscription that starts
+/// live holds none.
+fn handle_slot(handles: &mut Vec<ReplayHandle>, partition: i32) -> &mut ReplayHandle {
+    let index = partition as usize;
+    if handles.len() <= index {
+        handles.resize_with(index + 1, ReplayHandle::default);
+    }
+    &mut handles[index]
+}
+
 impl Connection {
     /// The sender replay readers deliver to, made on first use.
     pub(super) fn replay_sender(&mut self) -> mpsc::Sender<Addressed> {
@@ -56,11 +66,8 @@ impl Connection {
         };
         let tx = self.replay_sender();
         let handle = self.services.replay.start(request, tx);
-        if let Some(slot) = self
-            .subs
-            .get_mut(&id)
-            .and_then(|a| a.replays.get_mut(partition as usize))
-        {
+        if let Some(active) = self.subs.get_mut(&id) {
+            let slot = handle_slot(&mut active.replays, partition);
             slot.cancel();
             *slot = handle;
         }
@@ -146,7 +153,7 @@ impl Connection {
         replays: Vec<(i32, Start)>,
         live: &[i64],
     ) -> Vec<ReplayHandle> {
-        let mut handles = vec![ReplayHandle::default(); live.len()];
+        let mut handles = Vec::new();
         for (partition, start) in replays {
             let request = ReplayRequest {
                 subscription: id,
@@ -156,7 +163,7 @@ impl Connection {
                 until: live[partition as usize],
             };
             let tx = self.replay_sender();
-            handles[partition as usize] = self.services.replay.start(request, tx);
+            *handle_slot(&mut handles, partition) = self.services.replay.start(request, tx);
         }
         handles
     }

@@ -2,9 +2,11 @@
 //! services (router, replay pool and Kafka lookups, session store, auth, limits), not the whole gateway,
 //! so that it runs, and is unit-tested, without a broker or a socket.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
+use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
 use tokio::sync::watch;
 
 use crate::auth::Authenticator;
@@ -14,6 +16,7 @@ use crate::kafka::producer::Producer;
 use crate::kafka::replay::ReplayPool;
 use crate::limits::Admission;
 use crate::router::Router;
+use crate::router::outbox::Outbox;
 use crate::session::attachments::Attachments;
 use crate::store::StoreHandle;
 
@@ -32,7 +35,8 @@ pub struct Services {
     pub auth: Authenticator,
     pub admission: Arc<Admission>,
     pub connections: Connections,
-    /// Turns true when the gateway starts shutting down.
+    /// Turns true when the gateway starts shutting down (then every connection's outbox
+    /// is woken: [`Connections::wake_all`]).
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -43,10 +47,17 @@ impl Services {
     }
 }
 
-/// Counts open connections and hands out their ids.
+/// Counts open connections, hands out their ids, and can wake them all (at shutdown):
+/// a gateway-wide signal every connection waited on would take room in each one's task.
 pub struct Connections {
-    open: Arc<AtomicUsize>,
+    open: Arc<Open>,
     next_id: AtomicU64,
+}
+
+#[derive(Default)]
+struct Open {
+    count: AtomicUsize,
+    outboxes: Mutex<FxHashMap<u64, Weak<Outbox>>>,
 }
 
 impl Default for Connections {
@@ -59,30 +70,45 @@ impl Default for Connections {
 }
 
 impl Connections {
-    /// Registers a new connection; the guard unregisters it when dropped.
-    pub fn opened(&self) -> ConnectionGuard {
-        self.open.fetch_add(1, Ordering::AcqRel);
+    /// Registers a new connection reading `outbox`; the guard unregisters it when dropped.
+    pub fn opened(&self, outbox: &Arc<Outbox>) -> ConnectionGuard {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.open.count.fetch_add(1, Ordering::AcqRel);
+        self.open.outboxes.lock().insert(id, Arc::downgrade(outbox));
         ConnectionGuard {
             open: self.open.clone(),
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            id,
         }
     }
 
     /// Open connections.
     pub fn count(&self) -> usize {
-        self.open.load(Ordering::Acquire)
+        self.open.count.load(Ordering::Acquire)
+    }
+
+    /// Wakes every open connection, to see a change of state such as the shutdown.
+    pub fn wake_all(&self) {
+        let outboxes: Vec<Arc<Outbox>> = self
+            .open
+            .outboxes
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        outboxes.iter().for_each(|outbox| outbox.wake());
     }
 }
 
 /// Counts a connection while it lives.
 pub struct ConnectionGuard {
-    open: Arc<AtomicUsize>,
+    open: Arc<Open>,
     /// A process-unique connection id, used in logs and the welcome frame.
     pub id: u64,
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.open.outboxes.lock().remove(&self.id);
+        self.open.count.fetch_sub(1, Ordering::AcqRel);
     }
 }

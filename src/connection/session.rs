@@ -1,10 +1,7 @@
 //! Durable sessions on a connection: attach (and resume the stored subscriptions),
 //! cumulative acks, and takeover by another connection.
 
-use std::sync::Arc;
-
 use serde_json::Value;
-use tokio::sync::Notify;
 
 use super::Connection;
 use super::ServerFrame;
@@ -12,14 +9,6 @@ use super::protocol::ErrorCode;
 use super::subscribe::{Resolved, SubscribeError};
 use crate::router::Channel;
 use crate::session::subscription::Start;
-
-/// Resolves when the attached session was taken by another connection (never without a session).
-pub(super) async fn taken_over(session: &Option<(String, Arc<Notify>)>) {
-    match session {
-        Some((_, kick)) => kick.notified().await,
-        None => std::future::pending().await,
-    }
-}
 
 impl Connection {
     /// Attaches a durable session and resumes its stored subscriptions from their positions.
@@ -40,10 +29,13 @@ impl Connection {
             Ok(touched) => touched,
             Err(e) => return self.error(id.as_ref(), ErrorCode::StoreFailed, e.to_string()),
         };
-        let kick = self.services.attachments.attach(&scoped, self.guard.id);
+        let outbox = self.outbox.clone();
+        self.services
+            .attachments
+            .attach(&scoped, self.guard.id, outbox);
         tracing::debug!(conn = self.guard.id, session = %scoped, "session attached");
         tracing::Span::current().record("session", scoped.as_str());
-        self.session = Some((scoped, kick));
+        self.session = Some(scoped);
         let channels = record
             .subscriptions
             .iter()
@@ -85,7 +77,7 @@ impl Connection {
 
     /// A cumulative ack: every record of `topic`/`partition` up to `offset` was processed.
     pub(super) fn ack(&mut self, id: Option<&Value>, topic: &str, partition: i32, offset: i64) {
-        let Some((session, _)) = &self.session else {
+        let Some(session) = &self.session else {
             return self.error(
                 id,
                 ErrorCode::NoSession,

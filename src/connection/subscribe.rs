@@ -16,6 +16,7 @@ use super::protocol::{ErrorCode, From};
 use super::throttle::Throttle;
 use crate::config::SlowConsumerPolicy;
 use crate::kafka::cluster::ClusterError;
+use crate::router::outbox::SubscriptionId;
 use crate::router::{Channel, ChannelError, Registered, TopicRoute};
 use crate::session::subscription::{Options, Start, Subscription};
 use crate::stats::stats;
@@ -183,7 +184,7 @@ impl Connection {
             });
         };
         not_deleted(route)?;
-        if self.by_channel.contains_key(name) {
+        if self.subscribed_as(name).is_some() {
             return Err(SubscribeError::AlreadySubscribed(name.to_string()));
         }
         if self.subs.len() >= limits.max_subscriptions {
@@ -281,7 +282,7 @@ impl Connection {
             self.outbox.clone(),
             snapshot,
         );
-        if let (true, Some((session, _))) = (persist, &self.session) {
+        if let (true, Some(session)) = (persist, &self.session) {
             let positions: Vec<Option<i64>> = starts
                 .iter()
                 .zip(&live)
@@ -353,7 +354,7 @@ impl Connection {
             throttle: options
                 .max_rate
                 .or(route.default_max_rate())
-                .map(Throttle::new),
+                .map(|rate| Box::new(Throttle::new(rate))),
         };
         if active.sub.take_live_marker() {
             self.push(ServerFrame::Live {
@@ -361,7 +362,6 @@ impl Connection {
                 channel: name.clone(),
             });
         }
-        self.by_channel.insert(name.to_string(), sub_id);
         self.subs.insert(sub_id, Box::new(active));
         Ok(())
     }
@@ -391,7 +391,7 @@ impl Connection {
 
     /// Removes a channel from the attached session, if any, so it is not resumed.
     pub(super) async fn forget(&mut self, name: &str) {
-        let Some((session, _)) = &self.session else {
+        let Some(session) = &self.session else {
             return;
         };
         let (key, channel) = (session.clone(), name.to_string());
@@ -408,7 +408,7 @@ impl Connection {
     /// Drops a subscription (the session keeps it: see [`Connection::forget`]); false
     /// when there was none.
     pub(super) fn remove_subscription(&mut self, name: &str) -> bool {
-        let Some(id) = self.by_channel.remove(name) else {
+        let Some(id) = self.subscribed_as(name) else {
             return false;
         };
         if let Some(active) = self.subs.remove(&id) {
@@ -425,10 +425,20 @@ impl Connection {
     }
 
     pub(super) fn unsubscribe_all(&mut self) {
-        let names: Vec<String> = self.by_channel.keys().cloned().collect();
+        let names: Vec<Arc<str>> = self.subs.values().map(|a| a.name.clone()).collect();
         for name in names {
             self.remove_subscription(&name);
         }
+    }
+
+    /// The subscription to the channel named `name`. A scan, not a second map: it runs
+    /// per command, over at most `max_subscriptions`, and every connection would hold
+    /// the map.
+    fn subscribed_as(&self, name: &str) -> Option<SubscriptionId> {
+        self.subs
+            .iter()
+            .find(|(_, a)| &*a.name == name)
+            .map(|(id, _)| *id)
     }
 }
 

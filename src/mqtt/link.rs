@@ -149,10 +149,10 @@ impl<W: Wire> MqttLink<W> {
         let mut inbound = VecDeque::new();
         let persistent = session.is_some();
         if let Some(session) = session {
-            inbound.push_back(Inbound::Parsed(Command::Attach {
+            inbound.push_back(Inbound::Parsed(Box::new(Command::Attach {
                 id: Some(Value::from(CONNECT_ID)),
                 session,
-            }));
+            })));
         }
         MqttLink {
             wire,
@@ -304,19 +304,20 @@ impl<W: Wire> MqttLink<W> {
             Some(pid) => Value::from(pid),
             None => Value::from(QOS0_ID),
         };
-        self.inbound.push_back(Inbound::Parsed(Command::Publish {
-            id: Some(id),
-            publication: Publication {
-                topic: target.topic,
-                key: target.key.map(Bytes::from),
-                headers: headers
-                    .into_iter()
-                    .map(|(n, v)| (n, Bytes::from(v)))
-                    .collect(),
-                value: payload,
-                json,
-            },
-        }));
+        self.inbound
+            .push_back(Inbound::Parsed(Box::new(Command::Publish {
+                id: Some(id),
+                publication: Publication {
+                    topic: target.topic,
+                    key: target.key.map(Bytes::from),
+                    headers: headers
+                        .into_iter()
+                        .map(|(n, v)| (n, Bytes::from(v)))
+                        .collect(),
+                    value: payload,
+                    json,
+                },
+            })));
     }
 
     fn on_subscribe(&mut self, pid: u16, filters: Vec<codec::Filter>) {
@@ -337,21 +338,22 @@ impl<W: Wire> MqttLink<W> {
                     .snapshot_topics
                     .iter()
                     .any(|t| t == topic_name);
-            self.inbound.push_back(Inbound::Parsed(Command::Subscribe {
-                // The id says what the answer needs: which filter, the QoS, a snapshot.
-                id: Some(Value::from(format!(
-                    "s{pid}.{i}.{}.{}",
-                    filter.qos.min(1),
-                    u8::from(snapshot)
-                ))),
-                channel,
-                from: Start::Latest,
-                options: Options {
-                    qos: filter.qos.min(1),
-                    ..Options::default()
-                },
-                snapshot,
-            }));
+            self.inbound
+                .push_back(Inbound::Parsed(Box::new(Command::Subscribe {
+                    // The id says what the answer needs: which filter, the QoS, a snapshot.
+                    id: Some(Value::from(format!(
+                        "s{pid}.{i}.{}.{}",
+                        filter.qos.min(1),
+                        u8::from(snapshot)
+                    ))),
+                    channel,
+                    from: Start::Latest,
+                    options: Options {
+                        qos: filter.qos.min(1),
+                        ..Options::default()
+                    },
+                    snapshot,
+                })));
         }
         self.await_answers(pid, true, reasons);
     }
@@ -363,10 +365,10 @@ impl<W: Wire> MqttLink<W> {
                 Ok(channel) => {
                     reasons.push(None);
                     self.inbound
-                        .push_back(Inbound::Parsed(Command::Unsubscribe {
+                        .push_back(Inbound::Parsed(Box::new(Command::Unsubscribe {
                             id: Some(Value::from(format!("u{pid}.{i}"))),
                             channel,
-                        }));
+                        })));
                 }
                 Err(reason) => reasons.push(Some(reason)),
             }

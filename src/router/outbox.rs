@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -149,6 +150,9 @@ pub struct Outbox {
     notify: Notify,
     /// Signalled when a `Disconnect` subscription's record is first refused since the last drain.
     refused: Notify,
+    /// The durable session of the connection reading this outbox was attached elsewhere
+    /// (or deleted); the connection learns it at its next wake-up.
+    taken_over: AtomicBool,
     max_messages: usize,
     max_bytes: usize,
 }
@@ -178,6 +182,7 @@ impl Outbox {
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
             refused: Notify::new(),
+            taken_over: AtomicBool::new(false),
             max_messages,
             max_bytes,
         }
@@ -316,6 +321,17 @@ impl Outbox {
             dropped,
             refused_since,
         }
+    }
+
+    /// Tells the reader its durable session was taken away, and wakes it.
+    pub fn take_over(&self) {
+        self.taken_over.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// True once [`take_over`](Self::take_over) was called.
+    pub fn is_taken_over(&self) -> bool {
+        self.taken_over.load(Ordering::Acquire)
     }
 
     /// Wakes the reader without queueing anything: records it pulls from the ring arrived.

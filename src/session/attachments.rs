@@ -1,30 +1,30 @@
 //! Which connection holds each durable session, and the signal that takes it away
-//! (a second attach of the same session, or the session's deletion).
+//! (a second attach of the same session, or the session's deletion), given through the
+//! connection's outbox: the one wake-up every connection already waits on.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
-/// Sessions attached to a connection: connection id and the signal that detaches it.
+use crate::router::outbox::Outbox;
+
+/// Sessions attached to a connection: connection id and its outbox.
 #[derive(Default)]
 pub struct Attachments {
-    attached: Mutex<HashMap<String, (u64, Arc<Notify>)>>,
+    attached: Mutex<HashMap<String, (u64, Arc<Outbox>)>>,
 }
 
 impl Attachments {
     /// Attaches `session` to connection `conn`; a connection holding it already is told to close.
-    pub fn attach(&self, session: &str, conn: u64) -> Arc<Notify> {
-        let kick = Arc::new(Notify::new());
+    pub fn attach(&self, session: &str, conn: u64, outbox: Arc<Outbox>) {
         if let Some((_, previous)) = self
             .attached
             .lock()
-            .insert(session.to_string(), (conn, kick.clone()))
+            .insert(session.to_string(), (conn, outbox))
         {
-            previous.notify_one();
+            previous.take_over();
         }
-        kick
     }
 
     /// Detaches `session` if connection `conn` still holds it.
@@ -42,8 +42,8 @@ impl Attachments {
 
     /// Closes the connection holding `session`, if any (before the session is deleted).
     pub fn kick(&self, session: &str) {
-        if let Some((_, kick)) = self.attached.lock().remove(session) {
-            kick.notify_one();
+        if let Some((_, outbox)) = self.attached.lock().remove(session) {
+            outbox.take_over();
         }
     }
 }
