@@ -334,7 +334,8 @@ impl Outbox {
         self.taken_over.load(Ordering::Acquire)
     }
 
-    /// Wakes the reader without queueing anything: records it pulls from the ring arrived.
+    /// Wakes the reader without queueing anything: records it pulls from the ring arrived,
+    /// or the gateway is shutting down.
     pub fn wake(&self) {
         self.notify.notify_one();
     }
