@@ -28,10 +28,12 @@ impl Connection {
     /// When the token (plus the configured clock leeway) runs out; `None` without a token,
     /// or for an `exp` too far ahead to be a time this process will see.
     pub(super) fn token_deadline(&self) -> Option<tokio::time::Instant> {
+        // Asked at every turn of the loop: read no clock without a token.
+        let exp = self.identity.expires_at?;
         expiry_deadline(
             tokio::time::Instant::now(),
             crate::auth::now_secs(),
-            self.identity.expires_at?,
+            exp,
             self.services.config.auth.leeway_secs,
         )
     }

@@ -2,6 +2,7 @@
 //! and the gateway's signals, hands each to its concern, and writes what is pending
 //! with one flush per turn.
 
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -42,6 +43,8 @@ impl Connection {
             node: self.services.node.clone(),
             protocol: link.protocol(),
         });
+        // Outbox wake-ups taken in a row without the select (see below).
+        let mut outbox_streak = 0u8;
         let end = loop {
             // Boxed: the write's state (the link's send, its timeout, the slow-consumer
             // watch) is larger than the rest of this loop, and every idle connection's task
@@ -67,6 +70,17 @@ impl Connection {
                 self.pull();
                 continue;
             }
+            // Woken by the outbox, the usual case while records flow: take it without the
+            // select, which would poll the socket and the timer for nothing. A bounded run,
+            // so that under a steady stream the socket and the timer are still looked at.
+            if outbox_streak < 16 && self.outbox.try_ready() {
+                outbox_streak += 1;
+                if let Err(end) = self.on_outbox_wake() {
+                    break end;
+                }
+                continue;
+            }
+            outbox_streak = 0;
             let flush_at = self.next_flush.map(tokio::time::Instant::from_std);
             let token_deadline = self.token_deadline();
             // A refusal after this read wakes `ready` (the outbox's first drop does), and
@@ -122,11 +136,9 @@ impl Connection {
                     }
                 }
                 _ = self.outbox.ready() => {
-                    if self.outbox.is_taken_over() {
-                        tracing::info!(conn, "closing: session attached elsewhere");
-                        break End::Close(CloseCode::SessionTakenOver);
+                    if let Err(end) = self.on_outbox_wake() {
+                        break end;
                     }
-                    self.on_outbox();
                 }
                 Some(event) = next_replay(self.replay_rx.as_mut()) => {
                     self.on_replay(event);
@@ -167,6 +179,16 @@ impl Connection {
         Box::pin(self.end(link, end, opened)).await;
     }
 
+    /// The outbox woke the connection: records arrived, or its session was taken over.
+    fn on_outbox_wake(&mut self) -> Result<(), End> {
+        if self.outbox.is_taken_over() {
+            tracing::info!(conn = self.guard.id, "closing: session attached elsewhere");
+            return Err(End::Close(CloseCode::SessionTakenOver));
+        }
+        self.on_outbox();
+        Ok(())
+    }
+
     /// A heartbeat: closes a connection whose peer went quiet (or that stayed without
     /// subscriptions too long), else returns spare buffers and queues a ping.
     fn on_heartbeat<L: Link>(&mut self, hb: &HeartbeatConfig) -> Result<(), End> {
@@ -198,7 +220,7 @@ impl Connection {
         let conn = self.guard.id;
         let session = self.session.clone();
         self.release();
-        if let Some(session) = session {
+        if let Some(session) = &session {
             let key = session.clone();
             if let Err(e) = self
                 .services
@@ -225,17 +247,20 @@ impl Connection {
         }
         tracing::info!(
             conn,
+            transport = L::TRANSPORT,
+            session = session.as_deref().unwrap_or("-"),
             reason,
             lifetime_ms = opened.elapsed().as_millis() as u64,
             "connection closed"
         );
     }
 
-    /// Writes every pending frame, then flushes once.
+    /// True when frames wait to be written.
     fn has_output<L: Link>(&self, link: &L) -> bool {
         !self.pending.is_empty() || link.has_output()
     }
 
+    /// Writes every pending frame, then flushes once.
     async fn flush<L: Link>(&mut self, link: &mut L) -> Result<(), End> {
         let timeout = Duration::from_secs(self.services.config.websocket.write_timeout_secs);
         let mut frames = std::mem::take(&mut self.pending);
@@ -250,23 +275,29 @@ impl Connection {
                 newest = newest.max(record.timestamp);
             }
         }
-        let write = link.send(&mut frames);
-        // A blocked write still gives way to a slow-consumer disconnect.
-        let outbox = self.outbox.clone();
-        let behind_since = self.behind_since();
-        let written = tokio::select! {
-            r = tokio::time::timeout(timeout, write) => match r {
-                Ok(Ok(())) => {
-                    if records > 0 {
-                        telemetry::delivered(L::TRANSPORT, records, bytes, newest);
+        let written = {
+            let mut write = std::pin::pin!(link.send(&mut frames));
+            // Most writes finish at once (the socket takes them): no timer, no slow-consumer watch.
+            let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+            match first {
+                Poll::Ready(r) => r.map_err(|_| End::Gone),
+                Poll::Pending => {
+                    // A blocked write still gives way to a slow-consumer disconnect.
+                    let outbox = self.outbox.clone();
+                    let behind_since = self.behind_since();
+                    tokio::select! {
+                        r = tokio::time::timeout(timeout, write) => match r {
+                            Ok(r) => r.map_err(|_| End::Gone),
+                            Err(_) => Err(End::Close(CloseCode::WriteTimeout)),
+                        },
+                        _ = slow_consumer(&outbox, behind_since, self.grace()) => Err(self.slow_consumer_close()),
                     }
-                    Ok(())
                 }
-                Ok(Err(_)) => Err(End::Gone),
-                Err(_) => Err(End::Close(CloseCode::WriteTimeout)),
-            },
-            _ = slow_consumer(&outbox, behind_since, self.grace()) => Err(self.slow_consumer_close()),
+            }
         };
+        if written.is_ok() && records > 0 {
+            telemetry::delivered(L::TRANSPORT, records, bytes, newest);
+        }
         // A large buffer is kept for the next batch (growing one afresh costs page faults at
         // high rates; `shrink_buffers` returns it once the connection is quiet); a small one
         // is cheap to make again, and an idle connection holds none.

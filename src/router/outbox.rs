@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
@@ -147,7 +148,11 @@ pub struct Drained {
 #[derive(Debug)]
 pub struct Outbox {
     queue: Mutex<Queue>,
-    notify: Notify,
+    /// A wake-up not yet taken by the reader: one set while the reader is busy is not lost.
+    woken: AtomicBool,
+    /// The reader's task, waiting in [`ready`](Self::ready). Cheaper than a `Notify` for
+    /// one waiter: a wake-up is a flag and a compare-and-swap, with no lock and no list.
+    reader: AtomicWaker,
     /// Signalled when a `Disconnect` subscription's record is first refused since the last drain.
     refused: Notify,
     /// The durable session of the connection reading this outbox was attached elsewhere
@@ -180,7 +185,8 @@ impl Outbox {
     pub fn new(max_messages: usize, max_bytes: usize) -> Outbox {
         Outbox {
             queue: Mutex::new(Queue::default()),
-            notify: Notify::new(),
+            woken: AtomicBool::new(false),
+            reader: AtomicWaker::new(),
             refused: Notify::new(),
             taken_over: AtomicBool::new(false),
             max_messages,
@@ -230,7 +236,7 @@ impl Outbox {
         let wake = (was_empty && q.count > 0) || (no_drops && !q.dropped.is_empty());
         drop(q);
         if wake {
-            self.notify.notify_one();
+            self.wake();
         }
         result
     }
@@ -326,7 +332,7 @@ impl Outbox {
     /// Tells the reader its durable session was taken away, and wakes it.
     pub fn take_over(&self) {
         self.taken_over.store(true, Ordering::Release);
-        self.notify.notify_one();
+        self.wake();
     }
 
     /// True once [`take_over`](Self::take_over) was called.
@@ -337,12 +343,31 @@ impl Outbox {
     /// Wakes the reader without queueing anything: records it pulls from the ring arrived,
     /// or the gateway is shutting down.
     pub fn wake(&self) {
-        self.notify.notify_one();
+        self.woken.store(true, Ordering::Release);
+        self.reader.wake();
+    }
+
+    /// Takes a pending wake-up without waiting: true when there was one.
+    pub fn try_ready(&self) -> bool {
+        // A load first: while nothing is pending, the line stays shared with the router.
+        self.woken.load(Ordering::Acquire) && self.woken.swap(false, Ordering::AcqRel)
     }
 
     /// Waits until something was queued or dropped since the last drain, or a wake.
+    /// One reader at a time.
     pub async fn ready(&self) {
-        self.notify.notified().await
+        std::future::poll_fn(|cx| {
+            if self.try_ready() {
+                return std::task::Poll::Ready(());
+            }
+            self.reader.register(cx.waker());
+            // A wake-up between the check and the registration found no waker to wake.
+            match self.try_ready() {
+                true => std::task::Poll::Ready(()),
+                false => std::task::Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// Gives back the memory the queue does not use now (its buffer keeps the size of
