@@ -36,6 +36,22 @@ fn release_idle_memory() {
     unsafe { libmimalloc_sys::mi_collect(false) };
 }
 
+/// Turns transparent huge pages off for this process (Linux; the gateway only, not the
+/// processes benches start). mimalloc asks for them on its arenas, and the queues a burst
+/// grows were then faulted in 2 MiB at a time: zeroing those pages took 17% of the
+/// gateway's CPU in a 1,000-client fan-out, 0.2% with 4 KiB pages (BENCHMARKS.md).
+pub(crate) fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: prctl with integer arguments only.
+        let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            tracing::debug!(error = %e, "transparent huge pages stay enabled");
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match cli::run(cli) {

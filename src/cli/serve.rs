@@ -30,6 +30,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         false => args.config.load()?,
     };
     kgate::logging::init(&config.log);
+    crate::disable_transparent_huge_pages();
     for (name, fixed) in kgate::config::misspelled_env_vars() {
         tracing::warn!("{name} is not a config variable and is ignored; did you mean {fixed}?");
     }
