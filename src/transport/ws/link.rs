@@ -3,11 +3,9 @@
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{
-    CloseCode as WsCloseCode, Data, OpCode,
-};
-use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
 
 use super::Socket;
@@ -24,7 +22,43 @@ pub(super) struct WsLink {
     pub(super) binary: bool,
     /// With permessage-deflate negotiated: event frames this long or longer go compressed.
     pub(super) deflate_min_bytes: Option<usize>,
+    /// The client's close frame arrived: tungstenite answered it, and nothing more is sent.
+    pub(super) closed: bool,
+    /// Event frames being written. Held here, not in the write's future, so that a write
+    /// cancelled half-way (a slow consumer's close) leaves the rest of its frame to go out
+    /// before any other frame, the close frame included.
+    pub(super) unsent: Option<Box<Unsent>>,
 }
+
+/// Whole frames, and how much of them the socket has taken.
+pub(super) struct Unsent {
+    bytes: Vec<u8>,
+    written: usize,
+}
+
+/// Bytes of event frames gathered before they are written (one socket write each).
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// Appends the header of a final, unmasked (server-to-client) frame of `len` bytes
+/// (RFC 6455, 5.2); `compressed` sets RSV1, which marks a permessage-deflate message.
+fn frame_header(out: &mut Vec<u8>, opcode: u8, compressed: bool, len: usize) {
+    out.push(0x80 | if compressed { 0x40 } else { 0 } | opcode);
+    match len {
+        0..=125 => out.push(len as u8),
+        126..=0xFFFF => {
+            out.push(126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+}
+
+/// Opcodes of the data frames events go out as.
+const TEXT: u8 = 0x1;
+const BINARY: u8 = 0x2;
 
 impl WsLink {
     /// The event's frame (or delta frame) compressed (once per record, shared), where
@@ -37,23 +71,50 @@ impl WsLink {
         }
     }
 
-    /// An event's JSON frame (or delta frame), compressed where deflate applies.
-    fn text_event(&self, record: &EncodedRecord, delta: bool) -> Message {
-        match self.deflated(record, delta) {
-            Some(compressed) => Message::Frame(compressed_text(compressed.clone())),
-            None => Message::Text(event_frame(record, delta).clone()),
-        }
+    /// Appends an event as a whole WebSocket frame: its binary envelope under
+    /// `kgate.v1.avro`, else its JSON frame (or delta frame), compressed where deflate applies.
+    fn frame_event(&self, out: &mut Vec<u8>, record: &EncodedRecord, delta: bool) {
+        let (opcode, compressed, payload): (u8, bool, &[u8]) =
+            match (&record.binary, self.binary, self.deflated(record, delta)) {
+                (Some(envelope), true, _) => (BINARY, false, &envelope[..]),
+                (_, _, Some(deflated)) => (TEXT, true, &deflated[..]),
+                _ => (TEXT, false, event_frame(record, delta).as_bytes()),
+            };
+        frame_header(out, opcode, compressed, payload.len());
+        out.extend_from_slice(payload);
     }
-}
 
-/// A text frame whose payload is a permessage-deflate message (RSV1 set).
-fn compressed_text(payload: Bytes) -> Frame {
-    let header = FrameHeader {
-        rsv1: true,
-        opcode: OpCode::Data(Data::Text),
-        ..FrameHeader::default()
-    };
-    Frame::from_payload(header, payload)
+    /// Writes `frames` (whole frames) to the socket after what tungstenite holds: its
+    /// frames (pongs, close, `welcome` and other replies) go out first, in order. Returns
+    /// the buffer, emptied, for the next frames.
+    async fn write_frames(&mut self, frames: Vec<u8>) -> Result<Vec<u8>, Gone> {
+        if self.closed {
+            return Err(Gone);
+        }
+        self.socket.flush().await.map_err(|_| Gone)?;
+        self.unsent = Some(Box::new(Unsent {
+            bytes: frames,
+            written: 0,
+        }));
+        let mut frames = self.finish_unsent().await?;
+        frames.clear();
+        Ok(frames)
+    }
+
+    /// Writes what is left of the last event frames; returns their buffer.
+    async fn finish_unsent(&mut self) -> Result<Vec<u8>, Gone> {
+        let Some(unsent) = self.unsent.as_mut() else {
+            return Ok(Vec::new());
+        };
+        while unsent.written < unsent.bytes.len() {
+            let rest = &unsent.bytes[unsent.written..];
+            match self.socket.get_mut().write(rest).await {
+                Ok(0) | Err(_) => return Err(Gone),
+                Ok(n) => unsent.written += n,
+            }
+        }
+        Ok(self.unsent.take().map(|u| u.bytes).unwrap_or_default())
+    }
 }
 
 impl Link for WsLink {
@@ -65,6 +126,10 @@ impl Link for WsLink {
             None => Inbound::Gone,
             Some(Ok(Message::Text(text))) => Inbound::Command(text.to_string()),
             Some(Ok(Message::Binary(_))) => Inbound::Binary,
+            Some(Ok(Message::Close(_))) => {
+                self.closed = true;
+                Inbound::Alive
+            }
             // Pings, pongs and close frames are answered by tungstenite.
             Some(Ok(_)) => Inbound::Alive,
             Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
@@ -91,17 +156,35 @@ impl Link for WsLink {
         }
     }
 
+    // Events skip tungstenite's `Message`: their frames are built here from the record's
+    // shared bytes, straight into one buffer per socket write (no message, no reference
+    // count, no framing pass per event; a quarter of the gateway's CPU in fan-out).
     async fn send(&mut self, batch: &mut Vec<Outbound>) -> Result<(), Gone> {
+        let mut frames = self.finish_unsent().await?;
+        let count = batch.len();
         for item in batch.drain(..) {
             let message = match item {
+                Outbound::Event { record, delta, .. } => {
+                    if frames.capacity() == 0 {
+                        // Sized for the batch's events, if they are alike.
+                        frames.reserve(WRITE_CHUNK.min(count * (record.frame.len() + 14)));
+                    }
+                    self.frame_event(&mut frames, &record, delta);
+                    if frames.len() >= WRITE_CHUNK {
+                        frames = self.write_frames(frames).await?;
+                    }
+                    continue;
+                }
                 Outbound::Frame(frame) => Message::Text(frame.to_json().into()),
-                Outbound::Event { record, delta, .. } => match (&record.binary, self.binary) {
-                    (Some(envelope), true) => Message::Binary(envelope.clone()),
-                    _ => self.text_event(&record, delta),
-                },
                 Outbound::Ping => Message::Ping(Default::default()),
             };
+            if !frames.is_empty() {
+                frames = self.write_frames(frames).await?;
+            }
             self.socket.feed(message).await.map_err(|_| Gone)?;
+        }
+        if !frames.is_empty() {
+            return self.write_frames(frames).await.map(drop);
         }
         self.socket.flush().await.map_err(|_| Gone)
     }
@@ -126,6 +209,10 @@ impl Link for WsLink {
     /// closed with unread input is reset, and a reset destroys what the peer has not read
     /// yet (the close frame among it). The caller bounds how long this may take.
     async fn close(&mut self, code: CloseCode) {
+        // The close frame must not land inside a half-written event frame.
+        if self.finish_unsent().await.is_err() {
+            return;
+        }
         let frame = CloseFrame {
             code: WsCloseCode::from(code.code()),
             reason: code.reason().into(),
@@ -136,6 +223,49 @@ impl Link for WsLink {
         while let Some(Ok(message)) = self.socket.next().await {
             if message.is_close() {
                 break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+
+    use super::{BINARY, TEXT, frame_header};
+
+    /// The frame tungstenite itself would write for the same payload.
+    fn tungstenite_frame(opcode: Data, compressed: bool, payload: &[u8]) -> Vec<u8> {
+        let header = FrameHeader {
+            rsv1: compressed,
+            opcode: OpCode::Data(opcode),
+            ..FrameHeader::default()
+        };
+        let mut out = Vec::new();
+        Frame::from_payload(header, payload.to_vec().into())
+            .format(&mut out)
+            .expect("format");
+        out
+    }
+
+    #[test]
+    fn event_frames_match_tungstenites_at_every_length_encoding() {
+        for len in [0, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            for (opcode, data, compressed) in [
+                (TEXT, Data::Text, false),
+                (TEXT, Data::Text, true),
+                (BINARY, Data::Binary, false),
+            ] {
+                let mut ours = Vec::new();
+                frame_header(&mut ours, opcode, compressed, payload.len());
+                ours.extend_from_slice(&payload);
+                assert_eq!(
+                    ours,
+                    tungstenite_frame(data, compressed, &payload),
+                    "{len} bytes, opcode {opcode}, compressed {compressed}"
+                );
             }
         }
     }

@@ -131,6 +131,8 @@ fn handshake(
             socket,
             binary,
             deflate_min_bytes,
+            closed: false,
+            unsent: None,
         })
     })
 }
