@@ -158,7 +158,7 @@ impl Link for WsLink {
 
     // Events skip tungstenite's `Message`: their frames are built here from the record's
     // shared bytes, straight into one buffer per socket write (no message, no reference
-    // count, no framing pass per event; a quarter of the gateway's CPU in fan-out).
+    // count, no framing pass per event; a fifth of the gateway's CPU in fan-out).
     async fn send(&mut self, batch: &mut Vec<Outbound>) -> Result<(), Gone> {
         let mut frames = self.finish_unsent().await?;
         let count = batch.len();
