@@ -399,7 +399,7 @@ impl Default for WebSocketConfig {
             max_frame_bytes: 64 * 1024,
             max_command_bytes: 4 * 1024,
             read_buffer_bytes: 256,
-            write_buffer_bytes: 16 * 1024,
+            write_buffer_bytes: 64 * 1024,
             outbox_max_messages: 10_000,
             outbox_max_bytes: 8 * 1024 * 1024,
             write_timeout_secs: 30,

@@ -11,9 +11,7 @@ use crate::harness::*;
 #[test]
 fn serve_with_embedded_broker_and_demo_data_is_tailed() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let broker_port = free_port();
-    let mqtt_port = free_port();
+    let [port, broker_port, mqtt_port] = free_ports();
     let gw = Proc::spawn(
         &["serve", "--demo", "--exit-on-stdin-eof"],
         &[

@@ -21,10 +21,16 @@ pub fn kgate_bin() -> &'static str {
 
 /// A free loopback port (bound then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    let [port] = free_ports();
+    port
+}
+
+/// `N` distinct free loopback ports: all are held until every one is chosen, since the
+/// kernel may hand a port just released to the next bind.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: [TcpListener; N] =
+        std::array::from_fn(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"));
+    held.map(|l| l.local_addr().expect("a bound address").port())
 }
 
 /// A child process killed when dropped; its stderr is kept in a file for diagnosis.
@@ -227,7 +233,7 @@ impl Gateway {
     /// Starts a gateway on the broker at `bootstrap`.
     pub fn start_on<'a>(bootstrap: &str, topics: &[(&str, i32)], extra: &'a str) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
+        let [port, mqtt_port] = free_ports();
         // `extra` may open with a `[server]` table, then a `[kafka]` one: their keys join
         // the harness's own.
         let leading = |extra: &'a str, table: &str| -> (&'a str, &'a str) {
@@ -247,7 +253,6 @@ impl Gateway {
                 "[[topics]]\nname = \"{name}\"\npartitions = {partitions}\n\n"
             ));
         }
-        let mqtt_port = free_port();
         let mqtt = format!("[mqtt]\nlisten = \"127.0.0.1:{mqtt_port}\"\n");
         match extra.contains("[mqtt]\n") {
             true => toml.push_str(&extra.replace("[mqtt]\n", &mqtt)),

@@ -22,6 +22,8 @@ pub(super) struct WsLink {
     pub(super) binary: bool,
     /// With permessage-deflate negotiated: event frames this long or longer go compressed.
     pub(super) deflate_min_bytes: Option<usize>,
+    /// Bytes of event frames gathered per socket write (`websocket.write_buffer_bytes`).
+    pub(super) write_chunk: usize,
     /// The client's close frame arrived: tungstenite answered it, and nothing more is sent.
     pub(super) closed: bool,
     /// Event frames being written. Held here, not in the write's future, so that a write
@@ -35,9 +37,6 @@ pub(super) struct Unsent {
     bytes: Vec<u8>,
     written: usize,
 }
-
-/// Bytes of event frames gathered before they are written (one socket write each).
-const WRITE_CHUNK: usize = 64 * 1024;
 
 /// Appends the header of a final, unmasked (server-to-client) frame of `len` bytes
 /// (RFC 6455, 5.2); `compressed` sets RSV1, which marks a permessage-deflate message.
@@ -167,10 +166,10 @@ impl Link for WsLink {
                 Outbound::Event { record, delta, .. } => {
                     if frames.capacity() == 0 {
                         // Sized for the batch's events, if they are alike.
-                        frames.reserve(WRITE_CHUNK.min(count * (record.frame.len() + 14)));
+                        frames.reserve(self.write_chunk.min(count * (record.frame.len() + 14)));
                     }
                     self.frame_event(&mut frames, &record, delta);
-                    if frames.len() >= WRITE_CHUNK {
+                    if frames.len() >= self.write_chunk {
                         frames = self.write_frames(frames).await?;
                     }
                     continue;

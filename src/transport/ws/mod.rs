@@ -126,11 +126,13 @@ fn handshake(
     let services = gateway.services.clone();
     let deflate = negotiate_deflate(&gateway, headers);
     let deflate_min_bytes = deflate.then_some(services.config.websocket.deflate_min_bytes);
+    let write_chunk = services.config.websocket.write_buffer_bytes;
     accept(&gateway, key, chosen, deflate, upgrade, move |socket| {
         Connection::new(services, remote, ticket, identity).run(WsLink {
             socket,
             binary,
             deflate_min_bytes,
+            write_chunk,
             closed: false,
             unsent: None,
         })
