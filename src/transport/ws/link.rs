@@ -1,9 +1,12 @@
 //! The WebSocket [`Link`]: text messages both ways (and binary events under
 //! `kgate.v1.avro`), pings, close frames.
 
+use std::pin::Pin;
+use std::task::Poll;
+
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
@@ -91,11 +94,30 @@ impl WsLink {
             return Err(Gone);
         }
         self.socket.flush().await.map_err(|_| Gone)?;
-        self.unsent = Some(Box::new(Unsent {
-            bytes: frames,
-            written: 0,
-        }));
-        let mut frames = self.finish_unsent().await?;
+        // The usual case: the socket takes everything at once, and nothing is kept.
+        let mut written = 0;
+        let socket = self.socket.get_mut();
+        std::future::poll_fn(|cx| {
+            while written < frames.len() {
+                match Pin::new(&mut *socket).poll_write(cx, &frames[written..]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(Gone)),
+                    Poll::Ready(Ok(n)) => written += n,
+                    Poll::Pending => break,
+                }
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await?;
+        let mut frames = match written < frames.len() {
+            true => {
+                self.unsent = Some(Box::new(Unsent {
+                    bytes: frames,
+                    written,
+                }));
+                self.finish_unsent().await?
+            }
+            false => frames,
+        };
         frames.clear();
         Ok(frames)
     }
