@@ -225,7 +225,7 @@ pub struct WebSocketConfig {
     pub outbox_max_messages: usize,
     /// Bytes queued for one connection before the slow-consumer policy applies.
     pub outbox_max_bytes: usize,
-    /// Seconds a socket write may take before the connection is closed (4009).
+    /// Seconds a socket write (at most 256 frames) may take before the connection is closed (4009).
     pub write_timeout_secs: u64,
     /// Subscriptions one connection may hold.
     pub max_subscriptions: usize,
@@ -299,7 +299,8 @@ pub struct LimitsConfig {
 pub struct HeartbeatConfig {
     /// Seconds between server pings.
     pub ping_interval_secs: u64,
-    /// A connection that shows no sign of life (no pong, no frame) for this long is closed (4011).
+    /// A connection that shows no sign of life (no pong, no frame, its TCP not reading) for
+    /// this long is closed (4011).
     pub timeout_secs: u64,
     /// A connection with no subscription for this long is closed (4012).
     pub idle_timeout_secs: u64,

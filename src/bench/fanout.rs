@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::baseline::{Bridge, Nchan};
 use super::centrifugo::{Centrifugo, Mode};
 use super::floor::Floor;
-use super::load::{Connect, LoadClient, Target, connect_many};
+use super::load::{Connect, LoadClient, Stop, Target, connect_many};
 use super::{CpuMeter, GatewayProc, Row, produce, produce_with, progress};
 use kgate::kafka::producer::Producer;
 
@@ -37,6 +37,44 @@ pub struct Delivery {
     pub elapsed: Duration,
     /// How long the feed took.
     pub fed: Duration,
+    /// Clients that stopped before their last record.
+    pub stopped: Stops,
+}
+
+/// Clients that stopped before their last record, by why.
+#[derive(Debug, Default)]
+pub struct Stops {
+    pub closed: usize,
+    pub quiet: usize,
+    pub failed: usize,
+    pub first_failure: Option<String>,
+}
+
+impl Stops {
+    fn add(&mut self, stop: Stop) {
+        match stop {
+            Stop::Closed => self.closed += 1,
+            Stop::Quiet => self.quiet += 1,
+            Stop::Failed(why) => {
+                self.failed += 1;
+                self.first_failure.get_or_insert(why);
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Stops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} clients closed by the server, {} got nothing for 15 s, {} failed",
+            self.closed, self.quiet, self.failed
+        )?;
+        match &self.first_failure {
+            Some(why) => write!(f, " (the first: {why})"),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Delivery {
@@ -78,16 +116,19 @@ pub async fn deliver_each(
     let fed = feed.await?;
     let mut received = 0;
     let mut last = started;
+    let mut stopped = Stops::default();
     for r in readers {
-        let (seen, at) = r.await?;
+        let (seen, at, stop) = r.await?;
         received += seen;
         last = last.max(at.unwrap_or(started));
+        stop.into_iter().for_each(|s| stopped.add(s));
     }
     Ok(Delivery {
         received,
         expected,
         elapsed: last.duration_since(started),
         fed,
+        stopped,
     })
 }
 
@@ -136,9 +177,10 @@ pub async fn run_fanout(opts: &FanoutOptions) -> anyhow::Result<Vec<Row>> {
     };
     if kgate.received != kgate.expected {
         anyhow::bail!(
-            "kgate lost messages: {} of {} arrived",
+            "kgate lost messages: {} of {} arrived; {}",
             kgate.received,
-            kgate.expected
+            kgate.expected,
+            kgate.stopped
         );
     }
     gw.stop();

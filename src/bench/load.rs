@@ -111,8 +111,12 @@ impl LoadClient {
     }
 
     /// Reads up to `n` records, giving up when none arrives for `quiet` (60 s before the
-    /// first); returns how many arrived and when the last did.
-    pub async fn count_up_to(&mut self, n: usize, quiet: Duration) -> (usize, Option<Instant>) {
+    /// first); returns how many arrived, when the last did, and why it stopped short.
+    pub async fn count_up_to(
+        &mut self,
+        n: usize,
+        quiet: Duration,
+    ) -> (usize, Option<Instant>, Option<Stop>) {
         let mut last = None;
         for seen in 0..n {
             let wait = if seen == 0 {
@@ -120,13 +124,30 @@ impl LoadClient {
             } else {
                 quiet
             };
-            match tokio::time::timeout(wait, self.next_record()).await {
-                Ok(Ok(Some(_))) => last = Some(Instant::now()),
-                _ => return (seen, last),
-            }
+            let stop = match tokio::time::timeout(wait, self.next_record()).await {
+                Ok(Ok(Some(_))) => {
+                    last = Some(Instant::now());
+                    continue;
+                }
+                Ok(Ok(None)) => Stop::Closed,
+                Ok(Err(e)) => Stop::Failed(format!("{e:#}")),
+                Err(_) => Stop::Quiet,
+            };
+            return (seen, last, Some(stop));
         }
-        (n, last)
+        (n, last, None)
     }
+}
+
+/// Why a load client stopped before its last record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// The server closed the connection.
+    Closed,
+    /// Nothing arrived for the quiet period.
+    Quiet,
+    /// The connection failed.
+    Failed(String),
 }
 
 /// One connected WebSocket load client.

@@ -128,9 +128,10 @@ pub async fn run_mqtt(opts: &MqttOptions) -> anyhow::Result<Vec<Row>> {
         let gw_cpu = cpu.used()[0];
         if d.received != d.expected {
             bail!(
-                "{name}: kgate lost messages: {} of {} arrived",
+                "{name}: kgate lost messages: {} of {} arrived; {}",
                 d.received,
-                d.expected
+                d.expected,
+                d.stopped
             );
         }
         let (rate, per) = (d.rate(), d.cpu_per_message(gw_cpu));

@@ -65,9 +65,10 @@ pub async fn run_ticker(opts: &TickerOptions) -> anyhow::Result<Vec<Row>> {
     .await?;
     if d.received != d.expected {
         anyhow::bail!(
-            "kgate lost messages: {} of {} arrived",
+            "kgate lost messages: {} of {} arrived; {}",
             d.received,
-            d.expected
+            d.expected,
+            d.stopped
         );
     }
     progress("baseline: a raw rdkafka consumer reading the same records");

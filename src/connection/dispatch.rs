@@ -2,13 +2,14 @@
 //! and the gateway's signals, hands each to its concern, and writes what is pending
 //! with one flush per turn.
 
+use std::collections::VecDeque;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::flow::slow_consumer;
-use super::link::{Inbound, Link};
+use super::flow::{ROUTE_CHUNK, slow_consumer};
+use super::link::{Inbound, Link, Outbound};
 use super::protocol::{CloseCode, ErrorCode};
 use super::publish::next_produced;
 use super::replay::next_replay;
@@ -142,8 +143,9 @@ impl Connection {
                 }
                 Some(event) = next_replay(self.replay_rx.as_mut()) => {
                     self.on_replay(event);
-                    // Take what else is ready, so one write carries many records.
-                    for _ in 0..1024 {
+                    // Take what else is ready, so one write carries many records; a route's
+                    // chunk at most, so a slow reader's commands and pongs are still read.
+                    while self.pending.len() < ROUTE_CHUNK {
                         match self.replay_rx.as_mut().map(mpsc::Receiver::try_recv) {
                             Some(Ok(event)) => self.on_replay(event),
                             _ => break,
@@ -165,7 +167,7 @@ impl Connection {
                     }
                     if ping_at <= now {
                         ping_at = now + ping_every;
-                        if let Err(end) = self.on_heartbeat::<L>(&hb) {
+                        if let Err(end) = self.on_heartbeat(link, &hb) {
                             break end;
                         }
                         Box::pin(self.end_deleted_topics()).await;
@@ -191,10 +193,11 @@ impl Connection {
 
     /// A heartbeat: closes a connection whose peer went quiet (or that stayed without
     /// subscriptions too long), else returns spare buffers and queues a ping.
-    fn on_heartbeat<L: Link>(&mut self, hb: &HeartbeatConfig) -> Result<(), End> {
+    fn on_heartbeat<L: Link>(&mut self, link: &mut L, hb: &HeartbeatConfig) -> Result<(), End> {
         let conn = self.guard.id;
         let now = Instant::now();
         if L::ANSWERS_PINGS
+            && !link.peer_reads()
             && now.duration_since(self.last_heard) > Duration::from_secs(hb.timeout_secs)
         {
             tracing::info!(conn, "closing: heartbeat timeout");
@@ -211,7 +214,7 @@ impl Connection {
             return Err(End::Close(CloseCode::IdleTimeout));
         }
         self.shrink_buffers();
-        self.pending.push(super::Outbound::Ping);
+        self.pending.push(Outbound::Ping);
         Ok(())
     }
 
@@ -260,49 +263,68 @@ impl Connection {
         !self.pending.is_empty() || link.has_output()
     }
 
-    /// Writes every pending frame, then flushes once.
+    /// Writes every pending frame, at most [`ROUTE_CHUNK`] per write.
     async fn flush<L: Link>(&mut self, link: &mut L) -> Result<(), End> {
-        let timeout = Duration::from_secs(self.services.config.websocket.write_timeout_secs);
         let mut frames = std::mem::take(&mut self.pending);
         if let Some(sent) = self.sent.as_deref_mut() {
             sent.resolve(&mut frames);
         }
-        let (mut records, mut bytes, mut newest) = (0, 0, None);
-        for frame in &frames {
-            if let super::Outbound::Event { record, delta, .. } = frame {
-                records += 1;
-                bytes += link.event_bytes(record, *delta) as u64;
-                newest = newest.max(record.timestamp);
+        // Each write has the whole write timeout: a slow reader of a long batch (a
+        // hand-off's buffered records) is not closed while it keeps reading. Rare, so
+        // the usual batch goes in one write with no copy.
+        if frames.len() > ROUTE_CHUNK {
+            let mut rest: VecDeque<Outbound> = frames.split_off(ROUTE_CHUNK).into();
+            while !frames.is_empty() {
+                self.write(link, &mut frames).await?;
+                frames.extend(rest.drain(..ROUTE_CHUNK.min(rest.len())));
             }
-        }
-        let written = {
-            let mut write = std::pin::pin!(link.send(&mut frames));
-            // Most writes finish at once (the socket takes them): no timer, no slow-consumer watch.
-            let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
-            match first {
-                Poll::Ready(r) => r.map_err(|_| End::Gone),
-                Poll::Pending => {
-                    // A blocked write still gives way to a slow-consumer disconnect.
-                    let outbox = self.outbox.clone();
-                    let behind_since = self.behind_since();
-                    tokio::select! {
-                        r = tokio::time::timeout(timeout, write) => match r {
-                            Ok(r) => r.map_err(|_| End::Gone),
-                            Err(_) => Err(End::Close(CloseCode::WriteTimeout)),
-                        },
-                        _ = slow_consumer(&outbox, behind_since, self.grace()) => Err(self.slow_consumer_close()),
-                    }
-                }
-            }
-        };
-        if written.is_ok() && records > 0 {
-            telemetry::delivered(L::TRANSPORT, records, bytes, newest);
+        } else {
+            self.write(link, &mut frames).await?;
         }
         // A large buffer is kept for the next batch (growing one afresh costs page faults at
         // high rates; `shrink_buffers` returns it once the connection is quiet); a small one
         // is cheap to make again, and an idle connection holds none.
         if frames.capacity() > 64 {
             self.pending = frames;
+        }
+        Ok(())
+    }
+
+    /// Writes `frames` (leaving it empty) and flushes once, within the write timeout.
+    async fn write<L: Link>(
+        &mut self,
+        link: &mut L,
+        frames: &mut Vec<Outbound>,
+    ) -> Result<(), End> {
+        let timeout = Duration::from_secs(self.services.config.websocket.write_timeout_secs);
+        let (mut records, mut bytes, mut newest) = (0, 0, None);
+        for frame in frames.iter() {
+            if let Outbound::Event { record, delta, .. } = frame {
+                records += 1;
+                bytes += link.event_bytes(record, *delta) as u64;
+                newest = newest.max(record.timestamp);
+            }
+        }
+        let mut write = std::pin::pin!(link.send(frames));
+        // Most writes finish at once (the socket takes them): no timer, no slow-consumer watch.
+        let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+        let written = match first {
+            Poll::Ready(r) => r.map_err(|_| End::Gone),
+            Poll::Pending => {
+                // A blocked write still gives way to a slow-consumer disconnect.
+                let outbox = self.outbox.clone();
+                let behind_since = self.behind_since();
+                tokio::select! {
+                    r = tokio::time::timeout(timeout, write) => match r {
+                        Ok(r) => r.map_err(|_| End::Gone),
+                        Err(_) => Err(End::Close(CloseCode::WriteTimeout)),
+                    },
+                    _ = slow_consumer(&outbox, behind_since, self.grace()) => Err(self.slow_consumer_close()),
+                }
+            }
+        };
+        if written.is_ok() && records > 0 {
+            telemetry::delivered(L::TRANSPORT, records, bytes, newest);
         }
         written
     }

@@ -91,6 +91,12 @@ pub trait Link: Send {
     fn has_output(&self) -> bool {
         false
     }
+    /// Asked at each heartbeat: true when the peer has read since the last one, as its
+    /// TCP shows. A peer reading a backlog in its socket buffers answers a ping only
+    /// once it reaches it, and is not silent meanwhile. False where the transport cannot tell.
+    fn peer_reads(&mut self) -> bool {
+        false
+    }
     /// Bytes an event takes on this transport (for the delivered-bytes metric).
     fn event_bytes(&self, record: &EncodedRecord, delta: bool) -> usize {
         event_frame(record, delta).len()

@@ -207,6 +207,34 @@ mod tests {
         peer.nothing_pending().await;
     }
 
+    /// A hand-off releases every record buffered while the replay ran (3,000 here) at
+    /// once. To a slow reader that keeps reading, they go in writes of a bounded size,
+    /// each within the write timeout, though all of them take longer than that.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_hand_off_to_a_slow_reader_is_not_a_write_timeout() {
+        let h = Harness::new(SlowConsumerPolicy::CatchUp, |c| {
+            c.websocket.write_timeout_secs = 1;
+        });
+        h.publish(1_000, 50).await;
+        let mut peer = h.connect();
+        peer.frame("welcome").await;
+        peer.pause();
+        peer.send(json!({"type": "subscribe", "id": 1, "channel": TOPIC,
+                         "from": {"offsets": {"0": 0}}}));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // Live while the replay waits on the paused reader: buffered for the hand-off.
+        h.publish(3_000, 100).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // 3,000 frames in one write would take 3 s.
+        peer.read_slowly(std::time::Duration::from_millis(1));
+        peer.resume();
+        let (offsets, frames) = peer.events(4_000).await;
+        assert_eq!(offsets, (0..4_000).collect::<Vec<i64>>());
+        let kinds: Vec<&str> = frames.iter().filter_map(|f| f["type"].as_str()).collect();
+        assert_eq!(kinds, vec!["subscribed"]);
+        peer.frame("live").await;
+    }
+
     /// Records that reached the ring while a replay ran, with no dispatch after the
     /// hand-off to wake the connection, are still read: the hand-off itself reads the ring.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,16 +106,19 @@ impl Harness {
         let (to_engine, inbound) = mpsc::unbounded_channel();
         let (outbound, from_engine) = mpsc::unbounded_channel();
         let (gate, open) = watch::channel(true);
+        let (pace, per_frame) = watch::channel(Duration::ZERO);
         let link = MemoryLink {
             inbound,
             outbound,
             open,
+            per_frame,
         };
         tokio::spawn(connection.run(link));
         Peer {
             to_engine,
             from_engine,
             gate,
+            pace,
         }
     }
 
@@ -172,6 +175,8 @@ struct MemoryLink {
     inbound: mpsc::UnboundedReceiver<Inbound>,
     outbound: mpsc::UnboundedSender<Sent>,
     open: watch::Receiver<bool>,
+    /// How long the peer takes to read each frame (a slow reader), zero by default.
+    per_frame: watch::Receiver<Duration>,
 }
 
 impl Link for MemoryLink {
@@ -185,6 +190,10 @@ impl Link for MemoryLink {
     fn send(&mut self, batch: &mut Vec<Outbound>) -> impl Future<Output = Result<(), Gone>> + Send {
         async move {
             self.open.wait_for(|open| *open).await.map_err(|_| Gone)?;
+            let per_frame = *self.per_frame.borrow();
+            if !per_frame.is_zero() {
+                tokio::time::sleep(per_frame * batch.len() as u32).await;
+            }
             for frame in batch.drain(..) {
                 let sent = match frame {
                     Outbound::Frame(frame) => Sent::Frame(frame.to_value()),
@@ -210,9 +219,15 @@ pub(super) struct Peer {
     to_engine: mpsc::UnboundedSender<Inbound>,
     from_engine: mpsc::UnboundedReceiver<Sent>,
     gate: watch::Sender<bool>,
+    pace: watch::Sender<Duration>,
 }
 
 impl Peer {
+    /// Reads each frame in `per_frame`: a write of many frames takes long.
+    pub(super) fn read_slowly(&self, per_frame: Duration) {
+        self.pace.send_replace(per_frame);
+    }
+
     /// Sends a command.
     pub(super) fn send(&self, command: Value) {
         let _ = self.to_engine.send(Inbound::Command(command.to_string()));

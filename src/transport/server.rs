@@ -25,6 +25,55 @@ use crate::config::TlsConfig;
 #[derive(Debug, Clone, Copy)]
 struct RemoteAddr(SocketAddr);
 
+/// The accepted TCP socket a request came on, attached to every request by [`serve`]:
+/// the kernel can tell how far the peer has read. Its descriptor stays open as long as
+/// the connection does, or the upgrade taken from it.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerSocket(std::os::fd::RawFd);
+
+/// How far a peer's TCP has taken what was sent to it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpProgress {
+    /// Bytes the peer has acknowledged since the connection began.
+    pub acked: u64,
+    /// The receive window the peer last advertised: it opens as the peer reads.
+    pub window: u32,
+}
+
+impl PeerSocket {
+    /// The kernel's account of the socket (`TCP_INFO`), or `None` where it gives none.
+    pub fn progress(&self) -> Option<TcpProgress> {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: `tcp_info` is plain data, for which all zeroes is a valid value.
+            let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            // SAFETY: the descriptor is the connection's open socket (see the type's
+            // doc), and `info` has room for the `len` bytes the kernel may write.
+            let r = unsafe {
+                libc::getsockopt(
+                    self.0,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_INFO,
+                    (&raw mut info).cast(),
+                    &mut len,
+                )
+            };
+            (r == 0).then_some(TcpProgress {
+                acked: info.tcpi_bytes_acked,
+                window: info.tcpi_snd_wnd,
+            })
+        }
+        #[cfg(not(target_os = "linux"))]
+        None
+    }
+}
+
+/// The TCP socket of the request's connection (absent outside [`serve`]).
+pub fn peer_socket() -> impl Filter<Extract = (Option<PeerSocket>,), Error = Infallible> + Clone {
+    warp::ext::optional::<PeerSocket>()
+}
+
 /// Ends the HTTP connection a request came on (its socket and buffers), from a
 /// handler whose response can no longer finish: a stalled SSE reader, say.
 #[derive(Debug, Clone, Default)]
@@ -196,12 +245,14 @@ pub async fn serve<F>(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let socket = PeerSocket(std::os::fd::AsRawFd::as_raw_fd(&stream));
         let service = warp::service(routes.clone());
         let abort = ConnectionAbort::default();
         let aborted = abort.clone();
         let service =
             hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(RemoteAddr(addr));
+                request.extensions_mut().insert(socket);
                 request.extensions_mut().insert(abort.clone());
                 let mut service = service.clone();
                 service.call(request)

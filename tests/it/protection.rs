@@ -407,6 +407,33 @@ async fn silent_peers_and_idle_connections_are_closed() {
     drop((silent, dark));
 }
 
+/// A peer reading a long backlog slowly meets each ping only after the records queued
+/// before it, long after `heartbeat.timeout_secs`; it shows it is alive by reading (its
+/// TCP takes more data, its window opens), and is not closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_whose_pongs_wait_behind_its_backlog_is_kept() {
+    let t = topic("backlog");
+    let gw = Gateway::start(
+        &[(&t, 1)],
+        "[heartbeat]\nping_interval_secs = 1\ntimeout_secs = 2\n",
+    );
+    let records = 4_000;
+    produce_sized(&t, records, 1_000).await;
+    let mut c = subscribed_client(&gw.ws_url(), &t, json!("earliest")).await;
+    let started = Instant::now();
+    for _ in 0..records {
+        // Panics if the connection is closed.
+        read_events(&mut c, 1, WAIT).await;
+        tokio::time::sleep(Duration::from_micros(1_500)).await;
+    }
+    assert!(
+        started.elapsed() > Duration::from_secs(4),
+        "the backlog took {:?} to read: not enough to outlast the heartbeat timeout",
+        started.elapsed()
+    );
+    assert_eq!(stats(gw.port)["heartbeat"]["timeouts"], 0);
+}
+
 /// A TCP proxy to the gateway on `port` whose link goes dark when the flag is set:
 /// it stops moving bytes both ways but keeps both sockets open (no FIN, no RST).
 async fn blackhole_proxy(port: u16) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {

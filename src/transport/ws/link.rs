@@ -17,6 +17,7 @@ use crate::codec::EncodedRecord;
 use crate::codec::deflate::InflateError;
 use crate::connection::link::{Gone, Inbound, Link, Outbound, event_frame};
 use crate::connection::protocol::{BINARY_SUBPROTOCOL, CloseCode, SUBPROTOCOL};
+use crate::transport::server::{PeerSocket, TcpProgress};
 
 /// An upgraded WebSocket.
 pub(super) struct WsLink {
@@ -33,7 +34,15 @@ pub(super) struct WsLink {
     /// cancelled half-way (a slow consumer's close) leaves the rest of its frame to go out
     /// before any other frame, the close frame included.
     pub(super) unsent: Option<Box<Unsent>>,
+    /// The TCP socket beneath, asked whether the peer is still reading.
+    pub(super) peer: Option<PeerSocket>,
+    /// The peer's TCP progress at the last heartbeat.
+    pub(super) progress: TcpProgress,
 }
+
+/// An empty ping frame's bytes: what even a peer that reads nothing acknowledges
+/// between two heartbeats.
+const PING_FRAME_BYTES: u64 = 2;
 
 /// Whole frames, and how much of them the socket has taken.
 pub(super) struct Unsent {
@@ -215,6 +224,16 @@ impl Link for WsLink {
             true => BINARY_SUBPROTOCOL,
             false => SUBPROTOCOL,
         }
+    }
+
+    fn peer_reads(&mut self) -> bool {
+        let Some(now) = self.peer.and_then(|p| p.progress()) else {
+            return false;
+        };
+        let before = std::mem::replace(&mut self.progress, now);
+        // A peer that stopped reading acknowledges only until its receive buffer is full,
+        // and its window never opens.
+        now.acked > before.acked + PING_FRAME_BYTES || now.window > before.window
     }
 
     fn event_bytes(&self, record: &EncodedRecord, delta: bool) -> usize {

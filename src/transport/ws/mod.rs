@@ -23,6 +23,7 @@ use crate::connection::protocol::{BINARY_SUBPROTOCOL, SUBPROTOCOL};
 use crate::gateway::Gateway;
 use crate::transport::access::{admit, request_parts};
 use crate::transport::reply::error_reply as refuse;
+use crate::transport::server::{PeerSocket, TcpProgress, peer_socket};
 use inflate::Inflating;
 use link::WsLink;
 
@@ -34,14 +35,18 @@ pub type Socket = WebSocketStream<Inflating<TokioIo<hyper::upgrade::Upgraded>>>;
 pub fn route(
     gateway: Arc<Gateway>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
-    warp::path!("v1" / "ws").and(upgrade_request()).map(
-        move |headers: HeaderMap,
-              query: String,
-              upgrade: Option<OnUpgrade>,
-              remote: Option<SocketAddr>| {
-            handshake(gateway.clone(), &headers, &query, upgrade, remote)
-        },
-    )
+    warp::path!("v1" / "ws")
+        .and(upgrade_request())
+        .and(peer_socket())
+        .map(
+            move |headers: HeaderMap,
+                  query: String,
+                  upgrade: Option<OnUpgrade>,
+                  remote: Option<SocketAddr>,
+                  peer: Option<PeerSocket>| {
+                handshake(gateway.clone(), &headers, &query, upgrade, (remote, peer))
+            },
+        )
 }
 
 /// What a WebSocket endpoint takes from a GET request: its headers, raw query, the
@@ -69,7 +74,7 @@ fn handshake(
     headers: &HeaderMap,
     query: &str,
     upgrade: Option<OnUpgrade>,
-    remote: Option<SocketAddr>,
+    (remote, peer): (Option<SocketAddr>, Option<PeerSocket>),
 ) -> warp::reply::Response {
     let has_token = |value: &str, token: &str| {
         value
@@ -135,6 +140,8 @@ fn handshake(
             write_chunk,
             closed: false,
             unsent: None,
+            peer,
+            progress: TcpProgress::default(),
         })
     })
 }
