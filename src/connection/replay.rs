@@ -174,7 +174,7 @@ mod tests {
     use serde_json::json;
 
     use crate::config::SlowConsumerPolicy;
-    use crate::connection::testing::{Harness, TOPIC};
+    use crate::connection::testing::{Harness, Peer, TOPIC};
 
     /// A subscription from an old offset replays from the ring while new records keep
     /// arriving live; every offset arrives once, in order, and `live` once, at the hand-off.
@@ -207,6 +207,19 @@ mod tests {
         peer.nothing_pending().await;
     }
 
+    /// Publishes `n` records, then connects a reader that stops reading and subscribes
+    /// from offset 0: its replay from the ring waits on it.
+    async fn paused_replay_from_zero(h: &Harness, n: usize) -> Peer {
+        h.publish(n, 50).await;
+        let mut peer = h.connect();
+        peer.frame("welcome").await;
+        peer.pause();
+        peer.send(json!({"type": "subscribe", "id": 1, "channel": TOPIC,
+                         "from": {"offsets": {"0": 0}}}));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        peer
+    }
+
     /// A hand-off releases every record buffered while the replay ran (3,000 here) at
     /// once. To a slow reader that keeps reading, they go in writes of a bounded size,
     /// each within the write timeout, though all of them take longer than that.
@@ -215,13 +228,7 @@ mod tests {
         let h = Harness::new(SlowConsumerPolicy::CatchUp, |c| {
             c.websocket.write_timeout_secs = 1;
         });
-        h.publish(1_000, 50).await;
-        let mut peer = h.connect();
-        peer.frame("welcome").await;
-        peer.pause();
-        peer.send(json!({"type": "subscribe", "id": 1, "channel": TOPIC,
-                         "from": {"offsets": {"0": 0}}}));
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let mut peer = paused_replay_from_zero(&h, 1_000).await;
         // Live while the replay waits on the paused reader: buffered for the hand-off.
         h.publish(3_000, 100).await;
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -242,13 +249,7 @@ mod tests {
         let h = Harness::new(SlowConsumerPolicy::CatchUp, |c| {
             c.replay.live_from_ring = true
         });
-        h.publish(2_000, 50).await;
-        let mut peer = h.connect();
-        peer.frame("welcome").await;
-        peer.pause();
-        peer.send(json!({"type": "subscribe", "id": 1, "channel": TOPIC,
-                         "from": {"offsets": {"0": 0}}}));
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let mut peer = paused_replay_from_zero(&h, 2_000).await;
         // All of it at once, while the replay waits on the paused reader: the one wake-up
         // it brings is spent before the hand-off.
         h.publish(3_000, 3_000).await;
