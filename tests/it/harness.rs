@@ -564,8 +564,11 @@ impl AgingTopic {
         AgingTopic { name, producer }
     }
 
-    /// Produces `body` (keyed `key`) to partition 0, an hour old when `old`, else new.
-    pub async fn send(&self, key: Option<&str>, body: &str, old: bool) {
+    /// An age past the topic's retention (an hour; retention is a minute).
+    pub const EXPIRED: Duration = Duration::from_secs(3600);
+
+    /// Produces `body` (keyed `key`) to partition 0, timestamped `age` ago.
+    pub async fn send(&self, key: Option<&str>, body: &str, age: Duration) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .expect("clock after 1970")
@@ -573,7 +576,7 @@ impl AgingTopic {
         let mut record = rdkafka::producer::FutureRecord::to(&self.name)
             .partition(0)
             .payload(body)
-            .timestamp(if old { now - 3_600_000 } else { now });
+            .timestamp(now - age.as_millis() as i64);
         if let Some(key) = key {
             record = record.key(key);
         }

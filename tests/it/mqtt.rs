@@ -253,19 +253,28 @@ async fn a_retention_gap_is_signalled_on_kgate_gap() {
              --topic {t}/+ --qos 1 --count {count}"
         )
     };
-    // The session reads and acknowledges offset 0 (an hour old), then goes away.
+    // The session reads and acknowledges offset 0, then goes away.
     let mut first = Client::paho(&args(1));
     assert_eq!(first.event("suback")["codes"], json!([1]));
-    aging.send(Some("truck"), "0", true).await;
+    // Offset 0 expires 10 s after it is sent: tansu deletes expired records one by one
+    // (every 5 s), so an expired offset 0 could go before the session has read it.
+    aging
+        .send(Some("truck"), "0", Duration::from_secs(50))
+        .await;
     assert_eq!(first.messages(1)[0]["payload"], "0");
     first.wait();
-    // Offsets 1 to 4 are as old, so retention deletes them; 5 to 9 are new, in a later segment.
+    // Offsets 1 to 4 are long expired, so retention deletes them (with offset 0, once it
+    // expires); 5 to 9 are new, in a later segment.
     for i in 1..5 {
-        aging.send(Some("truck"), &i.to_string(), true).await;
+        aging
+            .send(Some("truck"), &i.to_string(), AgingTopic::EXPIRED)
+            .await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for i in 5..10 {
-        aging.send(Some("truck"), &i.to_string(), false).await;
+        aging
+            .send(Some("truck"), &i.to_string(), Duration::ZERO)
+            .await;
     }
     aging.wait_deleted_below(5).await;
     // A restart empties the memory ring, which would still hold the deleted records.

@@ -437,7 +437,11 @@ async fn e_resume_before_the_retained_range_gets_a_gap_frame() {
             // The new records go into a later segment than the old ones.
             tokio::time::sleep(Duration::from_millis(1500)).await;
         }
-        aging.send(None, &format!("{{\"i\":{i}}}"), i < 5).await;
+        let age = match i < 5 {
+            true => AgingTopic::EXPIRED,
+            false => Duration::ZERO,
+        };
+        aging.send(None, &format!("{{\"i\":{i}}}"), age).await;
     }
     aging.wait_deleted_below(5).await;
     // A restart empties the memory ring, which would still serve the deleted records.
