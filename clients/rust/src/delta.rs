@@ -90,8 +90,11 @@ impl Deltas {
             self.hold(&frame);
             return Ok(frame);
         }
+        // Only topics granted deltas hold frames: the others pay no parse per event.
         if text.starts_with(r#"{"type":"event""#) {
-            self.hold(&text);
+            if !self.topics.is_empty() {
+                self.hold(&text);
+            }
         } else if text.contains(r#""subscribed""#) {
             self.on_subscribed(&text);
         }
