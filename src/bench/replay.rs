@@ -7,6 +7,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 
+use super::procs::CpuMeter;
 use super::{GatewayProc, Row, produce, progress, read_n};
 use kgate::config::Config;
 use kgate::kafka::producer::Producer;
@@ -23,7 +24,7 @@ pub struct ReplayOptions {
 /// Runs the scenario; returns the summary rows.
 pub async fn run_replay(opts: &ReplayOptions) -> anyhow::Result<Vec<Row>> {
     let dir = tempfile::tempdir()?;
-    let (_broker, bootstrap) = super::procs::broker(dir.path())?;
+    let (broker, bootstrap) = super::procs::broker(dir.path())?;
     progress(format!("broker on {bootstrap}"));
     let topic = "bench-replay";
     // Gateway A serves replays from Kafka (no ring); B keeps every record in memory.
@@ -46,17 +47,32 @@ pub async fn run_replay(opts: &ReplayOptions) -> anyhow::Result<Vec<Row>> {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let n = opts.records;
+    // CPU per record read, in microseconds, of each process measured (this process is the
+    // raw consumer, then the load client): the rates move with the shared machine's load.
+    let per_record = |meter: CpuMeter| -> Vec<f64> {
+        let to_us = |d: &Duration| d.as_secs_f64() * 1e6 / n as f64;
+        meter.used().iter().map(to_us).collect()
+    };
+    let bench = std::process::id();
     progress("baseline: raw rdkafka consumer from offset 0");
+    let meter = CpuMeter::start(&[bench, broker.proc.pid()]);
     let raw = tokio::task::spawn_blocking({
         let config = config.clone();
         move || raw_read(&config, topic, n)
     })
     .await??;
     let raw_rate = n as f64 / raw.as_secs_f64();
+    let [raw_cpu, raw_broker_cpu] = per_record(meter)[..] else {
+        unreachable!("two processes measured")
+    };
 
     progress("kgate, Kafka tier: one client from earliest");
+    let meter = CpuMeter::start(&[a.proc.pid(), bench, broker.proc.pid()]);
     let kafka = read_n(&a.ws_url(), topic, json!("earliest"), n).await?;
     let kafka_rate = n as f64 / kafka.as_secs_f64();
+    let [kgate_cpu, client_cpu, kgate_broker_cpu] = per_record(meter)[..] else {
+        unreachable!("three processes measured")
+    };
 
     progress("kgate, memory tier: one client from offset 0");
     let memory = read_n(&b.ws_url(), topic, json!({"offsets": {"0": 0}}), n).await?;
@@ -81,12 +97,37 @@ pub async fn run_replay(opts: &ReplayOptions) -> anyhow::Result<Vec<Row>> {
         unit: "records/s".into(),
         ratio,
     };
+    let cpu_row = |metric: &str, value: f64, ratio: Option<f64>| Row {
+        unit: "us/record".into(),
+        ..row(metric, value, ratio)
+    };
     Ok(vec![
         row("raw rdkafka consumer (baseline)", raw_rate, None),
         row(
             "kgate 1 client, Kafka tier",
             kafka_rate,
             Some(kafka_rate / raw_rate),
+        ),
+        cpu_row("raw rdkafka consumer: CPU per record", raw_cpu, None),
+        cpu_row(
+            "kgate 1 client, Kafka tier: gateway CPU per record",
+            kgate_cpu,
+            Some(kgate_cpu / raw_cpu),
+        ),
+        cpu_row(
+            "kgate 1 client, Kafka tier: load client CPU per record",
+            client_cpu,
+            None,
+        ),
+        cpu_row(
+            "broker CPU per record: raw consumer's read",
+            raw_broker_cpu,
+            None,
+        ),
+        cpu_row(
+            "broker CPU per record: kgate's Kafka-tier read",
+            kgate_broker_cpu,
+            Some(kgate_broker_cpu / raw_broker_cpu),
         ),
         row(
             "kgate 1 client, memory ring",

@@ -38,8 +38,8 @@ impl Connection {
         if let Some(tx) = &self.replay_tx {
             return tx.clone();
         }
-        // Events carry batches of up to 64 records: at most about 1,000 records in flight.
-        let (tx, rx) = mpsc::channel(16);
+        // Events carry batches of up to 256 records: at most about 1,000 records in flight.
+        let (tx, rx) = mpsc::channel(4);
         self.replay_rx = Some(rx);
         self.replay_tx = Some(tx.clone());
         tx
