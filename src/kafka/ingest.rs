@@ -250,8 +250,12 @@ fn run(
                         batch.clear();
                     }
                     batch_route = Some(route);
-                    let mut record =
-                        super::encode_message(route.name(), &message, route.codec(), max_bytes);
+                    let mut record = super::encode_message(
+                        route.name(),
+                        &(&message).into(),
+                        route.codec(),
+                        max_bytes,
+                    );
                     match delta_bases(&mut bases, route) {
                         Some(bases) => {
                             bases.diff(&mut record);

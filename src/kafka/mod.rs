@@ -1,6 +1,7 @@
 //! Everything that talks to Kafka: the embedded development broker, cluster
 //! metadata, live ingest, catch-up replay readers and the producer.
 
+pub mod batch;
 pub mod cluster;
 #[cfg(feature = "embedded-broker")]
 pub mod embedded;
@@ -54,41 +55,59 @@ pub fn consumer_config(config: &Config, role: &str) -> ClientConfig {
     cc
 }
 
+/// What kgate encodes of a consumed message, from rust-rdkafka's one-message poll or
+/// from a [`batch::BatchReader`].
+pub struct Consumed<'a> {
+    pub partition: i32,
+    pub offset: i64,
+    /// Milliseconds since the epoch, when the record has a timestamp.
+    pub timestamp: Option<i64>,
+    pub key: Option<&'a [u8]>,
+    /// None for a tombstone.
+    pub payload: Option<&'a [u8]>,
+    pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
+}
+
+impl<'a> From<&'a BorrowedMessage<'_>> for Consumed<'a> {
+    fn from(message: &'a BorrowedMessage<'_>) -> Self {
+        Consumed {
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp: message.timestamp().to_millis(),
+            key: message.key(),
+            payload: message.payload(),
+            headers: message
+                .headers()
+                .map(|hs| hs.iter().map(|h| (h.key, h.value)).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// Decodes and encodes one consumed message into the frame every recipient shares.
 /// A value that fails to decode under policy `skip`, or a frame over `max_bytes`, is
 /// replaced by a `skipped` notice (counted and logged with its position).
 pub fn encode_message(
     topic: &std::sync::Arc<str>,
-    message: &BorrowedMessage<'_>,
+    message: &Consumed<'_>,
     codec: &TopicCodec,
     max_bytes: usize,
 ) -> EncodedRecord {
     let meta = RecordMeta {
         topic: topic.clone(),
-        partition: message.partition(),
-        offset: message.offset(),
+        partition: message.partition,
+        offset: message.offset,
     };
-    let mut headers = Vec::new();
-    if let Some(hs) = message.headers() {
-        for h in hs.iter() {
-            headers.push((h.key, h.value));
-        }
-    }
+    let headers = &message.headers;
     let skipped = |reason: &str, detail: serde_json::Value| {
         crate::codec::skipped_frame(&meta.topic, meta.partition, meta.offset, reason, detail).into()
     };
-    let mut frame = match codec.decode(message.payload()) {
+    let mut frame = match codec.decode(message.payload) {
         Decoded::Deliver(data) => {
             if let Data::Undecodable(_, why) = &data {
                 tracing::warn!(topic = %meta.topic, partition = meta.partition, offset = meta.offset, error = %why, "value does not decode; delivered raw (on_decode_error = \"raw\")");
             }
-            encode_event(
-                &meta,
-                message.timestamp().to_millis(),
-                message.key(),
-                &headers,
-                &data,
-            )
+            encode_event(&meta, message.timestamp, message.key, headers, &data)
         }
         Decoded::Skip(why) => {
             tracing::warn!(topic = %meta.topic, partition = meta.partition, offset = meta.offset, error = %why, "value does not decode; skipped (on_decode_error = \"skip\")");
@@ -106,26 +125,23 @@ pub fn encode_message(
             serde_json::json!({"bytes": frame.len()}),
         );
     }
-    let mut record = EncodedRecord::new(
-        meta,
-        message.key().map(bytes::Bytes::copy_from_slice),
-        frame,
-    );
-    record.deleted = message.payload().is_none();
-    record.timestamp = message.timestamp().to_millis();
+    let mut record =
+        EncodedRecord::new(meta, message.key.map(bytes::Bytes::copy_from_slice), frame);
+    record.deleted = message.payload.is_none();
+    record.timestamp = message.timestamp;
     if codec.binary {
         let envelope = encode_envelope(
             &record.meta,
-            message.timestamp().to_millis(),
-            message.key(),
-            &headers,
-            message.payload(),
+            message.timestamp,
+            message.key,
+            headers,
+            message.payload,
         );
         // Too large for a client: it gets the JSON `skipped` notice instead.
         record.binary = (envelope.len() <= max_bytes).then_some(envelope);
     }
     record.headers = headers
-        .into_iter()
+        .iter()
         .map(|(name, value)| (name.to_string(), value.map(bytes::Bytes::copy_from_slice)))
         .collect();
     record

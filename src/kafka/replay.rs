@@ -18,6 +18,8 @@ use tokio::sync::mpsc::error::TrySendError;
 use crate::blocking::Pool;
 use crate::codec::EncodedRecord;
 use crate::config::Config;
+use crate::kafka::Consumed;
+use crate::kafka::batch::BatchReader;
 use crate::kafka::cluster::{ClusterError, Offsets};
 use crate::router::outbox::SubscriptionId;
 use crate::router::{Router, TopicRoute};
@@ -430,38 +432,38 @@ impl ReplayPool {
             route.ring_covered_from(*partition),
             self.config.replay.ring_bytes_per_partition,
         );
+        let max_bytes = self.config.limits.max_outbound_record_bytes;
         let outcome = (|| {
             consumer.assign(&tpl)?;
+            let mut reader = BatchReader::new(&consumer, BATCH)?;
             let mut batch = Vec::with_capacity(BATCH);
             loop {
-                // Wait only when nothing is batched: what is batched goes out at once.
-                let wait = match batch.is_empty() {
-                    true => Duration::from_millis(100),
-                    false => Duration::ZERO,
-                };
-                match consumer.poll(wait) {
-                    None => {}
-                    Some(Ok(message)) => {
-                        let record = Arc::new(super::encode_message(
-                            topic,
-                            &message,
-                            route.codec(),
-                            self.config.limits.max_outbound_record_bytes,
-                        ));
-                        backfill.read(&route, *partition, &record);
+                let mut ended = false;
+                let mut take = |message: Result<Consumed<'_>, KafkaError>| match message {
+                    Ok(message) => {
+                        let record =
+                            super::encode_message(topic, &message, route.codec(), max_bytes);
+                        let record = Arc::new(record);
+                        backfill.read(route, *partition, &record);
                         batch.push(record);
-                        if batch.len() < BATCH {
-                            continue;
-                        }
                     }
-                    Some(Err(KafkaError::PartitionEOF(_))) => {
-                        self.distribute(scan, std::mem::take(&mut batch));
-                        self.finish(key, scan);
-                        return Ok(());
+                    Err(KafkaError::PartitionEOF(_)) => ended = true,
+                    Err(e) => tracing::debug!(error = %e, "replay reader: transient Kafka error"),
+                };
+                // What is queued goes out at once; wait only when nothing is, for one
+                // message, then take what came with it.
+                if reader.drain(BATCH, &mut take) == 0 {
+                    match consumer.poll(Duration::from_millis(100)) {
+                        Some(Ok(message)) => take(Ok(Consumed::from(&message))),
+                        Some(Err(e)) => take(Err(e)),
+                        None => {}
                     }
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "replay reader: transient Kafka error")
-                    }
+                    reader.drain(BATCH - 1, &mut take);
+                }
+                if ended {
+                    self.distribute(scan, std::mem::take(&mut batch));
+                    self.finish(key, scan);
+                    return Ok(());
                 }
                 if !batch.is_empty() && !self.distribute(scan, std::mem::take(&mut batch)) {
                     return Ok(());
