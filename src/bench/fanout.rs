@@ -2,16 +2,17 @@
 //! produced as fast as the broker takes them; the figure is deliveries per
 //! second across all clients. Baselines, with the same load client: a raw
 //! rdkafka consumer reading the same records (what one Kafka reader gets), Centrifugo
-//! consuming the same Kafka, the floor (a broadcast server with no Kafka), the kafkajs +
-//! ws bridge, and nchan fed by HTTP POST. kgate, Centrifugo and the floor also report
-//! their CPU time per delivered message.
+//! consuming the same Kafka, the floor (a broadcast server with no Kafka; once with bare
+//! records, once with kgate's event frames), the kafkajs + ws bridge, and nchan fed by
+//! HTTP POST. kgate, Centrifugo and the floor also report their CPU time per delivered
+//! message.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use super::baseline::{Bridge, Nchan};
 use super::centrifugo::{Centrifugo, Mode};
-use super::floor::Floor;
+use super::floor::{Floor, Frames};
 use super::load::{Connect, LoadClient, Stop, Target, connect_many};
 use super::{CpuMeter, GatewayProc, Row, produce, produce_with, progress};
 use kgate::kafka::producer::Producer;
@@ -284,6 +285,18 @@ pub async fn run_fanout(opts: &FanoutOptions) -> anyhow::Result<Vec<Row>> {
             &d,
             cpu.used()[0],
         ));
+    }
+    // The same with kgate's bytes per message: how much of kgate's CPU per message
+    // against the floor's is its frame's size (about twice the bare record's).
+    {
+        let mut floor = Floor::start(dir.path())?;
+        let load = connect_many(&floor.target(), clients, Connect::default()).await?;
+        progress(format!(
+            "floor with kgate's event frames: generating {n} records for {clients} clients"
+        ));
+        let cpu = CpuMeter::start(&[floor.proc.pid()]);
+        let d = deliver(load, n, floor.generate_as(n, 0.0, Frames::Event)).await?;
+        rows.extend(peer_rows("floor, kgate's event frames", &d, cpu.used()[0]));
     }
 
     let bn = opts.baseline_records;

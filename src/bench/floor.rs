@@ -62,8 +62,18 @@ impl Floor {
     /// Has the server generate `n` records at `rate` per second (0: as fast as its
     /// clients take them) and waits until it has; returns how long that took.
     pub async fn generate(&mut self, n: usize, rate: f64) -> anyhow::Result<Duration> {
+        self.generate_as(n, rate, Frames::Bare).await
+    }
+
+    /// [`Floor::generate`], each record sent as `frames`.
+    pub async fn generate_as(
+        &mut self,
+        n: usize,
+        rate: f64,
+        frames: Frames,
+    ) -> anyhow::Result<Duration> {
         let started = Instant::now();
-        writeln!(self.commands, "{n} {rate}")?;
+        writeln!(self.commands, "{n} {rate} {}", frames.word())?;
         self.commands.flush()?;
         let mut line = String::new();
         tokio::task::block_in_place(|| self.done.read_line(&mut line))?;
@@ -74,8 +84,27 @@ impl Floor {
     }
 }
 
-/// `kgate bench floor-serve`: serves until stdin closes; each stdin line `N RATE`
-/// generates N records and answers `done` on stdout.
+/// What the floor sends of each record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frames {
+    /// The record's value alone (about 100 bytes): the least any server can send.
+    Bare,
+    /// The value in kgate's `event` frame (topic, partition, offset, timestamp, key),
+    /// made by kgate's own encoder: the same bytes per message as kgate sends.
+    Event,
+}
+
+impl Frames {
+    fn word(self) -> &'static str {
+        match self {
+            Frames::Bare => "bare",
+            Frames::Event => "event",
+        }
+    }
+}
+
+/// `kgate bench floor-serve`: serves until stdin closes; each stdin line `N RATE
+/// [bare|event]` generates N records and answers `done` on stdout.
 pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -94,7 +123,11 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
         let mut words = line.split_whitespace();
         let n: usize = words.next().and_then(|w| w.parse().ok()).context("N")?;
         let rate: f64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0.0);
-        generate(&records, next, n, rate).await;
+        let frames = match words.next() {
+            Some("event") => Frames::Event,
+            _ => Frames::Bare,
+        };
+        generate(&records, next, n, rate, frames).await;
         next += n;
         stdout.write_all(b"done\n").await?;
         stdout.flush().await?;
@@ -103,7 +136,14 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// Sends records `first..first + n`, paced at `rate` per second when it is positive.
-async fn generate(records: &broadcast::Sender<Utf8Bytes>, first: usize, n: usize, rate: f64) {
+async fn generate(
+    records: &broadcast::Sender<Utf8Bytes>,
+    first: usize,
+    n: usize,
+    rate: f64,
+    frames: Frames,
+) {
+    let topic: std::sync::Arc<str> = "bench-fanout".into();
     let started = tokio::time::Instant::now();
     for i in 0..n {
         if rate > 0.0 {
@@ -113,8 +153,13 @@ async fn generate(records: &broadcast::Sender<Utf8Bytes>, first: usize, n: usize
         while records.len() > BACKLOG {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let (_, body) = super::bench_record(first + i, super::load::now_us());
-        let _ = records.send(Utf8Bytes::from(body));
+        let now = super::load::now_us();
+        let (key, body) = super::bench_record(first + i, now);
+        let frame = match frames {
+            Frames::Bare => Utf8Bytes::from(body),
+            Frames::Event => event_frame(&topic, first + i, now, &key, &body),
+        };
+        let _ = records.send(frame);
     }
 }
 
@@ -151,5 +196,33 @@ async fn connection(stream: tokio::net::TcpStream, mut records: broadcast::Recei
                 Some(Ok(_)) => {}
             },
         }
+    }
+}
+
+/// `body` in the `event` frame kgate would send for it (partition 0, offset `i`).
+fn event_frame(
+    topic: &std::sync::Arc<str>,
+    i: usize,
+    now_us: u64,
+    key: &str,
+    body: &str,
+) -> Utf8Bytes {
+    use kgate::codec::{Data, RecordMeta, encode_event};
+    let meta = RecordMeta {
+        topic: topic.clone(),
+        partition: 0,
+        offset: i as i64,
+    };
+    let timestamp = Some((now_us / 1000) as i64);
+    // The bench's own records are JSON; were one not, the bare body goes out instead.
+    match serde_json::from_str(body) {
+        Ok(json) => encode_event(
+            &meta,
+            timestamp,
+            Some(key.as_bytes()),
+            &[],
+            &Data::Verbatim(json),
+        ),
+        Err(_) => Utf8Bytes::from(body.to_string()),
     }
 }
