@@ -231,8 +231,8 @@ pub fn encode_event(
         Data::Undecodable(bytes, why) => (None, Some(BASE64.encode(bytes)), Some(why.as_str())),
         Data::Deleted => (None, None, None),
     };
-    // Written by hand: serde escaped every field name as well, about a twelfth of the
-    // gateway's CPU in a Kafka-tier replay (BENCHMARKS.md).
+    // Written by hand: serde escaped every field name as well (8% of the gateway's
+    // samples in a Kafka-tier replay; BENCHMARKS.md).
     let mut out = String::with_capacity(
         96 + meta.topic.len()
             + key.map_or(0, |k| 2 * k.len())

@@ -1,7 +1,8 @@
 //! Reading a consumer's queue many messages per call: librdkafka's
 //! `rd_kafka_consume_batch_queue`, which rust-rdkafka does not wrap. Its one-message
 //! poll reads the clock about three times, takes the queue's lock and allocates an event
-//! per message: a tenth of the gateway's CPU in a Kafka-tier replay (BENCHMARKS.md).
+//! per message; with the batch call a Kafka-tier replay costs the gateway about a third
+//! less CPU per record (BENCHMARKS.md, "Kafka reads in batches").
 //!
 //! Only for consumers whose events kgate does not need: the batch call serves errors and
 //! statistics through callbacks, which rust-rdkafka does not set (it reads them as

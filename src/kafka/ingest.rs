@@ -252,7 +252,7 @@ fn run(
                     batch_route = Some(route);
                     let mut record = super::encode_message(
                         route.name(),
-                        &(&message).into(),
+                        &super::Consumed::from(&message),
                         route.codec(),
                         max_bytes,
                     );

@@ -69,7 +69,7 @@ fn read(
                 if message.offset() < end {
                     let record = Arc::new(super::encode_message(
                         route.name(),
-                        &(&message).into(),
+                        &super::Consumed::from(&message),
                         route.codec(),
                         max_bytes,
                     ));
