@@ -272,31 +272,25 @@ pub async fn run_fanout(opts: &FanoutOptions) -> anyhow::Result<Vec<Row>> {
             cpu.used()[0],
         ));
     }
-    {
+    // The floor twice: with the bare records, then with kgate's event frames (the same
+    // bytes per message as kgate), to tell the frame's size from kgate's delivery path.
+    let floors = [
+        (Frames::Bare, "floor", "floor: broadcast server, no Kafka"),
+        (
+            Frames::Event,
+            "floor with kgate's event frames",
+            "floor, kgate's event frames",
+        ),
+    ];
+    for (frames, what, name) in floors {
         let mut floor = Floor::start(dir.path())?;
         let load = connect_many(&floor.target(), clients, Connect::default()).await?;
         progress(format!(
-            "floor: generating {n} records for {clients} clients"
+            "{what}: generating {n} records for {clients} clients"
         ));
         let cpu = CpuMeter::start(&[floor.proc.pid()]);
-        let d = deliver(load, n, floor.generate(n, 0.0)).await?;
-        rows.extend(peer_rows(
-            "floor: broadcast server, no Kafka",
-            &d,
-            cpu.used()[0],
-        ));
-    }
-    // The same with kgate's bytes per message: how much of kgate's CPU per message
-    // against the floor's is its frame's size (about twice the bare record's).
-    {
-        let mut floor = Floor::start(dir.path())?;
-        let load = connect_many(&floor.target(), clients, Connect::default()).await?;
-        progress(format!(
-            "floor with kgate's event frames: generating {n} records for {clients} clients"
-        ));
-        let cpu = CpuMeter::start(&[floor.proc.pid()]);
-        let d = deliver(load, n, floor.generate_as(n, 0.0, Frames::Event)).await?;
-        rows.extend(peer_rows("floor, kgate's event frames", &d, cpu.used()[0]));
+        let d = deliver(load, n, floor.generate_as(n, 0.0, frames)).await?;
+        rows.extend(peer_rows(name, &d, cpu.used()[0]));
     }
 
     let bn = opts.baseline_records;
