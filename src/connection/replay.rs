@@ -74,10 +74,21 @@ impl Connection {
     }
 
     /// Applies one replay event to its subscription.
-    pub(super) fn on_replay(&mut self, (id, partition, event): Addressed) {
+    pub(super) fn on_replay(&mut self, addressed: Addressed) {
+        let Addressed {
+            subscription: id,
+            partition,
+            replay,
+            event,
+        } = addressed;
         let Some(active) = self.subs.get_mut(&id) else {
             return;
         };
+        // Events of a replay this one replaced (still queued, or sent as it was
+        // cancelled) would move the new replay's position past records it has not read.
+        if active.replays.get(partition as usize).map(ReplayHandle::id) != Some(replay) {
+            return;
+        }
         match &event {
             ReplayEvent::Gap {
                 requested,

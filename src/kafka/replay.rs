@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -52,8 +52,16 @@ pub enum ReplayEvent {
     Failed(String),
 }
 
-/// A replay event addressed to one subscription's partition.
-pub type Addressed = (SubscriptionId, i32, ReplayEvent);
+/// A replay event addressed to the replay of one subscription's partition that asked
+/// for it: a connection drops the events of a replay it has since replaced.
+#[derive(Debug)]
+pub struct Addressed {
+    pub subscription: SubscriptionId,
+    pub partition: i32,
+    /// The replay's [`ReplayHandle::id`].
+    pub replay: u64,
+    pub event: ReplayEvent,
+}
 
 /// What to replay.
 #[derive(Debug, Clone)]
@@ -69,12 +77,27 @@ pub struct ReplayRequest {
 /// Stops a running replay when cancelled, and tells which tier serves it.
 #[derive(Debug, Clone, Default)]
 pub struct ReplayHandle {
+    /// Names the replay in its events; 0 for a handle no replay was started with.
+    id: u64,
     cancelled: Arc<AtomicBool>,
     /// Set when the replay goes to Kafka (else it is served from memory).
     from_kafka: Arc<AtomicBool>,
 }
 
 impl ReplayHandle {
+    /// The replay's number, unique in this gateway; its events carry it.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    /// `event`, addressed to this replay of `request`.
+    fn address(&self, request: &ReplayRequest, event: ReplayEvent) -> Addressed {
+        Addressed {
+            subscription: request.subscription,
+            partition: request.partition,
+            replay: self.id,
+            event,
+        }
+    }
     /// Asks the reader to stop delivering to this replay.
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::Release);
@@ -110,7 +133,6 @@ impl Tier {
 }
 
 struct Follower {
-    subscription: SubscriptionId,
     from: i64,
     tx: mpsc::Sender<Addressed>,
     cancel: ReplayHandle,
@@ -193,6 +215,8 @@ pub struct ReplayPool {
     /// Where replays deliver from memory and report failures (scans start replays too).
     runtime: tokio::runtime::Handle,
     idle: Mutex<Vec<BaseConsumer>>,
+    /// The next replay's number (its handle's id); 0 is no replay's.
+    next_replay: AtomicU64,
     scans: Mutex<HashMap<ScanKey, Vec<Arc<Scan>>>>,
 }
 
@@ -212,6 +236,7 @@ impl ReplayPool {
             offsets,
             router,
             idle: Mutex::new(Vec::new()),
+            next_replay: AtomicU64::new(1),
             scans: Mutex::new(HashMap::new()),
         }))
     }
@@ -247,7 +272,10 @@ impl ReplayPool {
         request: ReplayRequest,
         tx: mpsc::Sender<Addressed>,
     ) -> ReplayHandle {
-        let handle = ReplayHandle::default();
+        let handle = ReplayHandle {
+            id: self.next_replay.fetch_add(1, Ordering::Relaxed),
+            ..ReplayHandle::default()
+        };
         self.start_with(request, tx, handle.clone());
         handle
     }
@@ -304,22 +332,17 @@ impl ReplayPool {
             }
             if cancel.is_cancelled()
                 || tx
-                    .send((req.subscription, req.partition, ReplayEvent::Records(batch)))
+                    .send(cancel.address(req, ReplayEvent::Records(batch)))
                     .await
                     .is_err()
             {
                 return;
             }
         }
-        let _ = tx
-            .send((
-                req.subscription,
-                req.partition,
-                ReplayEvent::End {
-                    position: req.until,
-                },
-            ))
-            .await;
+        let end = ReplayEvent::End {
+            position: req.until,
+        };
+        let _ = tx.send(cancel.address(req, end)).await;
     }
 
     /// Resolves the start against Kafka's watermarks, then joins a running scan or creates one.
@@ -330,10 +353,7 @@ impl ReplayPool {
         tx: mpsc::Sender<Addressed>,
         cancel: ReplayHandle,
     ) -> Option<(ScanKey, Arc<Scan>)> {
-        let send = |event| {
-            tx.blocking_send((req.subscription, req.partition, event))
-                .is_ok()
-        };
+        let send = |event| tx.blocking_send(cancel.address(&req, event)).is_ok();
         let (low, high) = self.watermarks_with_retry(&req, &cancel)?;
         let from = match req.start {
             Start::Latest => high,
@@ -361,7 +381,6 @@ impl ReplayPool {
             return None;
         }
         let follower = Follower {
-            subscription: req.subscription,
             from,
             tx: tx.clone(),
             cancel,
@@ -400,13 +419,8 @@ impl ReplayPool {
         tracing::warn!(error = %failure, "replay reader failed");
         let followers = std::mem::take(&mut scan.state.lock().followers);
         for f in followers {
-            let _ =
-                f.tx.send((
-                    f.subscription,
-                    f.request.partition,
-                    ReplayEvent::Failed(failure.clone()),
-                ))
-                .await;
+            let failed = ReplayEvent::Failed(failure.clone());
+            let _ = f.tx.send(f.cancel.address(&f.request, failed)).await;
         }
     }
 
@@ -510,11 +524,7 @@ impl ReplayPool {
                 false => batch[skip..].to_vec(),
             };
             let count = wanted.len() as u64;
-            let event = (
-                f.subscription,
-                f.request.partition,
-                ReplayEvent::Records(wanted),
-            );
+            let event = f.cancel.address(&f.request, ReplayEvent::Records(wanted));
             let patience = match alone {
                 true => LONE_FOLLOWER_PATIENCE,
                 false => FOLLOWER_PATIENCE,
@@ -571,11 +581,7 @@ impl ReplayPool {
             (state.position, std::mem::take(&mut state.followers))
         };
         for f in followers {
-            let end = (
-                f.subscription,
-                f.request.partition,
-                ReplayEvent::End { position },
-            );
+            let end = f.cancel.address(&f.request, ReplayEvent::End { position });
             // A follower with no room gets it when it reads again, without holding this thread.
             if let Err(TrySendError::Full(end)) = f.tx.try_send(end) {
                 self.runtime.spawn(async move {
