@@ -1,8 +1,9 @@
 //! Reading a consumer's queue many messages per call: librdkafka's
 //! `rd_kafka_consume_batch_queue`, which rust-rdkafka does not wrap. Its one-message
 //! poll reads the clock about three times, takes the queue's lock and allocates an event
-//! per message; with the batch call a Kafka-tier replay costs the gateway about a third
-//! less CPU per record (BENCHMARKS.md, "Kafka reads in batches").
+//! per message. With the batch call and hand-written event frames, Kafka-tier replays
+//! cost the gateway 34% to 44% less CPU per record in paired runs (BENCHMARKS.md,
+//! "Kafka reads in batches").
 //!
 //! Only for consumers whose events kgate does not need: the batch call serves errors and
 //! statistics through callbacks, which rust-rdkafka does not set (it reads them as
